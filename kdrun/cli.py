@@ -1,0 +1,112 @@
+"""`kdrun`: compose the config, validate it, then data -> teacher -> student -> method -> fit ->
+results, each one call here."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from kdrun.config import choice, register_configs, validate
+from kdrun.data import load_dataset
+from kdrun.engine import checkpoint
+from kdrun.engine.runtime import resolve_device, resolve_precision, seed_everything
+from kdrun.engine.teachers import resolve_teacher
+from kdrun.engine.trainer import Recipe, Trainer
+from kdrun.errors import KdrunError
+from kdrun.methods import METHODS, build_method
+from kdrun.models import build_model
+from kdrun.sinks import build_sinks
+
+log = logging.getLogger("kdrun")
+register_configs()
+
+
+def train(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
+          run_name: str | None = None) -> dict[str, Any]:
+    """One whole run; returns the flat results that also land in run_dir/results.json."""
+    validate(cfg)
+    device = resolve_device(cfg.trainer.device)
+    sink = build_sinks(cfg, run_dir, sweep_group, run_name)
+    try:
+        data = load_dataset(cfg.dataset, cfg.cache_dir)
+        needs_teacher = METHODS.get(cfg.method.name).needs_teacher
+        teacher = resolve_teacher(cfg, data, device, sink) if needs_teacher else None
+        seed_everything(cfg.seed)
+        student = build_model(cfg.student.arch, cfg.dataset.num_classes, cfg.dataset.mean,
+                              cfg.dataset.std, drop_rate=cfg.student.drop_rate)
+        method = build_method(cfg.method, student, teacher)
+        trainer = Trainer(cfg.trainer, device, run_dir, sink, cfg.seed, cfg.dataset,
+                          resume=cfg.trainer.resume)
+        results = trainer.fit(method, data, Recipe(cfg.epochs, cfg.trainer.batch_size,
+                                                   cfg.optim, cfg.sched))
+        results.update(run_info(device, cfg.trainer.precision))
+        checkpoint.save_model(student, run_dir / "checkpoints" / "student.pt",
+                              meta={"test/acc": results["test/acc"]})
+        sink.results(results)
+    finally:
+        sink.close()
+    return results
+
+
+def run_info(device: torch.device, precision) -> dict[str, str]:
+    dtype = resolve_precision(choice(precision), device)
+    return {"meta/git_commit": git_commit(), "meta/device": str(device),
+            "meta/precision": "fp32" if dtype is None else "bf16", "meta/torch": torch.__version__}
+
+
+def git_commit() -> str:
+    """The commit kdrun ran from ('-dirty' with uncommitted changes), or 'unknown'."""
+    here = Path(__file__).parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                              text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
+
+
+def summary(cfg: DictConfig, results: dict[str, Any], run_dir: Path) -> str:
+    lines = [f"{cfg.method.name}: {cfg.student.arch} on {cfg.dataset.name}, {cfg.epochs} epochs"]
+    if "teacher/test/acc" in results:
+        lines.append(f"  teacher ({cfg.teacher.arch}) test acc  "
+                     f"{results['teacher/test/acc']:6.2f} %")
+    lines.append(f"  student ({cfg.student.arch}) test acc  {results['test/acc']:6.2f} %"
+                 f"  (best epoch {results['test/best_acc']:.2f} %)")
+    if "test/agreement" in results:
+        lines.append(f"  student-teacher agreement  {results['test/agreement']:6.2f} %")
+    lines.append(f"  training speed  {results['train/img_s']:.0f} img/s")
+    lines.append(f"  run directory  {run_dir}")
+    return "\n".join(lines)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    try:
+        results = train(cfg, run_dir, sweep_group=hydra_cfg.sweep.dir if multirun else None,
+                        run_name=hydra_cfg.job.override_dirname or None)
+    except KdrunError as err:
+        log.error("%s", err)
+        (run_dir / "error.txt").write_text(f"{err}\n")
+        if multirun:  # the other jobs of the sweep go on
+            return None
+        sys.exit(1)
+    log.info("done\n%s", summary(cfg, results, run_dir))
+    return results["test/acc"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""The config schema: types for every key, so Hydra rejects `alpha=abc` or a misspelt key at
+composition time. Values live in the YAML under conf/ (the schema holds none), so the two can
+never disagree. Ranges and names are checked by `validate`, before any data is touched."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from kdrun.errors import ConfigError
+
+
+class Precision(Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+class SchedName(Enum):
+    multistep = "multistep"
+    cosine = "cosine"
+    constant = "constant"
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    root: str = MISSING
+    download: bool = MISSING
+    num_classes: int = MISSING
+    image_size: int = MISSING
+    mean: list[float] = MISSING
+    std: list[float] = MISSING
+    crop_padding: int = MISSING
+    hflip: bool = MISSING
+    test_fraction: float = MISSING
+    split_seed: int = MISSING
+    train_subset: int | None = None
+    test_subset: int | None = None
+    samples: int = MISSING
+    num_workers: int = MISSING
+
+
+@dataclass
+class SchedConfig:
+    name: SchedName = MISSING
+    milestones: list[float] = MISSING
+    gamma: float = MISSING
+    warmup_epochs: float = MISSING
+    min_lr: float = MISSING
+
+
+@dataclass
+class ModelConfig:
+    arch: str = MISSING
+    drop_rate: float = MISSING
+
+
+@dataclass
+class TeacherConfig(ModelConfig):
+    checkpoint: str = MISSING
+    seed: int = MISSING
+    epochs: int = MISSING
+    batch_size: int = MISSING
+    cache_dir: str = MISSING
+    optim: dict[str, Any] = field(default_factory=dict)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+
+
+@dataclass
+class TrainerConfig:
+    batch_size: int = MISSING
+    eval_batch_size: int = MISSING
+    device: str = MISSING
+    precision: Precision = MISSING
+    channels_last: bool = MISSING
+    max_steps: int | None = None
+    resume: bool = MISSING
+    eval_every: int = MISSING
+    log_every: int = MISSING
+    progress: bool = MISSING
+
+
+@dataclass
+class LoggerConfig:
+    name: str = MISSING
+    project: str = MISSING
+    entity: str | None = None
+    mode: str = MISSING
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class KdrunConfig:
+    alpha: float = MISSING
+    T: float = MISSING
+    sigma: float = MISSING
+    seed: int = MISSING
+    epochs: int = MISSING
+    cache_dir: str = MISSING
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: ModelConfig = field(default_factory=ModelConfig)
+    method: dict[str, Any] = field(default_factory=dict)
+    optim: dict[str, Any] = field(default_factory=dict)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+def register_configs() -> None:
+    """The schema, plus one `teacher=`/`student=` option per architecture in the model zoo."""
+    from kdrun.models import MODELS
+
+    cs = ConfigStore.instance()
+    cs.store(name="kdrun_schema", node=KdrunConfig)
+    for arch in MODELS.names():
+        cs.store(group="teacher", name=arch, node={"arch": arch})
+        cs.store(group="student", name=arch, node={"arch": arch})
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value} is not allowed: {allowed}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Reject impossible values and unknown names with a message naming key, value and fix."""
+    from kdrun.data import DATASETS
+    from kdrun.methods import METHODS
+    from kdrun.models import check_arch
+
+    _check(0.0 <= cfg.alpha <= 1.0, "alpha", cfg.alpha, "it must lie in [0, 1]")
+    _check(cfg.T > 0, "T", cfg.T, "the temperature must be > 0")
+    _check(cfg.sigma >= 0, "sigma", cfg.sigma, "the noise std must be >= 0")
+    _check(cfg.epochs >= 1, "epochs", cfg.epochs, "train for at least 1 epoch")
+    _check(cfg.seed >= 0, "seed", cfg.seed, "seeds are integers >= 0")
+    _check(cfg.trainer.batch_size >= 1, "trainer.batch_size", cfg.trainer.batch_size, "use >= 1")
+    _check(cfg.trainer.eval_every >= 0, "trainer.eval_every", cfg.trainer.eval_every,
+           "epochs between test evaluations, >= 0 (0: only at the end)")
+    if cfg.trainer.max_steps is not None:
+        _check(cfg.trainer.max_steps >= 1, "trainer.max_steps", cfg.trainer.max_steps,
+               "use >= 1, or null for no limit")
+    _check_device(cfg.trainer.device)
+
+    DATASETS.get(cfg.dataset.name, key="dataset.name")
+    _check(cfg.dataset.num_classes >= 2, "dataset.num_classes", cfg.dataset.num_classes, "use >= 2")
+    _check(0 < cfg.dataset.test_fraction < 1, "dataset.test_fraction", cfg.dataset.test_fraction,
+           "it must lie in (0, 1)")
+    for key in ("train_subset", "test_subset"):
+        value = cfg.dataset[key]
+        if value is not None:
+            _check(value >= 1, f"dataset.{key}", value, "use >= 1, or null for the whole split")
+
+    check_arch(cfg.student.arch, key="student.arch")
+    for section in ("student", "teacher"):
+        rate = cfg[section].drop_rate
+        _check(0 <= rate < 1, f"{section}.drop_rate", rate, "it must lie in [0, 1)")
+    _check_optim(cfg.optim, "optim")
+    _check_sched(cfg.sched, "sched")
+
+    method_cls = METHODS.get(cfg.method.get("name"), key="method.name")
+    _check_method_settings(method_cls, cfg.method)
+    if method_cls.needs_teacher:
+        check_arch(cfg.teacher.arch, key="teacher.arch")
+        _check_teacher(cfg.teacher)
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    ok = device in ("auto", "cpu") or device == "cuda" or device.startswith("cuda:")
+    _check(ok, "trainer.device", device, "use auto, cpu, cuda or cuda:N")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={device} but no CUDA device is available: "
+                          "use trainer.device=auto or cpu")
+
+
+def _check_optim(optim: DictConfig, key: str) -> None:
+    from hydra.utils import get_class
+
+    target = optim.get("_target_")
+    try:
+        get_class(target)
+    except Exception:
+        raise ConfigError(f"{key}._target_={target} is not an importable optimiser class: "
+                          "use e.g. torch.optim.SGD or choose optim=sgd|adamw") from None
+    _check(optim.get("lr", 0) > 0, f"{key}.lr", optim.get("lr"), "the learning rate must be > 0")
+
+
+def _check_sched(sched: DictConfig, key: str) -> None:
+    for m in sched.milestones:
+        _check(0 < m < 1, f"{key}.milestones", list(sched.milestones),
+               "milestones are fractions of the epochs, each in (0, 1)")
+    _check(sched.warmup_epochs >= 0, f"{key}.warmup_epochs", sched.warmup_epochs, "use >= 0")
+
+
+def _check_teacher(teacher: DictConfig) -> None:
+    ckpt = teacher.checkpoint
+    if ckpt in ("auto", "pretrained"):
+        if ckpt == "auto":
+            _check(teacher.epochs >= 1, "teacher.epochs", teacher.epochs, "use >= 1")
+            _check_optim(teacher.optim, "teacher.optim")
+            _check_sched(teacher.sched, "teacher.sched")
+        else:
+            _check(teacher.arch.startswith("timm/"), "teacher.checkpoint", ckpt,
+                   "pretrained weights exist only for timm models (teacher.arch=timm/NAME)")
+        return
+    if not Path(ckpt).expanduser().is_file():
+        raise ConfigError(f"teacher.checkpoint={ckpt} does not exist: give the path of a "
+                          "checkpoint file, or teacher.checkpoint=auto to train and cache one")
+
+
+def _check_method_settings(method_cls: type, method: DictConfig) -> None:
+    """Every key of a method's YAML must be a constructor argument of its class."""
+    params = inspect.signature(method_cls.__init__).parameters
+    allowed = sorted(p for p in params if p not in ("self", "student", "teacher"))
+    for key in method:
+        if key != "name" and key not in params:
+            raise ConfigError(f"method.{key} is not a setting of method {method.name}: "
+                              f"its settings are {', '.join(allowed) or '(none)'}")
+
+
+def choice(value: Enum | str) -> str:
+    """The string of an enum setting (composed configs hold the Enum, hand-made ones a str)."""
+    return value.value if isinstance(value, Enum) else value
+
+
+def to_dict(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as plain Python (for W&B and cache keys)."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)

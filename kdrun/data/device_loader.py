@@ -1,0 +1,121 @@
+"""Batches for training and evaluation. Small-image splits live on the training device as uint8
+and are augmented a whole batch at a time (no per-image Python); large-image data sets go
+through a DataLoader. Both yield (float images in [0, 1], labels) on the device, in an order
+fixed by (seed, epoch), so an interrupted run resumes onto the same batches."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from kdrun.data.types import TensorSplit
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch
+
+
+def drops_last(n: int, batch_size: int, train: bool) -> bool:
+    """Training drops the ragged last batch (BN statistics), unless it is the only batch."""
+    return train and n >= batch_size
+
+
+def num_batches(n: int, batch_size: int, train: bool) -> int:
+    return n // batch_size if drops_last(n, batch_size, train) else math.ceil(n / batch_size)
+
+
+def random_crop_flip(images: torch.Tensor, padding: int, hflip: bool,
+                     generator: torch.Generator) -> torch.Tensor:
+    """Per-image random crop after zero padding, and random horizontal flip, on a uint8 batch."""
+    n, c, h, w = images.shape
+    device = images.device
+    if padding:
+        padded = F.pad(images, (padding,) * 4)
+        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=device)
+        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=device)
+        rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(w, device=device))[:, None, None, :]
+        batch = torch.arange(n, device=device)[:, None, None, None]
+        chans = torch.arange(c, device=device)[None, :, None, None]
+        images = padded[batch, chans, rows, cols]
+    if hflip:
+        flip = torch.rand(n, generator=generator, device=device) < 0.5
+        images = torch.where(flip[:, None, None, None], images.flip(3), images)
+    return images
+
+
+class DeviceLoader:
+    def __init__(self, split: TensorSplit, batch_size: int, device: torch.device, seed: int,
+                 train: bool, crop_padding: int = 0, hflip: bool = False):
+        self.images = split.images.to(device)
+        self.labels = split.labels.to(device)
+        self.batch_size = batch_size
+        self.device = device
+        self.seed = seed
+        self.train = train
+        self.crop_padding = crop_padding
+        self.hflip = hflip
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return num_batches(len(self.labels), self.batch_size, self.train)
+
+    def __iter__(self) -> Iterator[Batch]:
+        n = len(self.labels)
+        g = torch.Generator(device=self.device).manual_seed(epoch_seed(self.seed, self.epoch))
+        order = (torch.randperm(n, generator=g, device=self.device) if self.train
+                 else torch.arange(n, device=self.device))
+        for i in range(len(self)):
+            index = order[i * self.batch_size:(i + 1) * self.batch_size]
+            images = self.images[index]
+            if self.train:
+                images = random_crop_flip(images, self.crop_padding, self.hflip, g)
+            yield images.float().div_(255), self.labels[index]
+
+
+class DatasetLoader:
+    """The DataLoader path for large images, with the same interface as DeviceLoader."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, device: torch.device, seed: int,
+                 train: bool, num_workers: int):
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.device = device
+        self.seed = seed
+        self.train = train
+        self.num_workers = num_workers
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return num_batches(len(self.dataset), self.batch_size, self.train)
+
+    def __iter__(self) -> Iterator[Batch]:
+        loader = DataLoader(
+            self.dataset, batch_size=self.batch_size, shuffle=self.train,
+            drop_last=drops_last(len(self.dataset), self.batch_size, self.train),
+            num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch)),
+            persistent_workers=False)
+        for images, labels in loader:
+            yield (images.to(self.device, non_blocking=True),
+                   labels.to(self.device, non_blocking=True))
+
+
+def make_loader(split: TensorSplit | Dataset, batch_size: int, device: torch.device, seed: int,
+                train: bool, dataset_cfg) -> DeviceLoader | DatasetLoader:
+    if isinstance(split, TensorSplit):
+        return DeviceLoader(split, batch_size, device, seed, train,
+                            crop_padding=dataset_cfg.crop_padding, hflip=dataset_cfg.hflip)
+    return DatasetLoader(split, batch_size, device, seed, train, dataset_cfg.num_workers)

@@ -1,0 +1,49 @@
+"""What a data set loader returns: small-image splits as in-memory uint8 tensors (augmented in
+batches on the training device), large-image splits as torch Datasets (DataLoader path)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import Dataset
+
+
+@dataclass
+class TensorSplit:
+    images: torch.Tensor  # uint8, N x C x H x W
+    labels: torch.Tensor  # int64, N
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, index: torch.Tensor) -> TensorSplit:
+        return TensorSplit(self.images[index], self.labels[index])
+
+
+@dataclass
+class ImageData:
+    train: TensorSplit | Dataset
+    test: TensorSplit | Dataset
+    classes: list[str]
+
+
+def seeded_permutation(n: int, seed: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+
+
+def holdout_split(split: TensorSplit, test_fraction: float, seed: int):
+    """A fixed, seeded train/test split for data sets that ship without one."""
+    order = seeded_permutation(len(split), seed)
+    n_test = max(1, round(len(split) * test_fraction))
+    return split.take(order[n_test:]), split.take(order[:n_test])
+
+
+def subset(split, size: int | None, seed: int):
+    """A seeded random subset of `size` examples (None or a larger size: the whole split)."""
+    if size is None or size >= len(split):
+        return split
+    index = seeded_permutation(len(split), seed)[:size]
+    if isinstance(split, TensorSplit):
+        return split.take(index)
+    return torch.utils.data.Subset(split, index.tolist())

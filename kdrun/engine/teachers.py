@@ -1,0 +1,88 @@
+"""Where a run's teacher comes from: a checkpoint file, timm's pretrained weights, or (`auto`)
+the teacher cache, keyed by data set, architecture, seed and training recipe. A missing cache
+entry is trained once with the vanilla recipe; a file lock makes concurrent sweep jobs wait for
+that one training instead of repeating it or reading half a file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+from omegaconf import DictConfig
+
+from kdrun.config import to_dict
+from kdrun.data import ImageData
+from kdrun.engine import checkpoint
+from kdrun.engine.runtime import seed_everything
+from kdrun.engine.trainer import Recipe, Trainer
+from kdrun.methods.vanilla import Vanilla
+from kdrun.models import Classifier, build_model
+from kdrun.sinks import PrefixedSink
+
+log = logging.getLogger(__name__)
+# Data-set settings that change how data is read, not what it is: left out of the cache key.
+RUNTIME_ONLY_DATASET_KEYS = ("download", "num_workers")
+
+
+def build_teacher(cfg: DictConfig) -> Classifier:
+    t, d = cfg.teacher, cfg.dataset
+    return build_model(t.arch, d.num_classes, d.mean, d.std, drop_rate=t.drop_rate,
+                       pretrained=t.checkpoint == "pretrained")
+
+
+def teacher_recipe(cfg: DictConfig) -> Recipe:
+    t = cfg.teacher
+    return Recipe(epochs=t.epochs, batch_size=t.batch_size, optim=t.optim, sched=t.sched)
+
+
+def cache_entry(cfg: DictConfig) -> Path:
+    """The cache folder of the teacher `cfg` asks for: the same recipe, the same folder."""
+    dataset = {k: v for k, v in to_dict(cfg.dataset).items() if k not in RUNTIME_ONLY_DATASET_KEYS}
+    dataset["root"] = str(Path(dataset["root"]).expanduser().resolve())
+    t = to_dict(cfg.teacher)
+    recipe = {"dataset": dataset, "arch": t["arch"], "drop_rate": t["drop_rate"],
+              "seed": t["seed"], "epochs": t["epochs"], "batch_size": t["batch_size"],
+              "optim": t["optim"], "sched": t["sched"], "max_steps": cfg.trainer.max_steps}
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+    arch = re.sub(r"[^A-Za-z0-9_.-]", "-", t["arch"])
+    name = f"{cfg.dataset.name}-{arch}-seed{t['seed']}-{digest}"
+    return Path(t["cache_dir"]).expanduser() / name
+
+
+def resolve_teacher(cfg: DictConfig, data: ImageData, device: torch.device, sink) -> Classifier:
+    """The run's teacher, with its weights loaded (training and caching it if need be)."""
+    teacher = build_teacher(cfg)
+    source = cfg.teacher.checkpoint
+    if source == "pretrained":
+        log.info("teacher: timm pretrained %s", cfg.teacher.arch)
+        return teacher
+    path = Path(source).expanduser() if source != "auto" else _cached(cfg, data, device, sink)
+    meta = checkpoint.load_model(teacher, path)
+    log.info("teacher: %s from %s%s", cfg.teacher.arch, path,
+             f" (test acc {meta['test/acc']:.2f}% when trained)" if "test/acc" in meta else "")
+    return teacher
+
+
+def _cached(cfg: DictConfig, data: ImageData, device: torch.device, sink) -> Path:
+    entry = cache_entry(cfg)
+    path = entry / "teacher.pt"
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(entry) + ".lock"):
+        if path.is_file():
+            return path
+        log.info("teacher: no cached %s for this recipe; training it first (cached in %s)",
+                 cfg.teacher.arch, entry)
+        seed_everything(cfg.teacher.seed)
+        teacher = build_teacher(cfg)
+        trainer = Trainer(cfg.trainer, device, entry, PrefixedSink(sink, "teacher/"),
+                          seed=cfg.teacher.seed, dataset_cfg=cfg.dataset, label="teacher ",
+                          resume=True)  # a teacher killed mid-training continues here
+        metrics = trainer.fit(Vanilla(teacher), data, teacher_recipe(cfg))
+        checkpoint.save_model(teacher.cpu(), path, meta={
+            "test/acc": metrics["test/acc"], "recipe": to_dict(cfg.teacher)})
+    return path

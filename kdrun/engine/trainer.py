@@ -1,0 +1,181 @@
+"""The training loop. It knows the method protocol only: batches go to `training_step`, the
+returned 'loss' is minimised, scalar extras are logged. Metrics accumulate on the device and
+are read once per log interval, so the step has no host sync."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from kdrun.config import choice
+from kdrun.data import ImageData, make_loader
+from kdrun.engine import checkpoint
+from kdrun.engine.runtime import autocast, resolve_precision, synchronize
+from kdrun.engine.schedule import build_scheduler
+from kdrun.evaluation.accuracy import evaluate
+from kdrun.methods import Method
+
+log = logging.getLogger(__name__)
+CHECKPOINT_NAME = "last.pt"
+
+
+@dataclass
+class Recipe:
+    """What a training run is: how long, in what batches, with which optimiser and schedule."""
+    epochs: int
+    batch_size: int
+    optim: DictConfig
+    sched: DictConfig
+
+
+@dataclass
+class _Progress:
+    epoch: int = 0  # the next epoch to run
+    step: int = 0
+    best_acc: float = -math.inf
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig, device: torch.device, run_dir: Path, sink, seed: int,
+                 dataset_cfg: DictConfig, resume: bool, label: str = ""):
+        self.cfg = cfg
+        self.device = device
+        self.run_dir = run_dir
+        self.sink = sink
+        self.seed = seed
+        self.dataset_cfg = dataset_cfg
+        self.resume = resume  # continue from run_dir/checkpoints/last.pt when it exists
+        self.label = label  # shown in the progress bar, e.g. "teacher "
+        self.autocast = functools.partial(autocast, device,
+                                          resolve_precision(choice(cfg.precision), device))
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoints" / CHECKPOINT_NAME
+
+    def fit(self, method: Method, data: ImageData, recipe: Recipe) -> dict[str, float]:
+        """Trains `method`, evaluating every `eval_every` epochs and at the end; returns the
+        final metrics (test/*, teacher/test/* when the method has a teacher, train/*)."""
+        train_loader = make_loader(data.train, recipe.batch_size, self.device, self.seed,
+                                   train=True, dataset_cfg=self.dataset_cfg)
+        test_loader = make_loader(data.test, self.cfg.eval_batch_size, self.device, self.seed,
+                                  train=False, dataset_cfg=self.dataset_cfg)
+        method.to(self.device, memory_format=self.memory_format)
+        params = [p for p in method.parameters() if p.requires_grad]
+        optimizer = instantiate(recipe.optim)(params)
+        scheduler = build_scheduler(recipe.sched, optimizer, len(train_loader), recipe.epochs)
+        progress = _Progress()
+        if self.resume:
+            progress = self._resume(method, optimizer, scheduler)
+
+        images_seen, train_time, last = 0, 0.0, {}
+        test_metrics: dict[str, float] = {}
+        max_steps = self.cfg.max_steps or math.inf
+        while progress.epoch < recipe.epochs and progress.step < max_steps:
+            train_loader.set_epoch(progress.epoch)
+            start = time.perf_counter()
+            last, complete = self._train_epoch(method, train_loader, optimizer, scheduler,
+                                               progress, recipe.epochs, max_steps)
+            synchronize(self.device)
+            train_time += time.perf_counter() - start
+            images_seen += last.pop("images")
+            progress.epoch += complete
+            finished = progress.epoch == recipe.epochs or progress.step >= max_steps
+            if finished or (self.cfg.eval_every and progress.epoch % self.cfg.eval_every == 0):
+                teacher = method.teacher if finished else None
+                test_metrics = evaluate(method.eval_model(), test_loader, self.autocast, teacher)
+                progress.best_acc = max(progress.best_acc, test_metrics["test/acc"])
+            self.sink.log({"epoch": progress.epoch, "step": progress.step, **last,
+                           **test_metrics})
+            log.info("%sepoch %d/%d  loss %.4f  train acc %.2f  test acc %s", self.label,
+                     progress.epoch, recipe.epochs, last["train/loss"], last["train/acc"],
+                     f"{test_metrics['test/acc']:.2f}" if test_metrics else "-")
+            if complete:  # a checkpoint always marks an epoch boundary, so resume is exact
+                self._save(method, optimizer, scheduler, progress)
+        if not test_metrics:  # resumed a run that had already finished
+            test_metrics = evaluate(method.eval_model(), test_loader, self.autocast, method.teacher)
+            progress.best_acc = max(progress.best_acc, test_metrics["test/acc"])
+        return {**test_metrics, "test/best_acc": progress.best_acc, **last,
+                "train/img_s": images_seen / train_time if train_time else 0.0,
+                "train/time_s": train_time, "train/steps": progress.step}
+
+    def _train_epoch(self, method, loader, optimizer, scheduler, progress: _Progress, epochs: int,
+                     max_steps: float) -> tuple[dict[str, float], bool]:
+        """One pass over the training batches, or up to `max_steps`; says if it completed."""
+        method.train()
+        epoch = progress.epoch
+        totals: dict[str, torch.Tensor] = {}
+        correct = torch.zeros((), device=self.device)
+        seen, batches, interval_start, interval_images = 0, 0, time.perf_counter(), 0
+        bar = tqdm(total=len(loader), desc=f"{self.label}epoch {epoch + 1}/{epochs}",
+                   disable=None if self.cfg.progress else True, leave=False)
+        with logging_redirect_tqdm():
+            for images, labels in loader:
+                images = images.contiguous(memory_format=self.memory_format)
+                with self.autocast():
+                    out = method.training_step(images, labels)
+                optimizer.zero_grad(set_to_none=True)
+                out["loss"].backward()
+                optimizer.step()
+                scheduler.step()
+                progress.step += 1
+                n = len(labels)
+                seen += n
+                interval_images += n
+                correct += (out["logits"].detach().argmax(dim=1) == labels).sum()
+                for key, value in out.items():
+                    if key != "logits":
+                        totals[key] = totals.get(key, 0) + value.detach().float() * n
+                batches += 1
+                bar.update()
+                if progress.step % self.cfg.log_every == 0:
+                    elapsed = time.perf_counter() - interval_start
+                    row = {"step": progress.step, "train/lr": optimizer.param_groups[0]["lr"],
+                           "train/loss": out["loss"].item(),
+                           "train/img_s_interval": interval_images / elapsed}
+                    self.sink.log(row)
+                    bar.set_postfix(loss=f"{row['train/loss']:.3f}",
+                                    img_s=f"{row['train/img_s_interval']:.0f}")
+                    interval_start, interval_images = time.perf_counter(), 0
+                if progress.step >= max_steps:
+                    break
+        bar.close()
+        complete = batches == len(loader)
+        metrics = {f"train/{k}": (v / seen).item() for k, v in totals.items()}
+        metrics["train/acc"] = 100 * correct.item() / seen
+        metrics["images"] = seen
+        return metrics, complete
+
+    def _save(self, method, optimizer, scheduler, progress: _Progress) -> None:
+        state = {"epoch": progress.epoch, "step": progress.step, "best_acc": progress.best_acc,
+                 "method": method.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        checkpoint.save_atomic(state, self.checkpoint_path)
+
+    def _resume(self, method, optimizer, scheduler) -> _Progress:
+        path = self.checkpoint_path
+        if not path.is_file():
+            log.info("trainer.resume: no checkpoint at %s, starting from scratch", path)
+            return _Progress()
+        state = checkpoint.load(path, self.device)
+        method.load_state_dict(state["method"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
+        log.info("resumed from %s at epoch %d (step %d)", path, state["epoch"], state["step"])
+        return _Progress(state["epoch"], state["step"], state["best_acc"])

@@ -1,0 +1,54 @@
+"""Clean test metrics: top-1/top-5 accuracy and loss, and student-teacher top-1 agreement,
+for one or two models in a single pass over the test set (accuracies in percent)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class _Tally:
+    def __init__(self, device: torch.device):
+        self.correct1 = torch.zeros((), device=device)
+        self.correct5 = torch.zeros((), device=device)
+        self.loss = torch.zeros((), device=device)
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        self.correct1 += (top[:, 0] == labels).sum()
+        self.correct5 += (top == labels[:, None]).any(dim=1).sum()
+        self.loss += F.cross_entropy(logits, labels, reduction="sum")
+        return top[:, 0]
+
+    def metrics(self, n: int, prefix: str) -> dict[str, float]:
+        return {f"{prefix}acc": 100 * self.correct1.item() / n,
+                f"{prefix}top5": 100 * self.correct5.item() / n,
+                f"{prefix}loss": self.loss.item() / n}
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader, autocast_ctx, teacher: nn.Module | None = None
+             ) -> dict[str, float]:
+    """Keys: test/acc, test/top5, test/loss; with a teacher also teacher/test/* and
+    test/agreement (the share of test images on which both predict the same class)."""
+    model.eval()
+    device = next(model.parameters()).device
+    student_tally, teacher_tally = _Tally(device), _Tally(device)
+    agree = torch.zeros((), device=device)
+    n = 0
+    if teacher is not None:
+        teacher.eval()
+    for images, labels in loader:
+        with autocast_ctx():
+            logits = model(images).float()
+            teacher_logits = teacher(images).float() if teacher is not None else None
+        prediction = student_tally.add(logits, labels)
+        if teacher_logits is not None:
+            agree += (teacher_tally.add(teacher_logits, labels) == prediction).sum()
+        n += len(labels)
+    results = student_tally.metrics(n, "test/")
+    if teacher is not None:
+        results.update(teacher_tally.metrics(n, "teacher/test/"))
+        results["test/agreement"] = 100 * agree.item() / n
+    return results

@@ -1,0 +1,16 @@
+"""Loss terms shared by several methods."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                    T: float) -> torch.Tensor:
+    """T^2 * KL(softmax(t/T) || softmax(s/T)), averaged over the batch (Hinton et al., 2015);
+    the T^2 keeps gradient magnitudes comparable across temperatures."""
+    log_p_student = F.log_softmax(student_logits.float() / T, dim=1)
+    log_p_teacher = F.log_softmax(teacher_logits.float() / T, dim=1)
+    kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+    return kl * (T * T)

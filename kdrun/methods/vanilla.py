@@ -1,0 +1,17 @@
+"""Plain supervised training: the no-distillation baseline, and the recipe teachers train with."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from kdrun.methods.base import METHODS, Method
+
+
+@METHODS.register("vanilla")
+class Vanilla(Method):
+    """Cross-entropy on the labels; no teacher."""
+
+    def training_step(self, images, labels):
+        logits = self.student(images)
+        loss = F.cross_entropy(logits.float(), labels)
+        return {"loss": loss, "logits": logits}

@@ -1,0 +1,34 @@
+"""The model every part of kdrun sees: a network with its input normalisation inside, so data,
+noise and attacks all work in pixel space [0, 1]."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Classifier(nn.Module):
+    def __init__(self, net: nn.Module, arch: str, num_classes: int, mean: list[float],
+                 std: list[float]):
+        super().__init__()
+        self.net = net
+        self.arch = arch
+        self.num_classes = num_classes
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(x))
+
+    def forward_intermediates(self, x: torch.Tensor, indices=None):
+        """(logits, [feature maps of the stages at `indices`]) for zoo and timm networks alike."""
+        final, features = self.net.forward_intermediates(self.normalize(x), indices=indices)
+        return self.net.forward_head(final), features
+
+    @property
+    def feature_info(self) -> list[dict]:
+        """One dict per stage: num_chs, reduction, module (timm's FeatureInfo entries)."""
+        return [dict(info) for info in self.net.feature_info]

@@ -1,0 +1,53 @@
+"""ResNets for 32x32 inputs: He et al.'s CIFAR family (depth 6n+2, arXiv 1512.03385), the
+4x-wide variants used in the KD literature (resnet8x4, resnet32x4; Tian et al., CRD), and
+ResNet-18/34 with a 3x3 stem and no max-pool (the DeepInversion CIFAR setting)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdrun.models.staged import StagedNet, conv3x3
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = conv3x3(cin, cout, stride)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = conv3x3(cout, cout)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False),
+                                          nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+def resnet(stem_width: int, widths: list[int], blocks: list[int], strides: list[int],
+           num_classes: int, drop_rate: float = 0.0) -> StagedNet:
+    stem = nn.Sequential(conv3x3(3, stem_width), nn.BatchNorm2d(stem_width), nn.ReLU(inplace=True))
+    stages, cin, reduction, reductions = [], stem_width, 1, []
+    for width, n, stride in zip(widths, blocks, strides):
+        stages.append(nn.Sequential(*[BasicBlock(cin if i == 0 else width, width,
+                                                 stride if i == 0 else 1) for i in range(n)]))
+        cin, reduction = width, reduction * stride
+        reductions.append(reduction)
+    return StagedNet(stem, stages, widths, reductions, nn.Identity(), num_classes, drop_rate)
+
+
+def cifar_resnet(depth: int, widths: list[int], num_classes: int, drop_rate: float = 0.0):
+    """`widths` = [stem, stage1, stage2, stage3]."""
+    if (depth - 2) % 6:
+        raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+    n = (depth - 2) // 6
+    return resnet(widths[0], widths[1:], [n] * 3, [1, 2, 2], num_classes, drop_rate)
+
+
+def imagenet_style_resnet(blocks: list[int], num_classes: int, drop_rate: float = 0.0):
+    return resnet(64, [64, 128, 256, 512], blocks, [1, 2, 2, 2], num_classes, drop_rate)

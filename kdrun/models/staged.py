@@ -1,0 +1,68 @@
+"""The shape shared by the zoo's CIFAR networks (stem -> stages -> pooled linear head), with
+timm's feature contract so methods ask for stage indices rather than module paths."""
+
+from __future__ import annotations
+
+import torch
+from timm.models._features import feature_take_indices
+from torch import nn
+
+
+class StagedNet(nn.Module):
+    def __init__(self, stem: nn.Module, stages: list[nn.Module], stage_channels: list[int],
+                 stage_reductions: list[int], head_norm: nn.Module, num_classes: int,
+                 drop_rate: float = 0.0):
+        super().__init__()
+        self.stem = stem
+        self.stages = nn.ModuleList(stages)
+        self.head_norm = head_norm  # WRN's final BN-ReLU; identity for post-activation ResNets
+        self.drop = nn.Dropout(drop_rate)
+        self.num_features = stage_channels[-1]
+        self.fc = nn.Linear(self.num_features, num_classes)
+        self.feature_info = [
+            {"num_chs": c, "reduction": r, "module": f"stages.{i}"}
+            for i, (c, r) in enumerate(zip(stage_channels, stage_reductions))
+        ]
+        _init_weights(self)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        return self.head_norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.mean(dim=(2, 3))
+        return x if pre_logits else self.fc(self.drop(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(self, x: torch.Tensor, indices=None, **_):
+        """timm's signature: (final feature map, [stage outputs at `indices`]); an int n means
+        the last n stages. The last stage is reported after the head norm, as timm does."""
+        take, _ = feature_take_indices(len(self.stages), indices)
+        intermediates = []
+        x = self.stem(x)
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i == len(self.stages) - 1:
+                x = self.head_norm(x)
+            if i in take:
+                intermediates.append(x)
+        return x, intermediates
+
+
+def _init_weights(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.zeros_(m.bias)
+
+
+def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)

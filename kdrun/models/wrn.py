@@ -1,0 +1,44 @@
+"""Wide residual networks for 32x32 inputs (Zagoruyko & Komodakis, BMVC 2016, arXiv 1605.07146):
+WRN-d-k has (d-4)/6 pre-activation blocks per stage and widths 16k, 32k, 64k."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdrun.models.staged import StagedNet, conv3x3
+
+
+class PreActBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = conv3x3(cin, cout, stride)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.conv2 = conv3x3(cout, cout)
+        self.shortcut = None
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        o = F.relu(self.bn1(x))
+        skip = x if self.shortcut is None else self.shortcut(o)
+        out = self.conv1(o)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + skip
+
+
+def wide_resnet(depth: int, widen: int, num_classes: int, drop_rate: float = 0.0) -> StagedNet:
+    if (depth - 4) % 6:
+        raise ValueError(f"WRN depth must be 6n+4, got {depth}")
+    n = (depth - 4) // 6
+    widths = [16 * widen, 32 * widen, 64 * widen]
+    stages, cin = [], 16
+    for width, stride in zip(widths, (1, 2, 2)):
+        blocks = [PreActBlock(cin if i == 0 else width, width, stride if i == 0 else 1)
+                  for i in range(n)]
+        stages.append(nn.Sequential(*blocks))
+        cin = width
+    head_norm = nn.Sequential(nn.BatchNorm2d(widths[-1]), nn.ReLU(inplace=True))
+    return StagedNet(conv3x3(3, 16), stages, widths, [1, 2, 4], head_norm, num_classes, drop_rate)

@@ -1,0 +1,65 @@
+"""Where metrics go: the run directory always, W&B when configured. Methods and the trainer
+log through a Sink and know nothing about the back-ends."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from kdrun.sinks.local import LocalSink
+
+log = logging.getLogger(__name__)
+
+
+class Sink:
+    def log(self, metrics: dict[str, Any]) -> None:
+        """One row of step- or epoch-level metrics."""
+
+    def results(self, results: dict[str, Any]) -> None:
+        """The run's final metrics."""
+
+    def close(self) -> None:
+        pass
+
+
+class MultiSink(Sink):
+    def __init__(self, sinks: list):
+        self.sinks = sinks
+
+    def log(self, metrics):
+        for sink in self.sinks:
+            sink.log(metrics)
+
+    def results(self, results):
+        for sink in self.sinks:
+            sink.results(results)
+
+    def close(self):
+        for sink in self.sinks:
+            sink.close()
+
+
+class PrefixedSink(Sink):
+    """Logs under a prefix (e.g. 'teacher/' while a teacher trains inside a student's run)."""
+
+    def __init__(self, sink: Sink, prefix: str):
+        self.sink = sink
+        self.prefix = prefix
+
+    def log(self, metrics):
+        self.sink.log({f"{self.prefix}{k}": v for k, v in metrics.items()})
+
+
+def build_sinks(cfg: DictConfig, run_dir: Path, sweep_group: str | None,
+                run_name: str | None) -> MultiSink:
+    sinks: list = [LocalSink(run_dir)]
+    if cfg.logger.name == "wandb":
+        from kdrun.sinks.wandb import open_wandb_sink
+
+        wandb_sink = open_wandb_sink(cfg, run_dir, sweep_group, run_name)
+        if wandb_sink is not None:
+            sinks.append(wandb_sink)
+    return MultiSink(sinks)

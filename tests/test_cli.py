@@ -1,0 +1,100 @@
+"""The real `kdrun` console script, end to end, in subprocesses."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import TINY, read_results
+from wandb_log import logged
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parent.parent
+
+
+def kdrun(*args: str, env: dict, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["kdrun", *args], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kdrun failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def test_a_run_writes_results_and_an_offline_wandb_run_with_the_same_values(tmp_path, cli_env):
+    overrides = [o for o in TINY if not o.startswith("logger=")]
+    kdrun(*overrides, "logger=wandb", "epochs=2", f"hydra.run.dir={tmp_path}/run",
+          env=cli_env, cwd=tmp_path)
+    run_dir = tmp_path / "run"
+    results = read_results(run_dir)
+    assert results["test/acc"] >= 0 and "teacher/test/acc" in results
+    wandb = logged(run_dir)
+    assert wandb["summary"]["test/acc"] == pytest.approx(results["test/acc"])
+    assert wandb["summary"]["teacher/test/acc"] == pytest.approx(results["teacher/test/acc"])
+    epochs = [row for row in wandb["history"] if "epoch" in row and "test/acc" in row]
+    assert [row["epoch"] for row in epochs] == [1, 2]
+    assert any("teacher/train/loss" in row for row in wandb["history"])  # teacher trained here
+    assert wandb["config"]["alpha"] == 0.9
+    assert wandb["config"]["method"]["name"] == "kd"
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+
+
+def test_multirun_gives_each_job_its_own_run_directory(tmp_path, cli_env):
+    kdrun("-m", *TINY, "method=kd", "alpha=0.5,0.9", f"hydra.sweep.dir={tmp_path}/sweep",
+          env=cli_env, cwd=tmp_path)
+    jobs = sorted((tmp_path / "sweep").glob("[0-9]*"))
+    assert [j.name for j in jobs] == ["0", "1"]
+    for job, alpha in zip(jobs, ("0.5", "0.9")):
+        assert f"alpha={alpha}" in (job / ".hydra" / "overrides.yaml").read_text()
+        assert "test/acc" in read_results(job)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("alpha=1.5", "alpha=1.5 is not allowed: it must lie in [0, 1]"),
+    ("dataset=cifar10", "CIFAR-10 not found in"),
+])
+def test_bad_input_is_one_clear_line_and_exit_code_1(tmp_path, cli_env, override, message):
+    proc = kdrun(*[o for o in TINY if not o.startswith("dataset=")], override,
+                 "dataset.root=/nonexistent", f"hydra.run.dir={tmp_path}/run", env=cli_env,
+                 cwd=tmp_path, check=False)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() + proc.stdout.splitlines()
+              if "ERROR" in line]
+    assert len(errors) == 1 and message in errors[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_cfg_job_prints_the_composed_config(tmp_path, cli_env):
+    proc = kdrun("--cfg", "job", "alpha=0.3", env=cli_env, cwd=tmp_path)
+    assert "alpha: 0.3" in proc.stdout and "arch: wrn_16_2" in proc.stdout
+
+
+def test_python_dash_m_kdrun_is_the_console_script(tmp_path, cli_env):
+    proc = subprocess.run([sys.executable, "-m", "kdrun", "--cfg", "job", "T=2"], env=cli_env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "T: 2" in proc.stdout
+
+
+def test_concurrent_jobs_share_one_teacher_training(tmp_path, cli_env):
+    procs = [subprocess.Popen(["kdrun", *TINY, f"hydra.run.dir={tmp_path}/job{i}"], env=cli_env,
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for i in range(2)]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]
+    trained_here = ["teacher/train/loss" in (tmp_path / f"job{i}" / "metrics.jsonl").read_text()
+                    for i in range(2)]
+    assert sorted(trained_here) == [False, True]
+    assert read_results(tmp_path / "job0")["teacher/test/acc"] == \
+        read_results(tmp_path / "job1")["teacher/test/acc"]
+
+
+def test_the_wheel_ships_the_config_tree_inside_the_package(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps",
+                    "--no-build-isolation", "-q", "-w", str(tmp_path)], check=True, timeout=300)
+    [wheel] = tmp_path.glob("kdrun-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for path in ("kdrun/conf/__init__.py", "kdrun/conf/config.yaml", "kdrun/conf/method/kd.yaml",
+                 "kdrun/conf/dataset/digits.yaml", "kdrun/conf/experiment/quickstart.yaml"):
+        assert path in names, path

@@ -1,0 +1,90 @@
+"""Composition of the real config tree, and the validation that runs before any data is read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import compose_config
+from hydra.core.config_store import ConfigStore
+from hydra.errors import ConfigCompositionException
+
+import kdrun
+from kdrun.config import validate
+from kdrun.errors import ConfigError
+
+CONF = Path(kdrun.__file__).parent.parent / "conf"
+
+
+def group_options() -> list[tuple[str, str]]:
+    """Every option of every group: YAML files under conf/ plus the stored teacher/student ones."""
+    options = [(p.parent.name, p.stem) for p in CONF.glob("*/*.yaml")]
+    repo = ConfigStore.instance().repo
+    options += [(g, name.removesuffix(".yaml")) for g in ("teacher", "student") for name in repo[g]]
+    return sorted(options)
+
+
+@pytest.mark.parametrize(("group", "option"), group_options())
+def test_every_option_of_every_group_composes_and_validates(group, option):
+    cfg = compose_config(f"{group}={option}", tiny=False)
+    validate(cfg)
+
+
+def test_defaults_are_the_noise_as_a_resource_setting():
+    cfg = compose_config(tiny=False)
+    assert (cfg.method.name, cfg.teacher.arch, cfg.student.arch, cfg.dataset.name) == (
+        "kd", "wrn_40_2", "wrn_16_2", "cifar10")
+    assert (cfg.epochs, cfg.alpha, cfg.T, cfg.optim.momentum) == (200, 0.9, 4.0, 0.9)
+    assert cfg.optim._target_ == "torch.optim.SGD"
+
+
+def test_method_reads_top_level_keys_by_interpolation():
+    cfg = compose_config("alpha=0.3", "T=8")
+    assert (cfg.method.alpha, cfg.method.T) == (0.3, 8.0)
+
+
+def test_teacher_recipe_is_independent_of_student_sweeps():
+    cfg = compose_config("optim.lr=0.05", "optim=adamw")
+    assert cfg.teacher.optim._target_ == "torch.optim.SGD"
+    assert cfg.teacher.optim.lr == 0.1
+
+
+def test_quickstart_keeps_the_method_free():
+    cfg = compose_config("experiment=quickstart", "method=vanilla", tiny=False)
+    assert (cfg.dataset.name, cfg.method.name) == ("digits", "vanilla")
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("alpha=1.5", "alpha=1.5 is not allowed: it must lie in [0, 1]"),
+    ("alpha=-0.1", "alpha=-0.1 is not allowed"),
+    ("T=0", "T=0.0 is not allowed: the temperature must be > 0"),
+    ("sigma=-0.2", "sigma=-0.2 is not allowed"),
+    ("epochs=0", "epochs=0 is not allowed"),
+    ("trainer.batch_size=0", "trainer.batch_size=0 is not allowed"),
+    ("optim.lr=0", "optim.lr=0 is not allowed"),
+    ("sched.milestones=[0.5,1.5]", "milestones are fractions"),
+    ("student.drop_rate=1.0", "student.drop_rate=1.0 is not allowed"),
+    ("dataset.test_fraction=1.0", "dataset.test_fraction=1.0 is not allowed"),
+    ("method.name=kdd", "method.name=kdd is not a known method: choose one of kd, vanilla"),
+    ("student.arch=wrn_99_9", "student.arch=wrn_99_9 is not a known architecture"),
+    ("teacher.arch=timm/not_a_model", "teacher.arch=timm/not_a_model is not a timm model"),
+    ("dataset.name=mnist", "dataset.name=mnist is not a known data set"),
+    ("+method.beta=1", "method.beta is not a setting of method kd: its settings are T, alpha"),
+    ("teacher.checkpoint=/no/such/file.pt", "teacher.checkpoint=/no/such/file.pt does not exist"),
+    ("teacher.checkpoint=pretrained", "pretrained weights exist only for timm models"),
+    ("trainer.device=tpu", "trainer.device=tpu is not allowed"),
+    ("optim._target_=torch.optim.Nope", "is not an importable optimiser class"),
+])
+def test_impossible_values_name_key_value_and_what_is_allowed(override, message):
+    cfg = compose_config(override)
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("override", ["alpha=abc", "trainer.batchsize=3", "trainer.precision=fp16",
+                                      "method=nope"])
+def test_wrong_types_unknown_keys_and_options_fail_at_composition(override):
+    with pytest.raises(ConfigCompositionException):
+        compose_config(override)

@@ -1,0 +1,181 @@
+"""Each data set's loader against tiny files written in its real on-disk format, and the
+batched on-device augmentation."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import compose_config
+from PIL import Image
+
+from kdrun.data import TensorSplit, load_dataset, make_loader
+from kdrun.data.device_loader import DeviceLoader, random_crop_flip
+from kdrun.errors import ConfigError, DataNotFoundError
+
+RNG = np.random.default_rng(0)
+
+
+def dataset_cfg(name: str, root: Path, *overrides: str):
+    return compose_config(f"dataset={name}", f"dataset.root={root}", *overrides).dataset
+
+
+def write_cifar(root: Path, folder: str, train_files: list[str], test_files: list[str],
+                label_key: str, meta_file: str, names_key: str, classes: list[str], per_file=6):
+    d = root / folder
+    d.mkdir(parents=True)
+    written = {}
+    for name in train_files + test_files:
+        data = RNG.integers(0, 256, (per_file, 3 * 32 * 32), dtype=np.uint8)
+        labels = [i % len(classes) for i in range(per_file)]
+        with open(d / name, "wb") as f:
+            pickle.dump({"data": data, label_key: labels}, f)
+        written[name] = (data, labels)
+    with open(d / meta_file, "wb") as f:
+        pickle.dump({names_key: classes}, f)
+    return written
+
+
+def test_cifar10_reads_the_python_pickles(tmp_path):
+    root = tmp_path
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+               "truck"]
+    written = write_cifar(root, "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)],
+                          ["test_batch"], "labels", "batches.meta", "label_names", classes)
+    data = load_dataset(dataset_cfg("cifar10", root), "/tmp/unused")
+    assert data.classes == classes
+    assert data.train.images.shape == (30, 3, 32, 32) and data.train.images.dtype == torch.uint8
+    assert len(data.test) == 6
+    first = written["data_batch_1"][0][0].reshape(3, 32, 32)  # CIFAR rows are CHW, R then G, B
+    assert torch.equal(data.train.images[0], torch.from_numpy(first))
+    assert data.test.labels.tolist() == written["test_batch"][1]
+
+
+def test_cifar100_reads_fine_labels(tmp_path):
+    classes = [f"c{i}" for i in range(100)]
+    write_cifar(tmp_path, "cifar-100-python", ["train"], ["test"], "fine_labels", "meta",
+                "fine_label_names", classes, per_file=200)
+    data = load_dataset(dataset_cfg("cifar100", tmp_path), "/tmp/unused")
+    assert len(data.classes) == 100 and data.train.labels.max().item() == 99
+
+
+def test_svhn_reads_the_mat_files_and_maps_label_10_to_digit_0(tmp_path):
+    from scipy.io import savemat
+
+    raw = {}
+    for split, n in (("train", 8), ("test", 4)):
+        raw[split] = RNG.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)  # X[h, w, c, n]
+        y = np.array([[10], [1], [2], [3], [4], [5], [6], [7]][:n], dtype=np.uint8)
+        savemat(tmp_path / f"{split}_32x32.mat", {"X": raw[split], "y": y})
+    data = load_dataset(dataset_cfg("svhn", tmp_path), "/tmp/unused")
+    assert data.train.labels.tolist() == [0, 1, 2, 3, 4, 5, 6, 7]
+    assert data.train.images.shape == (8, 3, 32, 32)
+    assert data.train.images[3, 1, 5, 7].item() == raw["train"][5, 7, 1, 3]
+
+
+def write_image_folder(root: Path, classes: list[str], per_class: int, size: int = 32,
+                       suffix: str = ".png") -> None:
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = RNG.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / c / f"{i:04d}{suffix}")
+
+
+def test_any_data_set_reads_a_train_test_image_folder_and_caches_the_decoding(tmp_path):
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+               "truck"]
+    write_image_folder(tmp_path / "data" / "train", classes, 3)
+    write_image_folder(tmp_path / "data" / "test", classes, 1)
+    cache = tmp_path / "cache"
+    data = load_dataset(dataset_cfg("cifar10", tmp_path / "data"), str(cache))
+    assert data.classes == classes and len(data.train) == 30 and len(data.test) == 10
+    png = np.array(Image.open(tmp_path / "data" / "train" / "bird" / "0001.png"))
+    index = (data.train.labels == 2).nonzero()[1].item()
+    assert torch.equal(data.train.images[index], torch.from_numpy(png).permute(2, 0, 1))
+    assert len(list((cache / "data").glob("*.pt"))) == 2
+    again = load_dataset(dataset_cfg("cifar10", tmp_path / "data"), str(cache))
+    assert torch.equal(again.train.images, data.train.images)
+
+
+def test_image_folder_resizes_other_sizes_to_image_size(tmp_path):
+    write_image_folder(tmp_path / "train", ["a", "b"], 2, size=40, suffix=".jpg")
+    write_image_folder(tmp_path / "test", ["a", "b"], 1, size=40, suffix=".jpg")
+    data = load_dataset(dataset_cfg("cinic10", tmp_path, "dataset.num_classes=2"),
+                        str(tmp_path / "cache"))
+    assert data.train.images.shape == (4, 3, 32, 32)
+
+
+def test_imagenet_goes_through_the_dataloader_path(tmp_path):
+    write_image_folder(tmp_path / "train", ["n01", "n02"], 3, size=48)
+    write_image_folder(tmp_path / "val", ["n01", "n02"], 2, size=48)
+    cfg = dataset_cfg("imagenet", tmp_path, "dataset.num_classes=2", "dataset.image_size=32",
+                      "dataset.num_workers=0")
+    data = load_dataset(cfg, str(tmp_path / "cache"))
+    loader = make_loader(data.train, 2, torch.device("cpu"), seed=0, train=True, dataset_cfg=cfg)
+    images, labels = next(iter(loader))
+    assert images.shape == (2, 3, 32, 32) and images.dtype == torch.float32
+    assert 0 <= images.min() and images.max() <= 1 and len(loader) == 3
+
+
+def test_digits_are_a_seeded_split_of_the_bundled_1797_images():
+    cfg = dataset_cfg("digits", "unused")
+    a, b = load_dataset(cfg, "/tmp/unused"), load_dataset(cfg, "/tmp/unused")
+    assert len(a.train) + len(a.test) == 1797 and len(a.test) == round(1797 * 0.2)
+    assert a.train.images.shape[1:] == (3, 32, 32)
+    assert torch.equal(a.test.labels, b.test.labels)
+    other = load_dataset(dataset_cfg("digits", "unused", "dataset.split_seed=1"), "/tmp/unused")
+    assert not torch.equal(a.test.labels, other.test.labels)
+
+
+def test_subsets_are_seeded_and_sized():
+    cfg = dataset_cfg("digits", "unused", "dataset.train_subset=100", "dataset.test_subset=50")
+    data = load_dataset(cfg, "/tmp/unused")
+    assert (len(data.train), len(data.test)) == (100, 50)
+
+
+@pytest.mark.parametrize(("name", "hint"), [
+    ("cifar10", "dataset.download=true"), ("cifar100", "dataset.download=true"),
+    ("svhn", "dataset.download=true"), ("cinic10", "datashare.ed.ac.uk"),
+    ("imagenet", "image-net.org")])
+def test_a_missing_data_set_says_where_it_looked_and_how_to_get_it(tmp_path, name, hint):
+    with pytest.raises(DataNotFoundError) as err:
+        load_dataset(dataset_cfg(name, tmp_path / "nowhere"), str(tmp_path))
+    assert str(tmp_path / "nowhere") in str(err.value) and hint in str(err.value)
+
+
+def test_class_count_mismatch_is_a_config_error(tmp_path):
+    write_image_folder(tmp_path / "train", ["a", "b", "c"], 1)
+    write_image_folder(tmp_path / "test", ["a", "b", "c"], 1)
+    with pytest.raises(ConfigError, match="set dataset.num_classes=3"):
+        load_dataset(dataset_cfg("cifar10", tmp_path), str(tmp_path / "cache"))
+
+
+def test_random_crop_is_a_window_of_the_zero_padded_image_and_flip_mirrors():
+    images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
+    g = torch.Generator().manual_seed(0)
+    out = random_crop_flip(images, padding=2, hflip=True, generator=g)
+    padded = torch.nn.functional.pad(images, (2,) * 4)
+    for i in range(16):
+        windows = [padded[i, :, y:y + 8, x:x + 8] for y in range(5) for x in range(5)]
+        assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(2)) for w in windows)
+    assert not torch.equal(out, images)
+    assert torch.equal(random_crop_flip(images, 0, False, g), images)
+
+
+def test_device_loader_order_depends_on_seed_and_epoch_only():
+    split = TensorSplit(torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8), torch.arange(64))
+    loader = DeviceLoader(split, 16, torch.device("cpu"), seed=3, train=True, crop_padding=2,
+                          hflip=True)
+    first = [y.clone() for _, y in loader]
+    again = [y.clone() for _, y in loader]
+    loader.set_epoch(1)
+    other = [y.clone() for _, y in loader]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+    assert sorted(torch.cat(first).tolist()) == list(range(64))
+    images, _ = next(iter(loader))
+    assert images.dtype == torch.float32 and 0 <= images.min() and images.max() <= 1

@@ -1,0 +1,92 @@
+"""Methods behind the protocol: stored loss values, one step lowers the loss, the teacher is
+frozen and in the mode its method asks for."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from kdrun.methods import METHODS, build_method
+from kdrun.methods.losses import distillation_kl
+from kdrun.models import build_model
+
+MEAN, STD = [0.5] * 3, [0.25] * 3
+STUDENT_LOGITS = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
+TEACHER_LOGITS = torch.tensor([[3.0, 1.0, -2.0], [-1.0, 0.0, 2.0]])
+
+
+def test_distillation_kl_matches_its_definition_and_a_stored_value():
+    T = 4.0
+    p_t = F.softmax(TEACHER_LOGITS / T, dim=1)
+    log_p_s = F.log_softmax(STUDENT_LOGITS / T, dim=1)
+    by_hand = (p_t * (p_t.log() - log_p_s)).sum(dim=1).mean() * T * T
+    value = distillation_kl(STUDENT_LOGITS, TEACHER_LOGITS, T)
+    assert value.item() == pytest.approx(by_hand.item(), rel=1e-6)
+    assert value.item() == pytest.approx(0.48311094, rel=1e-5)  # numpy, by hand
+    assert distillation_kl(TEACHER_LOGITS, TEACHER_LOGITS, T).item() == pytest.approx(0, abs=1e-7)
+
+
+def make_method(name: str, **settings):
+    torch.manual_seed(0)
+    student = build_model("resnet8", 4, MEAN, STD)
+    teacher = build_model("resnet8", 4, MEAN, STD)
+    cfg = OmegaConf.create({"name": name, **settings})
+    return build_method(cfg, student, teacher if METHODS.get(name).needs_teacher else None)
+
+
+SETTINGS = {"vanilla": {}, "kd": {"alpha": 0.9, "T": 4.0}}
+
+
+def test_every_registered_method_has_test_settings():
+    assert sorted(SETTINGS) == METHODS.names()
+
+
+@pytest.mark.parametrize("name", sorted(SETTINGS))
+def test_one_step_lowers_the_loss_on_a_fixed_batch(name):
+    method = make_method(name, **SETTINGS[name]).train()
+    g = torch.Generator().manual_seed(1)
+    images, labels = torch.rand(16, 3, 16, 16, generator=g), torch.arange(16) % 4
+    optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.05)
+    before = method.training_step(images, labels)
+    assert torch.isfinite(before["loss"]) and before["logits"].shape == (16, 4)
+    for _ in range(3):
+        optimizer.zero_grad()
+        method.training_step(images, labels)["loss"].backward()
+        optimizer.step()
+    assert method.training_step(images, labels)["loss"] < before["loss"]
+
+
+def test_kd_loss_is_the_weighted_sum_of_its_terms():
+    method = make_method("kd", alpha=0.7, T=2.0).train()
+    out = method.training_step(torch.rand(8, 3, 16, 16), torch.arange(8) % 4)
+    assert out["loss"].item() == pytest.approx(0.3 * out["ce"].item() + 0.7 * out["kd"].item(),
+                                               rel=1e-5)
+
+
+def test_the_teacher_is_frozen_and_stays_in_eval_mode():
+    method = make_method("kd", alpha=0.9, T=4.0)
+    before = {k: v.clone() for k, v in method.teacher.state_dict().items()}
+    optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.1)
+    method.train()
+    assert method.student.training and not method.teacher.training
+    optimizer.zero_grad()
+    method.training_step(torch.rand(8, 3, 16, 16), torch.arange(8) % 4)["loss"].backward()
+    optimizer.step()
+    after = method.teacher.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BN statistics
+    assert all(p.grad is None for p in method.teacher.parameters())
+
+
+def test_a_stochastic_teacher_method_keeps_its_teacher_in_train_mode():
+    class StochasticTeacherKD(METHODS.get("kd")):
+        teacher_stochastic = True
+
+    torch.manual_seed(0)
+    method = StochasticTeacherKD(build_model("resnet8", 4, MEAN, STD),
+                                 build_model("resnet8", 4, MEAN, STD), alpha=0.9, T=4.0)
+    method.train()
+    assert method.teacher.training
+    method.eval()
+    assert not method.teacher.training

@@ -1,0 +1,65 @@
+"""The zoo: every architecture's logits and stage features through the one feature contract."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kdrun.models import MODELS, build_model
+
+MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+
+
+@pytest.mark.parametrize("arch", MODELS.names())
+def test_zoo_logits_and_stage_features_match_feature_info(arch):
+    model = build_model(arch, 7, MEAN, STD).eval()
+    x = torch.rand(2, 3, 32, 32)
+    logits, features = model.forward_intermediates(x)
+    assert logits.shape == (2, 7)
+    assert torch.allclose(logits, model(x), atol=1e-5)
+    info = model.feature_info
+    assert len(features) == len(info) >= 3
+    for f, i in zip(features, info):
+        assert f.shape[1] == i["num_chs"] and f.shape[-1] == 32 // i["reduction"]
+
+
+@pytest.mark.parametrize(("arch", "millions"), [
+    ("wrn_40_2", 2.24), ("wrn_16_2", 0.69), ("resnet56", 0.86), ("resnet20", 0.27),
+    ("resnet32x4", 7.43), ("resnet18", 11.17)])
+def test_parameter_counts_match_the_literature(arch, millions):
+    n = sum(p.numel() for p in build_model(arch, 10 if arch != "resnet32x4" else 100, MEAN,
+                                           STD).parameters())
+    assert abs(n / 1e6 - millions) < 0.02
+
+
+def test_indices_select_stages_like_timm():
+    model = build_model("wrn_16_2", 10, MEAN, STD)
+    _, last_two = model.forward_intermediates(torch.rand(1, 3, 32, 32), indices=2)
+    assert [f.shape[1] for f in last_two] == [64, 128]
+    _, first = model.forward_intermediates(torch.rand(1, 3, 32, 32), indices=[0])
+    assert [f.shape[1] for f in first] == [32]
+
+
+def test_timm_models_by_name_share_the_contract():
+    model = build_model("timm/resnet18", 5, MEAN, STD).eval()
+    logits, features = model.forward_intermediates(torch.rand(1, 3, 64, 64))
+    assert logits.shape == (1, 5)
+    assert [f.shape[1] for f in features] == [i["num_chs"] for i in model.feature_info]
+
+
+def test_normalisation_lives_inside_the_model():
+    model = build_model("resnet8", 3, MEAN, STD).eval()
+    x = torch.rand(2, 3, 16, 16)
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    expected = model.net((x - mean) / std)
+    assert torch.allclose(model(x), expected, atol=1e-6)
+    assert "mean" not in model.state_dict()  # checkpoints hold weights only
+
+
+def test_classifier_dropout_is_active_in_training_only():
+    model = build_model("resnet8", 3, MEAN, STD, drop_rate=0.5)
+    x = torch.rand(4, 3, 16, 16)
+    model.train()
+    assert not torch.equal(model(x), model(x))
+    model.eval()
+    assert torch.equal(model(x), model(x))

@@ -1,0 +1,118 @@
+"""The training loop through `kdrun.cli.train` (the real path, minus Hydra's main): schedules,
+max_steps, checkpoints, resume equivalence and the teacher cache."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import compose_config, read_results
+from omegaconf import OmegaConf
+
+from kdrun.cli import train
+from kdrun.data import load_dataset
+from kdrun.data.device_loader import num_batches
+from kdrun.engine.schedule import lr_factor
+from kdrun.engine.teachers import cache_entry, resolve_teacher
+
+
+class ListSink:
+    def __init__(self):
+        self.rows = []
+
+    def log(self, metrics):
+        self.rows.append(metrics)
+
+    def results(self, results):
+        pass
+
+    def close(self):
+        pass
+
+
+def sched(name, **kw):
+    base = {"name": name, "milestones": [0.5, 0.75], "gamma": 0.1, "warmup_epochs": 0,
+            "min_lr": 0.0}
+    return OmegaConf.create({**base, **kw})
+
+
+def test_multistep_decays_at_fractions_of_the_run():
+    s = sched("multistep")
+    assert [lr_factor(step, s, 100, 0, 0.0) for step in (0, 49, 50, 74, 75, 99)] == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_cosine_with_warmup_rises_then_decays_to_min_lr():
+    s = sched("cosine")
+    factors = [lr_factor(step, s, 110, 10, 0.1) for step in range(110)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert factors[10] == pytest.approx(1.0) and factors[60] == pytest.approx(0.55)
+    assert factors[-1] == pytest.approx(0.1, abs=1e-3)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+
+
+def test_a_run_writes_results_metrics_and_checkpoints(tmp_path):
+    results = train(compose_config("epochs=2"), tmp_path)
+    assert read_results(tmp_path)["test/acc"] == results["test/acc"]
+    for key in ("test/acc", "test/top5", "test/loss", "test/best_acc", "teacher/test/acc",
+                "test/agreement", "train/img_s", "train/loss", "train/kd", "train/ce"):
+        assert math.isfinite(results[key]), key
+    assert results["test/best_acc"] >= results["test/acc"]
+    assert results["train/steps"] == 2 * 6  # 205 training images, batches of 32
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert any('"epoch": 2' in line and '"test/acc"' in line for line in lines)
+    assert {p.name for p in (tmp_path / "checkpoints").iterdir()} == {"last.pt", "student.pt"}
+
+
+def test_max_steps_stops_early(tmp_path):
+    results = train(compose_config("method=vanilla", "epochs=5", "trainer.max_steps=3"), tmp_path)
+    assert results["train/steps"] == 3
+    assert not (tmp_path / "checkpoints" / "last.pt").exists()  # no epoch boundary was reached
+
+
+def test_resume_after_interruption_gives_the_same_final_metrics(tmp_path):
+    whole = train(compose_config("epochs=3"), tmp_path / "whole")
+    teacher = cache_entry(compose_config("epochs=3")) / "teacher.pt"
+    cfg = compose_config("epochs=3", f"teacher.checkpoint={teacher}")
+    data = load_dataset(cfg.dataset, cfg.cache_dir)
+    steps_per_epoch = num_batches(len(data.train), cfg.trainer.batch_size, train=True)
+    interrupted = compose_config("epochs=3", f"teacher.checkpoint={teacher}",
+                                 f"trainer.max_steps={steps_per_epoch}")
+    train(interrupted, tmp_path / "split")
+    resumed = train(compose_config("epochs=3", f"teacher.checkpoint={teacher}",
+                                   "trainer.resume=true"), tmp_path / "split")
+    for key in ("test/acc", "test/loss", "test/best_acc", "teacher/test/acc", "train/loss"):
+        assert resumed[key] == pytest.approx(whole[key], rel=1e-6, abs=1e-9), key
+    assert resumed["train/steps"] == whole["train/steps"]
+
+
+def test_teacher_is_trained_once_then_read_from_the_cache(tmp_path):
+    cfg = compose_config(f"cache_dir={tmp_path}")
+    data = load_dataset(cfg.dataset, cfg.cache_dir)
+    first, second = ListSink(), ListSink()
+    a = resolve_teacher(cfg, data, torch.device("cpu"), first)
+    b = resolve_teacher(cfg, data, torch.device("cpu"), second)
+    assert any("teacher/train/loss" in row for row in first.rows)
+    assert second.rows == []
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert (cache_entry(cfg) / "teacher.pt").is_file()
+
+
+def test_cache_key_follows_the_teacher_recipe_not_the_student_settings():
+    base = cache_entry(compose_config())
+    assert cache_entry(compose_config("alpha=0.1", "optim.lr=0.01", "seed=7", "epochs=9")) == base
+    for change in ("teacher.epochs=3", "teacher.seed=1", "teacher.optim.lr=0.2",
+                   "teacher=resnet14", "dataset.train_subset=10", "trainer.max_steps=5"):
+        assert cache_entry(compose_config(change)) != base, change
+
+
+def test_a_teacher_checkpoint_of_another_architecture_is_refused(tmp_path):
+    from kdrun.errors import ConfigError
+
+    cfg = compose_config()
+    train(cfg, tmp_path)  # trains and caches a resnet8 teacher
+    wrong = compose_config("teacher=resnet14",
+                           f"teacher.checkpoint={cache_entry(cfg) / 'teacher.pt'}")
+    with pytest.raises(ConfigError, match="holds a resnet8, not a resnet14"):
+        train(wrong, tmp_path / "wrong")
