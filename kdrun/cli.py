@@ -4,6 +4,7 @@ results, each one call here."""
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,7 +44,7 @@ def train(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
         seed_everything(cfg.seed)
         student = build_model(cfg.student.arch, cfg.dataset.num_classes, cfg.dataset.mean,
                               cfg.dataset.std, drop_rate=cfg.student.drop_rate)
-        method = build_method(cfg.method, student, teacher)
+        method = build_method(cfg.method, student, teacher, cfg.teacher.corruption)
         trainer = Trainer(cfg.trainer, device, run_dir, sink, cfg.seed, cfg.dataset,
                           resume=cfg.trainer.resume)
         results = trainer.fit(method, data, Recipe(cfg.epochs, cfg.trainer.batch_size,
@@ -90,8 +91,24 @@ def summary(cfg: DictConfig, results: dict[str, Any], run_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def expand_home(args: list[str]) -> list[str]:
+    """`key=~/path` as a shell would expand it: Hydra's override grammar has no `~` in values."""
+    expanded = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and value.startswith("~") and not arg.startswith(("-", "~")):
+            arg = f"{key}={os.path.expanduser(value)}"
+        expanded.append(arg)
+    return expanded
+
+
+def main() -> None:
+    sys.argv = expand_home(sys.argv)
+    hydra_main()
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN

@@ -14,6 +14,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from kdrun.errors import ConfigError
+from kdrun.errors import require as _check
 
 
 class Precision(Enum):
@@ -65,6 +66,7 @@ class ModelConfig:
 @dataclass
 class TeacherConfig(ModelConfig):
     checkpoint: str = MISSING
+    corruption: float = MISSING
     seed: int = MISSING
     epochs: int = MISSING
     batch_size: int = MISSING
@@ -126,11 +128,6 @@ def register_configs() -> None:
         cs.store(group="student", name=arch, node={"arch": arch})
 
 
-def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}={value} is not allowed: {allowed}")
-
-
 def validate(cfg: DictConfig) -> None:
     """Reject impossible values and unknown names with a message naming key, value and fix."""
     from kdrun.data import DATASETS
@@ -168,6 +165,7 @@ def validate(cfg: DictConfig) -> None:
 
     method_cls = METHODS.get(cfg.method.get("name"), key="method.name")
     _check_method_settings(method_cls, cfg.method)
+    method_cls.check_settings(cfg.method)
     if method_cls.needs_teacher:
         check_arch(cfg.teacher.arch, key="teacher.arch")
         _check_teacher(cfg.teacher)
@@ -203,6 +201,8 @@ def _check_sched(sched: DictConfig, key: str) -> None:
 
 
 def _check_teacher(teacher: DictConfig) -> None:
+    _check(0 <= teacher.corruption <= 1, "teacher.corruption", teacher.corruption,
+           "it is the share of teacher outputs shuffled, in [0, 1]")
     ckpt = teacher.checkpoint
     if ckpt in ("auto", "pretrained"):
         if ckpt == "auto":

@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
 from conftest import TINY, read_results
 from wandb_log import logged
 
@@ -51,13 +52,26 @@ def test_multirun_gives_each_job_its_own_run_directory(tmp_path, cli_env):
         assert "test/acc" in read_results(job)
 
 
+def test_every_noise_method_runs_on_the_offline_quickstart(tmp_path, cli_env):
+    methods = ["gaussian_aug", "soft_randomization", "fickle_teacher", "messy_collaboration"]
+    kdrun("-m", "experiment=quickstart", f"method={','.join(methods)}", "sigma=0.1", "epochs=1",
+          "teacher.epochs=1", "dataset.train_subset=256", "logger=none", "trainer.progress=false",
+          f"hydra.sweep.dir={tmp_path}/sweep", env=cli_env, cwd=tmp_path)
+    for job, method in enumerate(methods):
+        results = read_results(tmp_path / "sweep" / str(job))
+        assert 0 <= results["test/acc"] <= 100, method
+        assert ("teacher/test/acc" in results) == (method != "gaussian_aug"), method
+
+
 @pytest.mark.parametrize(("override", "message"), [
     ("alpha=1.5", "alpha=1.5 is not allowed: it must lie in [0, 1]"),
-    ("dataset=cifar10", "CIFAR-10 not found in"),
+    ("dataset=cifar10", "CIFAR-10 not found in {home}/nowhere (looked for"),
 ])
 def test_bad_input_is_one_clear_line_and_exit_code_1(tmp_path, cli_env, override, message):
+    cli_env["HOME"] = str(tmp_path)
+    message = message.format(home=tmp_path)
     proc = kdrun(*[o for o in TINY if not o.startswith("dataset=")], override,
-                 "dataset.root=/nonexistent", f"hydra.run.dir={tmp_path}/run", env=cli_env,
+                 "dataset.root=~/nowhere", f"hydra.run.dir={tmp_path}/run", env=cli_env,
                  cwd=tmp_path, check=False)
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() + proc.stdout.splitlines()

@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import compose_config
 from hydra.core.config_store import ConfigStore
 from hydra.errors import ConfigCompositionException
 
 import kdrun
 from kdrun.config import validate
 from kdrun.errors import ConfigError
+
+from conftest import compose_config
 
 CONF = Path(kdrun.__file__).parent.parent / "conf"
 
@@ -65,7 +66,7 @@ def test_quickstart_keeps_the_method_free():
     ("sched.milestones=[0.5,1.5]", "milestones are fractions"),
     ("student.drop_rate=1.0", "student.drop_rate=1.0 is not allowed"),
     ("dataset.test_fraction=1.0", "dataset.test_fraction=1.0 is not allowed"),
-    ("method.name=kdd", "method.name=kdd is not a known method: choose one of kd, vanilla"),
+    ("method.name=kdd", "method.name=kdd is not a known method: choose one of fickle_teacher, "),
     ("student.arch=wrn_99_9", "student.arch=wrn_99_9 is not a known architecture"),
     ("teacher.arch=timm/not_a_model", "teacher.arch=timm/not_a_model is not a timm model"),
     ("dataset.name=mnist", "dataset.name=mnist is not a known data set"),
@@ -74,9 +75,15 @@ def test_quickstart_keeps_the_method_free():
     ("teacher.checkpoint=pretrained", "pretrained weights exist only for timm models"),
     ("trainer.device=tpu", "trainer.device=tpu is not allowed"),
     ("optim._target_=torch.optim.Nope", "is not an importable optimiser class"),
+    ("teacher.corruption=1.5", "teacher.corruption=1.5 is not allowed"),
+    ("method=soft_randomization method.noise_space=hsv",
+     "method.noise_space=hsv is not allowed: choose one of pixel, normalized"),
+    ("method=fickle_teacher method.dropout=1", "method.dropout=1 is not allowed"),
+    ("method=fickle_teacher method.placement=head", "method.placement=head is not allowed"),
+    ("method=messy_collaboration method.label_noise=2", "method.label_noise=2 is not allowed"),
 ])
 def test_impossible_values_name_key_value_and_what_is_allowed(override, message):
-    cfg = compose_config(override)
+    cfg = compose_config(*override.split())
     with pytest.raises(ConfigError) as err:
         validate(cfg)
     assert message in str(err.value)

@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config
 from PIL import Image
 
 from kdrun.data import TensorSplit, load_dataset, make_loader
 from kdrun.data.device_loader import DeviceLoader, random_crop_flip
 from kdrun.errors import ConfigError, DataNotFoundError
+
+from conftest import compose_config
 
 RNG = np.random.default_rng(0)
 

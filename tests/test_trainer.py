@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from conftest import compose_config, read_results
 from omegaconf import OmegaConf
 
 from kdrun.cli import train
@@ -15,6 +14,8 @@ from kdrun.data import load_dataset
 from kdrun.data.device_loader import num_batches
 from kdrun.engine.schedule import lr_factor
 from kdrun.engine.teachers import cache_entry, resolve_teacher
+
+from conftest import compose_config, read_results
 
 
 class ListSink:

@@ -5,16 +5,26 @@ from __future__ import annotations
 from omegaconf import DictConfig
 from torch import nn
 
-from kdrun.methods import kd, vanilla  # noqa: F401  (registration)
+from kdrun.methods import (  # noqa: F401  (registration)
+    fickle_teacher,
+    gaussian_aug,
+    kd,
+    messy_collaboration,
+    soft_randomization,
+    vanilla,
+)
 from kdrun.methods.base import METHODS, Method
 
 
-def build_method(cfg: DictConfig, student: nn.Module, teacher: nn.Module | None) -> Method:
+def build_method(cfg: DictConfig, student: nn.Module, teacher: nn.Module | None,
+                 teacher_corruption: float = 0.0) -> Method:
     settings = {k: v for k, v in cfg.items() if k != "name"}
     cls = METHODS.get(cfg.name, key="method.name")
-    if cls.needs_teacher:
-        return cls(student=student, teacher=teacher, **settings)
-    return cls(student=student, **settings)
+    if not cls.needs_teacher:
+        return cls(student=student, **settings)
+    method = cls(student=student, teacher=teacher, **settings)
+    method.teacher_corruption = teacher_corruption
+    return method
 
 
 __all__ = ["METHODS", "Method", "build_method"]

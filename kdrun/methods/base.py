@@ -4,11 +4,12 @@ here plus one YAML in conf/method/."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from kdrun.data.noise import shuffle_outputs
 from kdrun.registry import Registry
 
 METHODS: Registry[type[Method]] = Registry("method")
@@ -23,13 +24,17 @@ def freeze(model: nn.Module) -> nn.Module:
 
 class Method(nn.Module):
     needs_teacher: ClassVar[bool] = False
-    # Fickle Teacher-style methods keep the teacher's dropout active while distilling.
-    teacher_stochastic: ClassVar[bool] = False
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None):
         super().__init__()
         self.student = student
         self.teacher = freeze(teacher) if teacher is not None else None
+        # Share of each batch's teacher outputs shuffled across classes (teacher.corruption).
+        self.teacher_corruption = 0.0
+
+    @classmethod
+    def check_settings(cls, settings: Any) -> None:
+        """Reject impossible method settings (ConfigError) before any data is loaded."""
 
     def training_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Returns 'loss' (what the trainer minimises), 'logits' (the student's, for train
@@ -41,11 +46,17 @@ class Method(nn.Module):
         return self.student
 
     def train(self, mode: bool = True) -> Method:
+        """The teacher stays in eval mode (its BN statistics are its own); a method that wants
+        a stochastic teacher says so in `teacher_logits` or overrides this."""
         super().train(mode)
         if self.teacher is not None:
-            self.teacher.train(mode and self.teacher_stochastic)
+            self.teacher.eval()
         return self
+
+    def student_input(self, images: torch.Tensor) -> torch.Tensor:
+        """What the student sees of a batch (input-noise methods override this)."""
+        return images
 
     def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return self.teacher(images)
+            return shuffle_outputs(self.teacher(images), self.teacher_corruption)

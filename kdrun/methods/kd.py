@@ -1,7 +1,8 @@
-"""Hinton knowledge distillation."""
+"""Hinton knowledge distillation, the base of the noise methods."""
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 
 from kdrun.methods.base import METHODS, Method
@@ -21,9 +22,13 @@ class KD(Method):
         self.alpha = alpha
         self.T = T
 
+    def training_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """The labels the cross-entropy term uses (label-noise methods override this)."""
+        return labels
+
     def training_step(self, images, labels):
-        logits = self.student(images)
-        ce = F.cross_entropy(logits.float(), labels)
+        logits = self.student(self.student_input(images))
+        ce = F.cross_entropy(logits.float(), self.training_labels(labels))
         kd = distillation_kl(logits, self.teacher_logits(images), self.T)
         loss = (1 - self.alpha) * ce + self.alpha * kd
         return {"loss": loss, "logits": logits, "ce": ce, "kd": kd}

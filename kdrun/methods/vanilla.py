@@ -12,6 +12,6 @@ class Vanilla(Method):
     """Cross-entropy on the labels; no teacher."""
 
     def training_step(self, images, labels):
-        logits = self.student(images)
+        logits = self.student(self.student_input(images))
         loss = F.cross_entropy(logits.float(), labels)
         return {"loss": loss, "logits": logits}

@@ -25,6 +25,9 @@ class StagedNet(nn.Module):
         ]
         _init_weights(self)
 
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
         for stage in self.stages:

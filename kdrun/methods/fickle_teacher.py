@@ -1,0 +1,59 @@
+"""Fickle Teacher, from Noise as a Resource."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from kdrun.errors import require
+from kdrun.methods.base import METHODS
+from kdrun.methods.kd import KD
+from kdrun.models import Classifier
+
+PLACEMENTS = ("classifier", "stages")
+
+
+@contextlib.contextmanager
+def active_dropout(model: Classifier, p: float, placement: str):
+    """Dropout at rate p inside `model` for the forward passes in this block, whatever the
+    model's mode (BatchNorm keeps its running statistics): on the classifier's input, or on
+    the output of every stage listed in the model's feature_info."""
+    handles = []
+    if placement == "classifier":
+        handles.append(model.net.get_classifier().register_forward_pre_hook(
+            lambda _m, args: (F.dropout(args[0], p, training=True), *args[1:])))
+    else:
+        for info in model.feature_info:
+            handles.append(model.net.get_submodule(info["module"]).register_forward_hook(
+                lambda _m, _args, out: F.dropout(out, p, training=True)))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@METHODS.register("fickle_teacher")
+class FickleTeacher(KD):
+    """Fickle Teacher (Arani, Sarfraz, Zonooz; arXiv 1910.05057): the teacher's soft targets
+    come from a stochastic forward pass with dropout active, so every batch meets a slightly
+    different teacher; the student learns with the KD loss. The teacher is trained without
+    dropout; only its distillation passes are noised."""
+
+    def __init__(self, student, teacher, alpha: float, T: float, dropout: float, placement: str):
+        super().__init__(student, teacher, alpha, T)
+        self.dropout = dropout
+        self.placement = placement
+
+    @classmethod
+    def check_settings(cls, settings) -> None:
+        require(0 <= settings.dropout < 1, "method.dropout", settings.dropout,
+                "the teacher's dropout rate must lie in [0, 1)")
+        require(settings.placement in PLACEMENTS, "method.placement", settings.placement,
+                f"choose one of {', '.join(PLACEMENTS)}")
+
+    def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
+        with active_dropout(self.teacher, self.dropout, self.placement):
+            return super().teacher_logits(images)

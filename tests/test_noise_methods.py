@@ -1,0 +1,143 @@
+"""Noise as a Resource: each noise lands where the paper puts it, at the configured rate, and
+a seeded run repeats exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from kdrun.cli import train
+from kdrun.data.noise import gaussian_noise, random_labels, shuffle_outputs
+from kdrun.methods import build_method
+from kdrun.models import build_model
+
+from conftest import compose_config
+
+MEAN, STD = [0.5, 0.5, 0.5], [0.1, 0.2, 0.4]
+
+
+def method(name: str, corruption: float = 0.0, **settings):
+    torch.manual_seed(0)
+    student = build_model("resnet8", 10, MEAN, STD)
+    teacher = build_model("resnet8", 10, MEAN, STD)
+    distills = name != "gaussian_aug"
+    cfg = OmegaConf.create({"name": name, **({"alpha": 0.9, "T": 4.0} if distills else {}),
+                            **settings})
+    return build_method(cfg, student, teacher, corruption).train()
+
+
+def record_inputs(module):
+    seen = []
+    module.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
+    return seen
+
+
+def test_soft_randomization_noises_the_student_input_only():
+    m = method("soft_randomization", sigma=0.2, noise_space="pixel")
+    student_in, teacher_in = record_inputs(m.student), record_inputs(m.teacher)
+    images = torch.rand(64, 3, 16, 16)
+    m.training_step(images, torch.arange(64) % 10)
+    assert torch.equal(teacher_in[0], images)
+    delta = student_in[0] - images
+    assert delta.std().item() == pytest.approx(0.2, rel=0.03)
+    assert delta.mean().abs().item() < 0.01
+
+
+def test_normalized_noise_space_scales_by_the_channel_std():
+    noise = gaussian_noise(torch.zeros(256, 3, 16, 16), 0.5, "normalized", torch.tensor(STD))
+    per_channel = noise.transpose(0, 1).flatten(1).std(dim=1)
+    assert per_channel.tolist() == pytest.approx([0.5 * s for s in STD], rel=0.03)
+
+
+def test_gaussian_aug_trains_the_student_alone_on_noised_inputs():
+    m = method("gaussian_aug", sigma=0.1, noise_space="pixel")
+    assert m.teacher is None
+    student_in = record_inputs(m.student)
+    images = torch.rand(32, 3, 16, 16)
+    m.training_step(images, torch.arange(32) % 10)
+    assert (student_in[0] - images).std().item() == pytest.approx(0.1, rel=0.05)
+
+
+@pytest.mark.parametrize("placement", ["classifier", "stages"])
+def test_fickle_teacher_outputs_differ_between_passes_and_plain_kd_does_not(placement):
+    images = torch.rand(16, 3, 16, 16)
+    ft = method("fickle_teacher", dropout=0.4, placement=placement)
+    running_mean = ft.teacher.net.stem[1].running_mean.clone()
+    assert not torch.equal(ft.teacher_logits(images), ft.teacher_logits(images))
+    assert torch.equal(ft.teacher.net.stem[1].running_mean, running_mean)  # BN stays frozen
+    assert torch.equal(ft.teacher(images), ft.teacher(images))  # evaluation stays deterministic
+    kd = method("kd")
+    assert torch.equal(kd.teacher_logits(images), kd.teacher_logits(images))
+
+
+def test_fickle_teacher_with_zero_dropout_is_plain_kd():
+    images = torch.rand(8, 3, 16, 16)
+    ft = method("fickle_teacher", dropout=0.0, placement="stages")
+    assert torch.equal(ft.teacher_logits(images), method("kd").teacher_logits(images))
+
+
+def test_messy_collaboration_redraws_the_configured_share_of_labels():
+    torch.manual_seed(1)
+    labels = torch.arange(20000) % 10
+    noisy = random_labels(labels, 0.3, 10)
+    changed = noisy != labels
+    # redrawn with probability 0.3, and a redrawn label lands on another class 9 times in 10
+    assert changed.float().mean().item() == pytest.approx(0.3 * 0.9, abs=0.01)
+    assert noisy.min().item() == 0 and noisy.max().item() == 9
+    assert changed[:2000].float().mean().item() == pytest.approx(0.27, abs=0.04)  # not first-k
+    assert torch.bincount(noisy[changed], minlength=10).min() > 0.07 * changed.sum()
+
+
+def test_messy_collaboration_uses_the_corrupted_labels_in_its_cross_entropy():
+    m = method("messy_collaboration", label_noise=1.0)
+    images, labels = torch.rand(64, 3, 16, 16), torch.zeros(64, dtype=torch.long)
+    torch.manual_seed(5)
+    out = m.training_step(images, labels)
+    torch.manual_seed(5)
+    drawn = random_labels(labels, 1.0, 10)
+    ce = torch.nn.functional.cross_entropy(out["logits"].float(), drawn)
+    assert out["ce"].item() == pytest.approx(ce.item(), rel=1e-5)
+
+
+def test_teacher_output_corruption_shuffles_the_configured_share_of_rows():
+    torch.manual_seed(2)
+    logits = torch.randn(5000, 10)
+    shuffled = shuffle_outputs(logits, 0.4)
+    changed = (shuffled != logits).any(dim=1)
+    assert changed.float().mean().item() == pytest.approx(0.4, abs=0.02)
+    assert torch.equal(shuffled.sort(dim=1).values, logits.sort(dim=1).values)
+    m = method("kd", corruption=1.0)
+    images = torch.rand(8, 3, 16, 16)
+    assert not torch.equal(m.teacher_logits(images), m.teacher(images))
+
+
+@pytest.mark.parametrize("name", ["soft_randomization", "fickle_teacher", "messy_collaboration",
+                                  "gaussian_aug"])
+def test_a_seeded_run_repeats_exactly(tmp_path, name):
+    overrides = (f"method={name}", "sigma=0.1", "teacher.corruption=0.2")
+    a = train(compose_config(*overrides), tmp_path / "a")
+    b = train(compose_config(*overrides), tmp_path / "b")
+    assert (a["test/acc"], a["train/loss"]) == (b["test/acc"], b["train/loss"])
+
+
+PRESETS = ["arani_baselines", "arani_sigma", "arani_fickle", "arani_messy", "arani_corruption"]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_paper_presets_sweep_valid_values_in_the_paper_setting(preset):
+    from hydra import compose, initialize_config_module
+
+    from kdrun.config import validate
+
+    with initialize_config_module("kdrun.conf", version_base="1.3"):
+        cfg = compose("config", overrides=[f"experiment={preset}"], return_hydra_config=True)
+        params = cfg.hydra.sweeper.params
+        assert "seed" in params and len(params) >= 2
+        for key, values in params.items():
+            for value in str(values).split(","):
+                job = compose("config", overrides=[f"experiment={preset}", f"{key}={value}"])
+                validate(job)
+                assert (job.teacher.arch, job.student.arch, job.dataset.name) == (
+                    "wrn_40_2", "wrn_16_2", "cifar10")
+                assert (job.alpha, job.T, job.epochs) == (0.9, 4.0, 200)
