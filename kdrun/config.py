@@ -219,13 +219,18 @@ def _check_teacher(teacher: DictConfig) -> None:
 
 
 def _check_method_settings(method_cls: type, method: DictConfig) -> None:
-    """Every key of a method's YAML must be a constructor argument of its class."""
+    """A method's YAML must give exactly the settings its class's constructor takes."""
     params = inspect.signature(method_cls.__init__).parameters
-    allowed = sorted(p for p in params if p not in ("self", "student", "teacher"))
+    settings = {name: p for name, p in params.items() if name not in ("self", "student", "teacher")}
+    allowed = ", ".join(sorted(settings)) or "(none)"
     for key in method:
-        if key != "name" and key not in params:
+        if key != "name" and key not in settings:
             raise ConfigError(f"method.{key} is not a setting of method {method.name}: "
-                              f"its settings are {', '.join(allowed) or '(none)'}")
+                              f"its settings are {allowed}")
+    for name, param in settings.items():
+        if param.default is inspect.Parameter.empty and name not in method:
+            raise ConfigError(f"method {method.name} needs method.{name}: add it to "
+                              f"conf/method/{method.name}.yaml or pass +method.{name}=VALUE")
 
 
 def choice(value: Enum | str) -> str:

@@ -104,7 +104,7 @@ def test_concurrent_jobs_share_one_teacher_training(tmp_path, cli_env):
         read_results(tmp_path / "job1")["teacher/test/acc"]
 
 
-def test_the_wheel_ships_the_config_tree_inside_the_package(tmp_path):
+def test_an_installed_wheel_finds_its_config_tree(tmp_path, cli_env):
     subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps",
                     "--no-build-isolation", "-q", "-w", str(tmp_path)], check=True, timeout=300)
     [wheel] = tmp_path.glob("kdrun-*.whl")
@@ -112,3 +112,14 @@ def test_the_wheel_ships_the_config_tree_inside_the_package(tmp_path):
     for path in ("kdrun/conf/__init__.py", "kdrun/conf/config.yaml", "kdrun/conf/method/kd.yaml",
                  "kdrun/conf/dataset/digits.yaml", "kdrun/conf/experiment/quickstart.yaml"):
         assert path in names, path
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
+                    str(site), str(wheel)], check=True, timeout=300)
+    # The installed copy (not this checkout) runs: its console entry point composes its config.
+    cli_env["PYTHONPATH"] = str(site)
+    proc = subprocess.run([sys.executable, "-c", "import sys, kdrun.cli; print(kdrun.cli.__file__);"
+                           " sys.argv = ['kdrun', '--cfg', 'job', 'method=soft_randomization'];"
+                           " kdrun.cli.main()"], env=cli_env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith(str(site)) and "name: soft_randomization" in proc.stdout

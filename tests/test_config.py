@@ -76,6 +76,7 @@ def test_quickstart_keeps_the_method_free():
     ("trainer.device=tpu", "trainer.device=tpu is not allowed"),
     ("optim._target_=torch.optim.Nope", "is not an importable optimiser class"),
     ("teacher.corruption=1.5", "teacher.corruption=1.5 is not allowed"),
+    ("~method.T", "method kd needs method.T: add it to conf/method/kd.yaml"),
     ("method=soft_randomization method.noise_space=hsv",
      "method.noise_space=hsv is not allowed: choose one of pixel, normalized"),
     ("method=fickle_teacher method.dropout=1", "method.dropout=1 is not allowed"),

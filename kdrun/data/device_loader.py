@@ -50,21 +50,28 @@ def random_crop_flip(images: torch.Tensor, padding: int, hflip: bool,
     return images
 
 
-class DeviceLoader:
-    def __init__(self, split: TensorSplit, batch_size: int, device: torch.device, seed: int,
-                 train: bool, crop_padding: int = 0, hflip: bool = False):
-        self.images = split.images.to(device)
-        self.labels = split.labels.to(device)
+class EpochBatches:
+    """Batches of one pass over a split, in an order fixed by (seed, epoch)."""
+
+    def __init__(self, batch_size: int, device: torch.device, seed: int, train: bool):
         self.batch_size = batch_size
         self.device = device
         self.seed = seed
         self.train = train
-        self.crop_padding = crop_padding
-        self.hflip = hflip
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+
+class DeviceLoader(EpochBatches):
+    def __init__(self, split: TensorSplit, batch_size: int, device: torch.device, seed: int,
+                 train: bool, crop_padding: int = 0, hflip: bool = False):
+        super().__init__(batch_size, device, seed, train)
+        self.images = split.images.to(device)
+        self.labels = split.labels.to(device)
+        self.crop_padding = crop_padding
+        self.hflip = hflip
 
     def __len__(self) -> int:
         return num_batches(len(self.labels), self.batch_size, self.train)
@@ -82,21 +89,14 @@ class DeviceLoader:
             yield images.float().div_(255), self.labels[index]
 
 
-class DatasetLoader:
+class DatasetLoader(EpochBatches):
     """The DataLoader path for large images, with the same interface as DeviceLoader."""
 
     def __init__(self, dataset: Dataset, batch_size: int, device: torch.device, seed: int,
                  train: bool, num_workers: int):
+        super().__init__(batch_size, device, seed, train)
         self.dataset = dataset
-        self.batch_size = batch_size
-        self.device = device
-        self.seed = seed
-        self.train = train
         self.num_workers = num_workers
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return num_batches(len(self.dataset), self.batch_size, self.train)

@@ -146,6 +146,7 @@ class Trainer:
                            "train/img_s_interval": interval_images / elapsed}
                     self.sink.log(row)
                     bar.set_postfix(loss=f"{row['train/loss']:.3f}",
+                                    acc=f"{100 * correct.item() / seen:.1f}",
                                     img_s=f"{row['train/img_s_interval']:.0f}")
                     interval_start, interval_images = time.perf_counter(), 0
                 if progress.step >= max_steps:
