@@ -14,7 +14,7 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from kdrun.config import choice, register_configs, validate
 from kdrun.data import load_dataset
@@ -36,6 +36,9 @@ def train(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
     """One whole run; returns the flat results that also land in run_dir/results.json."""
     validate(cfg)
     device = resolve_device(cfg.trainer.device)
+    info = run_info(device, cfg.trainer.precision)  # read now: the code this run starts from
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     sink = build_sinks(cfg, run_dir, sweep_group, run_name)
     try:
         data = load_dataset(cfg.dataset, cfg.cache_dir)
@@ -49,7 +52,7 @@ def train(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
                           resume=cfg.trainer.resume)
         results = trainer.fit(method, data, Recipe(cfg.epochs, cfg.trainer.batch_size,
                                                    cfg.optim, cfg.sched))
-        results.update(run_info(device, cfg.trainer.precision))
+        results.update(info)
         checkpoint.save_model(student, run_dir / "checkpoints" / "student.pt",
                               meta={"test/acc": results["test/acc"]})
         sink.results(results)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from kdrun.cli import train
+from kdrun.cli import git_commit, train
 from kdrun.data import load_dataset
 from kdrun.data.device_loader import num_batches
 from kdrun.engine.schedule import lr_factor
@@ -64,6 +64,20 @@ def test_a_run_writes_results_metrics_and_checkpoints(tmp_path):
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert any('"epoch": 2' in line and '"test/acc"' in line for line in lines)
     assert {p.name for p in (tmp_path / "checkpoints").iterdir()} == {"last.pt", "student.pt"}
+    resolved = OmegaConf.load(tmp_path / "config.yaml")
+    assert resolved.method.alpha == 0.9 and "${" not in (tmp_path / "config.yaml").read_text()
+    assert results["meta/git_commit"] == git_commit()
+
+
+def test_git_commit_is_this_checkouts_head():
+    import subprocess
+    from pathlib import Path
+
+    import kdrun
+
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(kdrun.__file__).parent,
+                          capture_output=True, text=True).stdout.strip()
+    assert head and git_commit().removesuffix("-dirty") == head
 
 
 def test_max_steps_stops_early(tmp_path):
