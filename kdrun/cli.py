@@ -23,6 +23,7 @@ from kdrun.engine.runtime import resolve_device, resolve_precision, seed_everyth
 from kdrun.engine.teachers import resolve_teacher
 from kdrun.engine.trainer import Recipe, Trainer
 from kdrun.errors import KdrunError
+from kdrun.evaluation.attacks import evaluate_attacks
 from kdrun.methods import METHODS, build_method
 from kdrun.models import build_model
 from kdrun.sinks import build_sinks
@@ -49,9 +50,11 @@ def train(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
                               cfg.dataset.std, drop_rate=cfg.student.drop_rate)
         method = build_method(cfg.method, student, teacher, cfg.teacher.corruption)
         trainer = Trainer(cfg.trainer, device, run_dir, sink, cfg.seed, cfg.dataset,
-                          resume=cfg.trainer.resume)
+                          resume=cfg.trainer.resume, calibration_bins=cfg.eval.calibration_bins)
         results = trainer.fit(method, data, Recipe(cfg.epochs, cfg.trainer.batch_size,
                                                    cfg.optim, cfg.sched))
+        results.update(evaluate_attacks(method.eval_model(), data.test, cfg.eval, cfg.dataset,
+                                        device, cfg.seed))
         results.update(info)
         checkpoint.save_model(student, run_dir / "checkpoints" / "student.pt",
                               meta={"test/acc": results["test/acc"]})
@@ -89,6 +92,11 @@ def summary(cfg: DictConfig, results: dict[str, Any], run_dir: Path) -> str:
                  f"  (best epoch {results['test/best_acc']:.2f} %)")
     if "test/agreement" in results:
         lines.append(f"  student-teacher agreement  {results['test/agreement']:6.2f} %")
+    robust = sorted(k for k in results if k.startswith(("pgd/", "fgsm/")))
+    if robust:
+        lines.append("  robust acc  " + ", ".join(
+            f"{k.removesuffix('/acc')} {results[k]:.1f} %" for k in robust))
+    lines.append(f"  calibration error (ECE)  {results['calib/ece']:.2f} %")
     lines.append(f"  training speed  {results['train/img_s']:.0f} img/s")
     lines.append(f"  run directory  {run_dir}")
     return "\n".join(lines)

@@ -90,6 +90,29 @@ class TrainerConfig:
 
 
 @dataclass
+class AttackConfig:
+    eps: list[float] = MISSING
+    step_size: float = MISSING
+    steps: int = MISSING
+    random_start: bool = MISSING
+
+
+@dataclass
+class FgsmConfig:
+    eps: list[float] = MISSING
+
+
+@dataclass
+class EvalConfig:
+    calibration_bins: int = MISSING
+    subset: int | None = None
+    batch_size: int = MISSING
+    pgd_linf: AttackConfig = field(default_factory=AttackConfig)
+    pgd_l2: AttackConfig = field(default_factory=AttackConfig)
+    fgsm: FgsmConfig = field(default_factory=FgsmConfig)
+
+
+@dataclass
 class LoggerConfig:
     name: str = MISSING
     project: str = MISSING
@@ -114,6 +137,7 @@ class KdrunConfig:
     optim: dict[str, Any] = field(default_factory=dict)
     sched: SchedConfig = field(default_factory=SchedConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
@@ -146,6 +170,7 @@ def validate(cfg: DictConfig) -> None:
         _check(cfg.trainer.max_steps >= 1, "trainer.max_steps", cfg.trainer.max_steps,
                "use >= 1, or null for no limit")
     _check_device(cfg.trainer.device)
+    _check_eval(cfg.eval)
 
     DATASETS.get(cfg.dataset.name, key="dataset.name")
     _check(cfg.dataset.num_classes >= 2, "dataset.num_classes", cfg.dataset.num_classes, "use >= 2")
@@ -169,6 +194,19 @@ def validate(cfg: DictConfig) -> None:
     if method_cls.needs_teacher:
         check_arch(cfg.teacher.arch, key="teacher.arch")
         _check_teacher(cfg.teacher)
+
+
+def _check_eval(ev: DictConfig) -> None:
+    _check(ev.calibration_bins >= 1, "eval.calibration_bins", ev.calibration_bins, "use >= 1")
+    _check(ev.batch_size >= 1, "eval.batch_size", ev.batch_size, "use >= 1")
+    if ev.subset is not None:
+        _check(ev.subset >= 1, "eval.subset", ev.subset, "use >= 1, or null for the test set")
+    for name in ("pgd_linf", "pgd_l2", "fgsm"):
+        for eps in ev[name].eps:
+            _check(eps > 0, f"eval.{name}.eps", list(ev[name].eps), "budgets must be > 0")
+    for name in ("pgd_linf", "pgd_l2"):
+        _check(ev[name].steps >= 1, f"eval.{name}.steps", ev[name].steps, "use >= 1")
+        _check(ev[name].step_size > 0, f"eval.{name}.step_size", ev[name].step_size, "use > 0")
 
 
 def _check_device(device: str) -> None:

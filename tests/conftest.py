@@ -24,6 +24,7 @@ TINY = [
     "trainer.device=cpu",
     "trainer.progress=false",
     "trainer.log_every=2",
+    "eval=clean",
     "logger=none",
 ]
 

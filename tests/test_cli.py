@@ -55,7 +55,8 @@ def test_multirun_gives_each_job_its_own_run_directory(tmp_path, cli_env):
 def test_every_noise_method_runs_on_the_offline_quickstart(tmp_path, cli_env):
     methods = ["gaussian_aug", "soft_randomization", "fickle_teacher", "messy_collaboration"]
     kdrun("-m", "experiment=quickstart", f"method={','.join(methods)}", "sigma=0.1", "epochs=1",
-          "teacher.epochs=1", "dataset.train_subset=256", "logger=none", "trainer.progress=false",
+          "teacher.epochs=1", "dataset.train_subset=256", "eval=clean", "logger=none",
+          "trainer.progress=false",
           f"hydra.sweep.dir={tmp_path}/sweep", env=cli_env, cwd=tmp_path)
     for job, method in enumerate(methods):
         results = read_results(tmp_path / "sweep" / str(job))

@@ -80,6 +80,15 @@ def test_git_commit_is_this_checkouts_head():
     assert head and git_commit().removesuffix("-dirty") == head
 
 
+def test_the_attack_suite_runs_after_training_and_lands_in_results(tmp_path):
+    train(compose_config("method=vanilla", "eval=standard", "eval.subset=16",
+                         "eval.pgd_linf.steps=2", "eval.pgd_l2.steps=2"), tmp_path)
+    for key in ("pgd/linf/eps2/acc", "pgd/linf/eps4/acc", "pgd/linf/eps8/acc",
+                "pgd/l2/eps0.25/acc", "pgd/l2/eps0.5/acc", "fgsm/eps2/acc", "fgsm/eps8/acc",
+                "calib/ece"):
+        assert 0 <= read_results(tmp_path)[key] <= 100, key
+
+
 def test_max_steps_stops_early(tmp_path):
     results = train(compose_config("method=vanilla", "epochs=5", "trainer.max_steps=3"), tmp_path)
     assert results["train/steps"] == 3

@@ -47,7 +47,8 @@ class _Progress:
 
 class Trainer:
     def __init__(self, cfg: DictConfig, device: torch.device, run_dir: Path, sink, seed: int,
-                 dataset_cfg: DictConfig, resume: bool, label: str = ""):
+                 dataset_cfg: DictConfig, resume: bool, label: str = "",
+                 calibration_bins: int = 15):
         self.cfg = cfg
         self.device = device
         self.run_dir = run_dir
@@ -56,6 +57,7 @@ class Trainer:
         self.dataset_cfg = dataset_cfg
         self.resume = resume  # continue from run_dir/checkpoints/last.pt when it exists
         self.label = label  # shown in the progress bar, e.g. "teacher "
+        self.calibration_bins = calibration_bins
         self.autocast = functools.partial(autocast, device,
                                           resolve_precision(choice(cfg.precision), device))
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -94,7 +96,8 @@ class Trainer:
             finished = progress.epoch == recipe.epochs or progress.step >= max_steps
             if finished or (self.cfg.eval_every and progress.epoch % self.cfg.eval_every == 0):
                 teacher = method.teacher if finished else None
-                test_metrics = evaluate(method.eval_model(), test_loader, self.autocast, teacher)
+                test_metrics = evaluate(method.eval_model(), test_loader, self.autocast, teacher,
+                                        self.calibration_bins)
                 progress.best_acc = max(progress.best_acc, test_metrics["test/acc"])
             self.sink.log({"epoch": progress.epoch, "step": progress.step, **last,
                            **test_metrics})
@@ -104,7 +107,8 @@ class Trainer:
             if complete:  # a checkpoint always marks an epoch boundary, so resume is exact
                 self._save(method, optimizer, scheduler, progress)
         if not test_metrics:  # resumed a run that had already finished
-            test_metrics = evaluate(method.eval_model(), test_loader, self.autocast, method.teacher)
+            test_metrics = evaluate(method.eval_model(), test_loader, self.autocast, method.teacher,
+                                    self.calibration_bins)
             progress.best_acc = max(progress.best_acc, test_metrics["test/acc"])
         return {**test_metrics, "test/best_acc": progress.best_acc, **last,
                 "train/img_s": images_seen / train_time if train_time else 0.0,

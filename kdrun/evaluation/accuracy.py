@@ -1,11 +1,14 @@
-"""Clean test metrics: top-1/top-5 accuracy and loss, and student-teacher top-1 agreement,
-for one or two models in a single pass over the test set (accuracies in percent)."""
+"""Clean test metrics: top-1/top-5 accuracy, loss (NLL), calibration error, and
+student-teacher top-1 agreement, for one or two models in a single pass over the test set
+(accuracies in percent)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from kdrun.evaluation.calibration import calibration_bins
 
 
 class _Tally:
@@ -28,14 +31,16 @@ class _Tally:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader, autocast_ctx, teacher: nn.Module | None = None
-             ) -> dict[str, float]:
-    """Keys: test/acc, test/top5, test/loss; with a teacher also teacher/test/* and
-    test/agreement (the share of test images on which both predict the same class)."""
+def evaluate(model: nn.Module, loader, autocast_ctx, teacher: nn.Module | None = None,
+             bins: int = 15) -> dict[str, float]:
+    """Keys: test/acc, test/top5, test/loss, calib/ece (`bins` confidence bins); with a teacher
+    also teacher/test/* and test/agreement (the share of test images on which both predict
+    the same class)."""
     model.eval()
     device = next(model.parameters()).device
     student_tally, teacher_tally = _Tally(device), _Tally(device)
     agree = torch.zeros((), device=device)
+    probs, targets = [], []
     n = 0
     if teacher is not None:
         teacher.eval()
@@ -44,10 +49,13 @@ def evaluate(model: nn.Module, loader, autocast_ctx, teacher: nn.Module | None =
             logits = model(images).float()
             teacher_logits = teacher(images).float() if teacher is not None else None
         prediction = student_tally.add(logits, labels)
+        probs.append(logits.softmax(dim=1))
+        targets.append(labels)
         if teacher_logits is not None:
             agree += (teacher_tally.add(teacher_logits, labels) == prediction).sum()
         n += len(labels)
     results = student_tally.metrics(n, "test/")
+    results["calib/ece"] = calibration_bins(torch.cat(probs), torch.cat(targets), bins)["ece"]
     if teacher is not None:
         results.update(teacher_tally.metrics(n, "teacher/test/"))
         results["test/agreement"] = 100 * agree.item() / n

@@ -1,0 +1,100 @@
+"""Evaluation metrics against cases whose answer is known by construction, and the attacks
+against their definition and a maintained library."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from kdrun.evaluation.attacks import attack_suite, robust_accuracy
+from kdrun.evaluation.calibration import calibration_bins
+from kdrun.evaluation.robustness import fgsm, pgd
+from kdrun.models import build_model
+
+
+def one_hot_probs(prediction: torch.Tensor, confidence: float, classes: int = 4) -> torch.Tensor:
+    probs = torch.full((len(prediction), classes), (1 - confidence) / (classes - 1))
+    probs[torch.arange(len(prediction)), prediction] = confidence
+    return probs
+
+
+def test_ece_is_zero_for_a_perfect_classifier_and_the_gap_for_an_overconfident_one():
+    labels = torch.arange(100) % 4
+    assert calibration_bins(one_hot_probs(labels, 1.0), labels)["ece"] == pytest.approx(0)
+    half_wrong = torch.where(torch.arange(100) < 50, labels, (labels + 1) % 4)
+    assert calibration_bins(one_hot_probs(half_wrong, 1.0), labels)["ece"] == pytest.approx(50)
+    ninety = torch.where(torch.arange(100) < 90, labels, (labels + 1) % 4)
+    bins = calibration_bins(one_hot_probs(ninety, 0.9), labels)
+    assert bins["ece"] == pytest.approx(0, abs=1e-3)  # 90 % confident, 90 % right (float32)
+    assert sum(bins["count"]) == 100 and bins["accuracy"][13] == pytest.approx(0.9)
+
+
+def test_ece_matches_torchmetrics():
+    metrics = pytest.importorskip("torchmetrics.classification",
+                                  reason="the cross-check library (pip install torchmetrics)")
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(3 * torch.randn(2000, 10, generator=g), dim=1)
+    labels = torch.randint(0, 10, (2000,), generator=g)
+    ours = calibration_bins(probs, labels, 15)["ece"]
+    theirs = metrics.MulticlassCalibrationError(num_classes=10, n_bins=15, norm="l1")(probs, labels)
+    assert ours == pytest.approx(100 * theirs.item(), abs=1e-4)
+
+
+def trained_tiny_model() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """A resnet8 fitted to a separable batch, so attacks have accuracy to take away."""
+    torch.manual_seed(0)
+    model = build_model("resnet8", 4, [0.5] * 3, [0.25] * 3)
+    labels = torch.arange(64) % 4
+    images = (torch.rand(64, 3, 16, 16) * 0.3 + 0.2 * labels.view(-1, 1, 1, 1)).clamp(0, 1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(40):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+    return model.eval(), images, labels
+
+
+@pytest.mark.parametrize(("norm", "eps"), [("linf", 8 / 255), ("l2", 0.5)])
+def test_pgd_stays_in_the_eps_ball_and_the_image_range(norm, eps):
+    model, images, labels = trained_tiny_model()
+    adversarial = pgd(model, images, labels, eps, eps / 4, steps=5, norm=norm)
+    delta = (adversarial - images).flatten(1)
+    size = delta.abs().max(dim=1).values if norm == "linf" else delta.norm(dim=1)
+    assert size.max().item() <= eps + 1e-6
+    assert adversarial.min() >= 0 and adversarial.max() <= 1
+
+
+def test_attacks_lower_the_accuracy_of_a_trained_model():
+    model, images, labels = trained_tiny_model()
+    clean = (model(images).argmax(1) == labels).float().mean().item()
+    attacked = pgd(model, images, labels, 16 / 255, 4 / 255, steps=10)
+    robust = (model(attacked).argmax(1) == labels).float().mean().item()
+    one_step = (model(fgsm(model, images, labels, 16 / 255)).argmax(1) == labels).float().mean()
+    assert clean == 1.0 and robust < clean
+    assert robust <= one_step.item()  # more steps are no weaker than one
+
+
+def test_pgd_matches_torchattacks():
+    torchattacks = pytest.importorskip(
+        "torchattacks", reason="the cross-check library (pip install --no-deps torchattacks)")
+    model, images, labels = trained_tiny_model()
+    ours = pgd(model, images, labels, 8 / 255, 2 / 255, steps=10, random_start=False)
+    attack = torchattacks.PGD(model, eps=8 / 255, alpha=2 / 255, steps=10, random_start=False)
+    theirs = attack(images, labels)
+    assert (ours - theirs).abs().max().item() < 1e-5
+
+
+def test_attack_suite_names_follow_the_results_keys():
+    cfg = OmegaConf.create({
+        "pgd_linf": {"eps": [2, 8], "step_size": 2, "steps": 3, "random_start": True},
+        "pgd_l2": {"eps": [0.5], "step_size": 0.1, "steps": 3, "random_start": True},
+        "fgsm": {"eps": [8]}})
+    suite = dict(attack_suite(cfg))
+    assert list(suite) == ["pgd/linf/eps2/acc", "pgd/linf/eps8/acc", "pgd/l2/eps0.5/acc",
+                           "fgsm/eps8/acc"]
+    assert suite["pgd/linf/eps8/acc"]["eps"] == pytest.approx(8 / 255)
+    model, images, labels = trained_tiny_model()
+    results = robust_accuracy(model, [(images, labels)], cfg)
+    assert all(0 <= v <= 100 for v in results.values())
+    assert results["pgd/linf/eps8/acc"] <= results["pgd/linf/eps2/acc"]
