@@ -3,6 +3,8 @@ results, each one call here."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import subprocess
@@ -17,12 +19,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from kdrun.config import choice, register_configs, validate
-from kdrun.data import load_dataset
+from kdrun.data import load_dataset, make_loader
 from kdrun.engine import checkpoint
-from kdrun.engine.runtime import resolve_device, resolve_precision, seed_everything
+from kdrun.engine.runtime import autocast, resolve_device, resolve_precision, seed_everything
 from kdrun.engine.teachers import resolve_teacher
 from kdrun.engine.trainer import Recipe, Trainer
 from kdrun.errors import KdrunError
+from kdrun.evaluation.accuracy import evaluate
 from kdrun.evaluation.attacks import evaluate_attacks
 from kdrun.methods import METHODS, build_method
 from kdrun.models import build_model
@@ -32,9 +35,10 @@ log = logging.getLogger("kdrun")
 register_configs()
 
 
-def train(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
-          run_name: str | None = None) -> dict[str, Any]:
-    """One whole run; returns the flat results that also land in run_dir/results.json."""
+@contextlib.contextmanager
+def run_session(cfg: DictConfig, run_dir: Path, sweep_group: str | None, run_name: str | None):
+    """What every run shares: validation before any work, the run directory's record, the
+    sinks (always closed) and the data. Yields (device, data, sink, results-so-far)."""
     validate(cfg)
     device = resolve_device(cfg.trainer.device)
     info = run_info(device, cfg.trainer.precision)  # read now: the code this run starts from
@@ -42,7 +46,15 @@ def train(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     sink = build_sinks(cfg, run_dir, sweep_group, run_name)
     try:
-        data = load_dataset(cfg.dataset, cfg.cache_dir)
+        yield device, load_dataset(cfg.dataset, cfg.cache_dir), sink, dict(info)
+    finally:
+        sink.close()
+
+
+def train(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
+          run_name: str | None = None) -> dict[str, Any]:
+    """One whole training run; returns the flat results that also land in results.json."""
+    with run_session(cfg, run_dir, sweep_group, run_name) as (device, data, sink, results):
         needs_teacher = METHODS.get(cfg.method.name).needs_teacher
         teacher = resolve_teacher(cfg, data, device, sink) if needs_teacher else None
         seed_everything(cfg.seed)
@@ -51,16 +63,32 @@ def train(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
         method = build_method(cfg.method, student, teacher, cfg.teacher.corruption)
         trainer = Trainer(cfg.trainer, device, run_dir, sink, cfg.seed, cfg.dataset,
                           resume=cfg.trainer.resume, calibration_bins=cfg.eval.calibration_bins)
-        results = trainer.fit(method, data, Recipe(cfg.epochs, cfg.trainer.batch_size,
-                                                   cfg.optim, cfg.sched))
+        results.update(trainer.fit(method, data, Recipe(cfg.epochs, cfg.trainer.batch_size,
+                                                        cfg.optim, cfg.sched)))
         results.update(evaluate_attacks(method.eval_model(), data.test, cfg.eval, cfg.dataset,
                                         device, cfg.seed))
-        results.update(info)
         checkpoint.save_model(student, run_dir / "checkpoints" / "student.pt",
                               meta={"test/acc": results["test/acc"]})
         sink.results(results)
-    finally:
-        sink.close()
+    return results
+
+
+def evaluate_checkpoint(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
+                        run_name: str | None = None) -> dict[str, Any]:
+    """`mode=eval`: the evaluation suite on a saved model (`checkpoint=PATH`), no training."""
+    with run_session(cfg, run_dir, sweep_group, run_name) as (device, data, sink, results):
+        model = build_model(checkpoint.stored_arch(Path(cfg.checkpoint).expanduser()),
+                            cfg.dataset.num_classes, cfg.dataset.mean, cfg.dataset.std)
+        checkpoint.load_model(model, Path(cfg.checkpoint).expanduser())
+        model.to(device)
+        precision = resolve_precision(choice(cfg.trainer.precision), device)
+        loader = make_loader(data.test, cfg.trainer.eval_batch_size, device, cfg.seed,
+                             train=False, dataset_cfg=cfg.dataset)
+        results.update(evaluate(model, loader, functools.partial(autocast, device, precision),
+                                bins=cfg.eval.calibration_bins))
+        results.update(evaluate_attacks(model, data.test, cfg.eval, cfg.dataset, device,
+                                        cfg.seed))
+        sink.results(results)
     return results
 
 
@@ -84,12 +112,17 @@ def git_commit() -> str:
 
 
 def summary(cfg: DictConfig, results: dict[str, Any], run_dir: Path) -> str:
-    lines = [f"{cfg.method.name}: {cfg.student.arch} on {cfg.dataset.name}, {cfg.epochs} epochs"]
+    if choice(cfg.mode) == "eval":
+        lines = [f"evaluated {cfg.checkpoint} on {cfg.dataset.name}"]
+    else:
+        lines = [f"{cfg.method.name}: {cfg.student.arch} on {cfg.dataset.name}, "
+                 f"{cfg.epochs} epochs"]
     if "teacher/test/acc" in results:
         lines.append(f"  teacher ({cfg.teacher.arch}) test acc  "
                      f"{results['teacher/test/acc']:6.2f} %")
-    lines.append(f"  student ({cfg.student.arch}) test acc  {results['test/acc']:6.2f} %"
-                 f"  (best epoch {results['test/best_acc']:.2f} %)")
+    best = f"  (best epoch {results['test/best_acc']:.2f} %)" if "test/best_acc" in results else ""
+    who = "model" if choice(cfg.mode) == "eval" else f"student ({cfg.student.arch})"
+    lines.append(f"  {who} test acc  {results['test/acc']:6.2f} %{best}")
     if "test/agreement" in results:
         lines.append(f"  student-teacher agreement  {results['test/agreement']:6.2f} %")
     robust = sorted(k for k in results if k.startswith(("pgd/", "fgsm/")))
@@ -97,7 +130,8 @@ def summary(cfg: DictConfig, results: dict[str, Any], run_dir: Path) -> str:
         lines.append("  robust acc  " + ", ".join(
             f"{k.removesuffix('/acc')} {results[k]:.1f} %" for k in robust))
     lines.append(f"  calibration error (ECE)  {results['calib/ece']:.2f} %")
-    lines.append(f"  training speed  {results['train/img_s']:.0f} img/s")
+    if "train/img_s" in results:
+        lines.append(f"  training speed  {results['train/img_s']:.0f} img/s")
     lines.append(f"  run directory  {run_dir}")
     return "\n".join(lines)
 
@@ -123,9 +157,10 @@ def hydra_main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    run = evaluate_checkpoint if choice(cfg.mode) == "eval" else train
     try:
-        results = train(cfg, run_dir, sweep_group=hydra_cfg.sweep.dir if multirun else None,
-                        run_name=hydra_cfg.job.override_dirname or None)
+        results = run(cfg, run_dir, sweep_group=hydra_cfg.sweep.dir if multirun else None,
+                      run_name=hydra_cfg.job.override_dirname or None)
     except KdrunError as err:
         log.error("%s", err)
         (run_dir / "error.txt").write_text(f"{err}\n")

@@ -23,6 +23,11 @@ class Precision(Enum):
     bf16 = "bf16"
 
 
+class Mode(Enum):
+    train = "train"
+    eval = "eval"
+
+
 class SchedName(Enum):
     multistep = "multistep"
     cosine = "cosine"
@@ -129,6 +134,8 @@ class KdrunConfig:
     sigma: float = MISSING
     seed: int = MISSING
     epochs: int = MISSING
+    mode: Mode = MISSING
+    checkpoint: str | None = None
     cache_dir: str = MISSING
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
@@ -171,6 +178,10 @@ def validate(cfg: DictConfig) -> None:
                "use >= 1, or null for no limit")
     _check_device(cfg.trainer.device)
     _check_eval(cfg.eval)
+    if choice(cfg.mode) == "eval":
+        _check(cfg.checkpoint is not None and Path(cfg.checkpoint).expanduser().is_file(),
+               "checkpoint", cfg.checkpoint, "mode=eval needs checkpoint=PATH of a model file "
+               "(e.g. <run dir>/checkpoints/student.pt)")
 
     DATASETS.get(cfg.dataset.name, key="dataset.name")
     _check(cfg.dataset.num_classes >= 2, "dataset.num_classes", cfg.dataset.num_classes, "use >= 2")

@@ -89,6 +89,20 @@ def test_the_attack_suite_runs_after_training_and_lands_in_results(tmp_path):
         assert 0 <= read_results(tmp_path)[key] <= 100, key
 
 
+def test_mode_eval_measures_a_saved_model_like_the_run_that_made_it(tmp_path):
+    from kdrun.cli import evaluate_checkpoint
+
+    trained = train(compose_config("method=vanilla", "student=resnet14"), tmp_path / "run")
+    student = tmp_path / "run" / "checkpoints" / "student.pt"
+    # the architecture comes from the file, whatever student= says
+    again = evaluate_checkpoint(compose_config("mode=eval", f"checkpoint={student}"),
+                                tmp_path / "eval")
+    for key in ("test/acc", "test/top5", "test/loss", "calib/ece"):
+        assert again[key] == pytest.approx(trained[key], rel=1e-6), key
+    assert read_results(tmp_path / "eval")["test/acc"] == again["test/acc"]
+    assert "train/steps" not in again
+
+
 def test_max_steps_stops_early(tmp_path):
     results = train(compose_config("method=vanilla", "epochs=5", "trainer.max_steps=3"), tmp_path)
     assert results["train/steps"] == 3

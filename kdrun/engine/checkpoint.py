@@ -30,6 +30,11 @@ def save_model(model: Classifier, path: Path, meta: dict[str, Any]) -> None:
                  "state_dict": model.net.state_dict(), "meta": meta}, path)
 
 
+def stored_arch(path: Path) -> str:
+    """The architecture a model checkpoint holds."""
+    return load(path)["arch"]
+
+
 def load_model(model: Classifier, path: Path) -> dict[str, Any]:
     """Loads weights into `model`; returns the checkpoint's metadata."""
     stored = load(path)
