@@ -99,9 +99,12 @@ def run_info(device: torch.device, precision) -> dict[str, str]:
 
 
 def git_commit() -> str:
-    """The commit kdrun ran from ('-dirty' with uncommitted changes), or 'unknown'."""
+    """The commit kdrun ran from ('-dirty' with uncommitted changes), or 'unknown' (e.g. an
+    installed copy, even inside some other repository's virtual environment)."""
     here = Path(__file__).parent
     try:
+        subprocess.run(["git", "ls-files", "--error-unmatch", Path(__file__).name], cwd=here,
+                       capture_output=True, timeout=5, check=True)
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
                               text=True, timeout=5, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,

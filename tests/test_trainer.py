@@ -103,6 +103,15 @@ def test_mode_eval_measures_a_saved_model_like_the_run_that_made_it(tmp_path):
     assert "train/steps" not in again
 
 
+def test_epochs_without_evaluation_log_no_test_metrics(tmp_path):
+    import json
+
+    train(compose_config("method=vanilla", "epochs=3", "trainer.eval_every=2"), tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    epochs = {row["epoch"]: row for row in rows if "train/acc" in row}
+    assert ["test/acc" in epochs[e] for e in (1, 2, 3)] == [False, True, True]
+
+
 def test_max_steps_stops_early(tmp_path):
     results = train(compose_config("method=vanilla", "epochs=5", "trainer.max_steps=3"), tmp_path)
     assert results["train/steps"] == 3

@@ -94,16 +94,17 @@ class Trainer:
             images_seen += last.pop("images")
             progress.epoch += complete
             finished = progress.epoch == recipe.epochs or progress.step >= max_steps
+            evaluated: dict[str, float] = {}  # only this epoch's evaluation is logged with it
             if finished or (self.cfg.eval_every and progress.epoch % self.cfg.eval_every == 0):
                 teacher = method.teacher if finished else None
-                test_metrics = evaluate(method.eval_model(), test_loader, self.autocast, teacher,
-                                        self.calibration_bins)
-                progress.best_acc = max(progress.best_acc, test_metrics["test/acc"])
-            self.sink.log({"epoch": progress.epoch, "step": progress.step, **last,
-                           **test_metrics})
+                evaluated = evaluate(method.eval_model(), test_loader, self.autocast, teacher,
+                                     self.calibration_bins)
+                test_metrics = evaluated
+                progress.best_acc = max(progress.best_acc, evaluated["test/acc"])
+            self.sink.log({"epoch": progress.epoch, "step": progress.step, **last, **evaluated})
             log.info("%sepoch %d/%d  loss %.4f  train acc %.2f  test acc %s", self.label,
                      progress.epoch, recipe.epochs, last["train/loss"], last["train/acc"],
-                     f"{test_metrics['test/acc']:.2f}" if test_metrics else "-")
+                     f"{evaluated['test/acc']:.2f}" if evaluated else "-")
             if complete:  # a checkpoint always marks an epoch boundary, so resume is exact
                 self._save(method, optimizer, scheduler, progress)
         if not test_metrics:  # resumed a run that had already finished
