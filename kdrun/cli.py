@@ -9,6 +9,8 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,10 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from kdrun.config import choice, register_configs, validate
-from kdrun.data import load_dataset, make_loader
+from kdrun.data import ImageData, load_dataset, make_loader
 from kdrun.engine import checkpoint
 from kdrun.engine.runtime import autocast, resolve_device, resolve_precision, seed_everything
 from kdrun.engine.teachers import resolve_teacher
@@ -27,18 +30,30 @@ from kdrun.engine.trainer import Recipe, Trainer
 from kdrun.errors import KdrunError
 from kdrun.evaluation.accuracy import evaluate
 from kdrun.evaluation.attacks import evaluate_attacks
+from kdrun.evaluation.shift import evaluate_shift_and_ood, load_eval_sets
 from kdrun.methods import METHODS, build_method
 from kdrun.models import build_model
-from kdrun.sinks import build_sinks
+from kdrun.sinks import MultiSink, build_sinks
 
 log = logging.getLogger("kdrun")
 register_configs()
 
 
+@dataclass
+class Session:
+    """What a run works with once its inputs are checked and loaded."""
+    device: torch.device
+    data: ImageData
+    eval_sets: dict  # eval.shift / eval.ood data sets, loaded up front
+    sink: MultiSink
+    autocast: Callable
+    results: dict[str, Any]  # provenance first; metrics are added to it
+
+
 @contextlib.contextmanager
 def run_session(cfg: DictConfig, run_dir: Path, sweep_group: str | None, run_name: str | None):
     """What every run shares: validation before any work, the run directory's record, the
-    sinks (always closed) and the data. Yields (device, data, sink, results-so-far)."""
+    sinks (always closed), the data and the evaluation sets."""
     validate(cfg)
     device = resolve_device(cfg.trainer.device)
     info = run_info(device, cfg.trainer.precision)  # read now: the code this run starts from
@@ -46,50 +61,60 @@ def run_session(cfg: DictConfig, run_dir: Path, sweep_group: str | None, run_nam
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     sink = build_sinks(cfg, run_dir, sweep_group, run_name)
     try:
-        yield device, load_dataset(cfg.dataset, cfg.cache_dir), sink, dict(info)
+        data = load_dataset(cfg.dataset, cfg.cache_dir)
+        eval_sets = load_eval_sets(cfg.eval, cfg.dataset, cfg.cache_dir)
+        precision = resolve_precision(choice(cfg.trainer.precision), device)
+        yield Session(device, data, eval_sets, sink, functools.partial(autocast, device, precision),
+                      dict(info))
     finally:
         sink.close()
+
+
+def evaluate_beyond_clean(model: nn.Module, session: Session, cfg: DictConfig) -> dict[str, float]:
+    """Attacks, shift and far-OOD sets: what is measured after the clean test metrics."""
+    return {**evaluate_attacks(model, session.data.test, cfg.eval, cfg.dataset, session.device,
+                               cfg.seed),
+            **evaluate_shift_and_ood(model, session.data, cfg.dataset, session.eval_sets,
+                                     session.device, cfg.eval.batch_size, session.autocast,
+                                     cfg.seed)}
 
 
 def train(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
           run_name: str | None = None) -> dict[str, Any]:
     """One whole training run; returns the flat results that also land in results.json."""
-    with run_session(cfg, run_dir, sweep_group, run_name) as (device, data, sink, results):
+    with run_session(cfg, run_dir, sweep_group, run_name) as run:
         needs_teacher = METHODS.get(cfg.method.name).needs_teacher
-        teacher = resolve_teacher(cfg, data, device, sink) if needs_teacher else None
+        teacher = resolve_teacher(cfg, run.data, run.device, run.sink) if needs_teacher else None
         seed_everything(cfg.seed)
         student = build_model(cfg.student.arch, cfg.dataset.num_classes, cfg.dataset.mean,
                               cfg.dataset.std, drop_rate=cfg.student.drop_rate)
         method = build_method(cfg.method, student, teacher, cfg.teacher.corruption)
-        trainer = Trainer(cfg.trainer, device, run_dir, sink, cfg.seed, cfg.dataset,
+        trainer = Trainer(cfg.trainer, run.device, run_dir, run.sink, cfg.seed, cfg.dataset,
                           resume=cfg.trainer.resume, calibration_bins=cfg.eval.calibration_bins)
-        results.update(trainer.fit(method, data, Recipe(cfg.epochs, cfg.trainer.batch_size,
-                                                        cfg.optim, cfg.sched)))
-        results.update(evaluate_attacks(method.eval_model(), data.test, cfg.eval, cfg.dataset,
-                                        device, cfg.seed))
+        run.results.update(trainer.fit(method, run.data, Recipe(
+            cfg.epochs, cfg.trainer.batch_size, cfg.optim, cfg.sched)))
+        run.results.update(evaluate_beyond_clean(method.eval_model(), run, cfg))
         checkpoint.save_model(student, run_dir / "checkpoints" / "student.pt",
-                              meta={"test/acc": results["test/acc"]})
-        sink.results(results)
-    return results
+                              meta={"test/acc": run.results["test/acc"]})
+        run.sink.results(run.results)
+    return run.results
 
 
 def evaluate_checkpoint(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
                         run_name: str | None = None) -> dict[str, Any]:
     """`mode=eval`: the evaluation suite on a saved model (`checkpoint=PATH`), no training."""
-    with run_session(cfg, run_dir, sweep_group, run_name) as (device, data, sink, results):
-        model = build_model(checkpoint.stored_arch(Path(cfg.checkpoint).expanduser()),
-                            cfg.dataset.num_classes, cfg.dataset.mean, cfg.dataset.std)
-        checkpoint.load_model(model, Path(cfg.checkpoint).expanduser())
-        model.to(device)
-        precision = resolve_precision(choice(cfg.trainer.precision), device)
-        loader = make_loader(data.test, cfg.trainer.eval_batch_size, device, cfg.seed,
+    with run_session(cfg, run_dir, sweep_group, run_name) as run:
+        path = Path(cfg.checkpoint).expanduser()
+        model = build_model(checkpoint.stored_arch(path), cfg.dataset.num_classes,
+                            cfg.dataset.mean, cfg.dataset.std)
+        checkpoint.load_model(model, path)
+        model.to(run.device)
+        loader = make_loader(run.data.test, cfg.trainer.eval_batch_size, run.device, cfg.seed,
                              train=False, dataset_cfg=cfg.dataset)
-        results.update(evaluate(model, loader, functools.partial(autocast, device, precision),
-                                bins=cfg.eval.calibration_bins))
-        results.update(evaluate_attacks(model, data.test, cfg.eval, cfg.dataset, device,
-                                        cfg.seed))
-        sink.results(results)
-    return results
+        run.results.update(evaluate(model, loader, run.autocast, bins=cfg.eval.calibration_bins))
+        run.results.update(evaluate_beyond_clean(model, run, cfg))
+        run.sink.results(run.results)
+    return run.results
 
 
 def run_info(device: torch.device, precision) -> dict[str, str]:

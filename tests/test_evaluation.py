@@ -98,3 +98,23 @@ def test_attack_suite_names_follow_the_results_keys():
     results = robust_accuracy(model, [(images, labels)], cfg)
     assert all(0 <= v <= 100 for v in results.values())
     assert results["pgd/linf/eps8/acc"] <= results["pgd/linf/eps2/acc"]
+
+
+def test_ood_detection_known_cases():
+    from kdrun.evaluation.shift import ood_detection
+
+    high, low = torch.full((100,), 0.9), torch.full((50,), 0.2)
+    assert ood_detection(high, low) == {"auroc": 100.0, "fpr95": 0.0}
+    assert ood_detection(low, high)["auroc"] == 0.0
+    same = torch.linspace(0, 1, 200)
+    result = ood_detection(same, same)
+    assert result["auroc"] == pytest.approx(50.0) and result["fpr95"] == pytest.approx(95, abs=1)
+
+
+def test_shift_labels_map_by_class_name():
+    from kdrun.errors import ConfigError
+    from kdrun.evaluation.shift import class_mapping
+
+    assert class_mapping(["cat", "dog"], ["dog", "bird", "cat"], "s").tolist() == [2, 0]
+    with pytest.raises(ConfigError, match="are not training classes"):
+        class_mapping(["cat", "fish"], ["cat", "dog"], "s")

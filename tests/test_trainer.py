@@ -163,3 +163,19 @@ def test_a_teacher_checkpoint_of_another_architecture_is_refused(tmp_path):
                            f"teacher.checkpoint={cache_entry(cfg) / 'teacher.pt'}")
     with pytest.raises(ConfigError, match="holds a resnet8, not a resnet14"):
         train(wrong, tmp_path / "wrong")
+
+
+def test_shift_and_ood_sets_are_evaluated_after_training(tmp_path):
+    # the synthetic set as its own "shift" set: same images, same labels -> the test accuracy
+    results = train(compose_config("method=vanilla", "+eval.shift.synthetic=null",
+                                   "+eval.ood.digits=null"), tmp_path)
+    assert results["ood/synthetic/acc"] == pytest.approx(results["test/acc"])
+    assert 0 <= results["ood/digits/auroc"] <= 100 and 0 <= results["ood/digits/fpr95"] <= 100
+
+
+def test_a_missing_evaluation_set_fails_before_training(tmp_path):
+    from kdrun.errors import DataNotFoundError
+
+    with pytest.raises(DataNotFoundError, match="CINIC-10 not found in /nonexistent"):
+        train(compose_config("+eval.shift.cinic10=/nonexistent"), tmp_path)
+    assert (tmp_path / "metrics.jsonl").read_text() == ""  # nothing trained, not even a teacher
