@@ -104,11 +104,9 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path, sweep_group: str | None 
                         run_name: str | None = None) -> dict[str, Any]:
     """`mode=eval`: the evaluation suite on a saved model (`checkpoint=PATH`), no training."""
     with run_session(cfg, run_dir, sweep_group, run_name) as run:
-        path = Path(cfg.checkpoint).expanduser()
-        model = build_model(checkpoint.stored_arch(path), cfg.dataset.num_classes,
-                            cfg.dataset.mean, cfg.dataset.std)
-        checkpoint.load_model(model, path)
-        model.to(run.device)
+        model = checkpoint.load_classifier(Path(cfg.checkpoint).expanduser(),
+                                           cfg.dataset.num_classes, cfg.dataset.mean,
+                                           cfg.dataset.std).to(run.device)
         loader = make_loader(run.data.test, cfg.trainer.eval_batch_size, run.device, cfg.seed,
                              train=False, dataset_cfg=cfg.dataset)
         run.results.update(evaluate(model, loader, run.autocast, bins=cfg.eval.calibration_bins))

@@ -179,3 +179,12 @@ def test_a_missing_evaluation_set_fails_before_training(tmp_path):
     with pytest.raises(DataNotFoundError, match="CINIC-10 not found in /nonexistent"):
         train(compose_config("+eval.shift.cinic10=/nonexistent"), tmp_path)
     assert (tmp_path / "metrics.jsonl").read_text() == ""  # nothing trained, not even a teacher
+
+
+def test_a_checkpoint_with_another_class_count_is_refused(tmp_path):
+    from kdrun.engine.checkpoint import load_classifier
+    from kdrun.errors import ConfigError
+
+    train(compose_config("method=vanilla"), tmp_path)  # synthetic: 4 classes
+    with pytest.raises(ConfigError, match="does not fit resnet8 \\(different class count"):
+        load_classifier(tmp_path / "checkpoints" / "student.pt", 10, [0.5] * 3, [0.25] * 3)

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from kdrun.errors import ConfigError
-from kdrun.models import Classifier
+from kdrun.models import Classifier, build_model
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
@@ -30,14 +30,21 @@ def save_model(model: Classifier, path: Path, meta: dict[str, Any]) -> None:
                  "state_dict": model.net.state_dict(), "meta": meta}, path)
 
 
-def stored_arch(path: Path) -> str:
-    """The architecture a model checkpoint holds."""
-    return load(path)["arch"]
+def load_classifier(path: Path, num_classes: int, mean: list[float],
+                    std: list[float]) -> Classifier:
+    """The model a checkpoint holds, built with the architecture it names."""
+    stored = load(path)
+    model = build_model(stored["arch"], num_classes, mean, std)
+    _load_weights(model, stored, path)
+    return model
 
 
 def load_model(model: Classifier, path: Path) -> dict[str, Any]:
     """Loads weights into `model`; returns the checkpoint's metadata."""
-    stored = load(path)
+    return _load_weights(model, load(path), path)
+
+
+def _load_weights(model: Classifier, stored: dict[str, Any], path: Path) -> dict[str, Any]:
     if stored.get("arch") != model.arch:
         raise ConfigError(f"checkpoint {path} holds a {stored.get('arch')}, not a {model.arch}: "
                           f"set the architecture to {stored.get('arch')} or use another file")
