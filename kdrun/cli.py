@@ -30,7 +30,9 @@ from kdrun.engine.trainer import Recipe, Trainer
 from kdrun.errors import KdrunError
 from kdrun.evaluation.accuracy import evaluate
 from kdrun.evaluation.attacks import evaluate_attacks
-from kdrun.evaluation.shift import evaluate_shift_and_ood, load_eval_sets
+from kdrun.evaluation.calibration import calibration_bins
+from kdrun.evaluation.plots import reliability_diagram, robustness_curve
+from kdrun.evaluation.shift import evaluate_shift_and_ood, load_eval_sets, predictions
 from kdrun.methods import METHODS, build_method
 from kdrun.models import build_model
 from kdrun.sinks import MultiSink, build_sinks
@@ -70,13 +72,26 @@ def run_session(cfg: DictConfig, run_dir: Path, sweep_group: str | None, run_nam
         sink.close()
 
 
-def evaluate_beyond_clean(model: nn.Module, session: Session, cfg: DictConfig) -> dict[str, float]:
-    """Attacks, shift and far-OOD sets: what is measured after the clean test metrics."""
-    return {**evaluate_attacks(model, session.data.test, cfg.eval, cfg.dataset, session.device,
-                               cfg.seed),
-            **evaluate_shift_and_ood(model, session.data, cfg.dataset, session.eval_sets,
-                                     session.device, cfg.eval.batch_size, session.autocast,
-                                     cfg.seed)}
+def evaluate_beyond_clean(model: nn.Module, run: Session, cfg: DictConfig,
+                          run_dir: Path) -> dict[str, float]:
+    """Attacks, shift and far-OOD sets, and the plots: what follows the clean test metrics."""
+    results = evaluate_attacks(model, run.data.test, cfg.eval, cfg.dataset, run.device, cfg.seed)
+    if not (cfg.eval.plots or run.eval_sets["shift"] or run.eval_sets["ood"]):
+        return results
+    loader = make_loader(run.data.test, cfg.eval.batch_size, run.device, cfg.seed, train=False,
+                         dataset_cfg=cfg.dataset)
+    predicted, confidence, labels = predictions(model, loader, run.autocast)
+    results.update(evaluate_shift_and_ood(model, run.data, run.eval_sets, confidence, run.device,
+                                          cfg.eval.batch_size, run.autocast, cfg.seed))
+    if cfg.eval.plots:
+        bins = calibration_bins(confidence, predicted == labels, cfg.eval.calibration_bins)
+        plots = {"plots/reliability": reliability_diagram(bins, run_dir / "plots" /
+                                                          "reliability.png")}
+        curve = robustness_curve({**run.results, **results}, run_dir / "plots" / "robustness.png")
+        if curve is not None:
+            plots["plots/robustness"] = curve
+        run.sink.images(plots)
+    return results
 
 
 def train(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
@@ -93,7 +108,7 @@ def train(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
                           resume=cfg.trainer.resume, calibration_bins=cfg.eval.calibration_bins)
         run.results.update(trainer.fit(method, run.data, Recipe(
             cfg.epochs, cfg.trainer.batch_size, cfg.optim, cfg.sched)))
-        run.results.update(evaluate_beyond_clean(method.eval_model(), run, cfg))
+        run.results.update(evaluate_beyond_clean(method.eval_model(), run, cfg, run_dir))
         checkpoint.save_model(student, run_dir / "checkpoints" / "student.pt",
                               meta={"test/acc": run.results["test/acc"]})
         run.sink.results(run.results)
@@ -110,7 +125,7 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path, sweep_group: str | None 
         loader = make_loader(run.data.test, cfg.trainer.eval_batch_size, run.device, cfg.seed,
                              train=False, dataset_cfg=cfg.dataset)
         run.results.update(evaluate(model, loader, run.autocast, bins=cfg.eval.calibration_bins))
-        run.results.update(evaluate_beyond_clean(model, run, cfg))
+        run.results.update(evaluate_beyond_clean(model, run, cfg, run_dir))
         run.sink.results(run.results)
     return run.results
 

@@ -112,6 +112,7 @@ class EvalConfig:
     calibration_bins: int = MISSING
     subset: int | None = None
     batch_size: int = MISSING
+    plots: bool = MISSING
     shift: dict[str, str | None] = field(default_factory=dict)
     ood: dict[str, str | None] = field(default_factory=dict)
     pgd_linf: AttackConfig = field(default_factory=AttackConfig)

@@ -40,6 +40,10 @@ def test_a_run_writes_results_and_an_offline_wandb_run_with_the_same_values(tmp_
     assert wandb["config"]["alpha"] == 0.9
     assert wandb["config"]["method"]["name"] == "kd"
     assert (run_dir / ".hydra" / "config.yaml").is_file()
+    image_types = [row["plots/reliability/_type"] for row in wandb["history"]
+                   if "plots/reliability/_type" in row]  # an image's fields are logged nested
+    assert image_types == ["image-file"]
+    assert (run_dir / "plots" / "reliability.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_multirun_gives_each_job_its_own_run_directory(tmp_path, cli_env):

@@ -87,6 +87,8 @@ def test_the_attack_suite_runs_after_training_and_lands_in_results(tmp_path):
                 "pgd/l2/eps0.25/acc", "pgd/l2/eps0.5/acc", "fgsm/eps2/acc", "fgsm/eps8/acc",
                 "calib/ece"):
         assert 0 <= read_results(tmp_path)[key] <= 100, key
+    for plot in ("reliability.png", "robustness.png"):
+        assert (tmp_path / "plots" / plot).read_bytes()[:4] == b"\x89PNG", plot
 
 
 def test_mode_eval_measures_a_saved_model_like_the_run_that_made_it(tmp_path):

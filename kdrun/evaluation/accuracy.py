@@ -40,7 +40,7 @@ def evaluate(model: nn.Module, loader, autocast_ctx, teacher: nn.Module | None =
     device = next(model.parameters()).device
     student_tally, teacher_tally = _Tally(device), _Tally(device)
     agree = torch.zeros((), device=device)
-    probs, targets = [], []
+    confidence, correct = [], []
     n = 0
     if teacher is not None:
         teacher.eval()
@@ -49,13 +49,13 @@ def evaluate(model: nn.Module, loader, autocast_ctx, teacher: nn.Module | None =
             logits = model(images).float()
             teacher_logits = teacher(images).float() if teacher is not None else None
         prediction = student_tally.add(logits, labels)
-        probs.append(logits.softmax(dim=1))
-        targets.append(labels)
+        confidence.append(logits.softmax(dim=1).max(dim=1).values)
+        correct.append(prediction == labels)
         if teacher_logits is not None:
             agree += (teacher_tally.add(teacher_logits, labels) == prediction).sum()
         n += len(labels)
     results = student_tally.metrics(n, "test/")
-    results["calib/ece"] = calibration_bins(torch.cat(probs), torch.cat(targets), bins)["ece"]
+    results["calib/ece"] = calibration_bins(torch.cat(confidence), torch.cat(correct), bins)["ece"]
     if teacher is not None:
         results.update(teacher_tally.metrics(n, "teacher/test/"))
         results["test/agreement"] = 100 * agree.item() / n

@@ -78,10 +78,11 @@ def ood_detection(in_scores: torch.Tensor, out_scores: torch.Tensor) -> dict[str
             "fpr95": 100 * float(fpr[np.searchsorted(tpr, 0.95)])}
 
 
-def evaluate_shift_and_ood(model: nn.Module, data: ImageData, dataset_cfg: DictConfig, eval_sets,
+def evaluate_shift_and_ood(model: nn.Module, data: ImageData, eval_sets, in_scores: torch.Tensor,
                            device: torch.device, batch_size: int, autocast_ctx,
                            seed: int) -> dict[str, float]:
-    """ood/<set>/acc per shift set; ood/<set>/auroc and fpr95 per far-OOD set."""
+    """ood/<set>/acc per shift set; ood/<set>/auroc and fpr95 per far-OOD set, against the
+    test set's maximum softmax probabilities `in_scores`."""
     results = {}
 
     def run(split, cfg):
@@ -92,10 +93,8 @@ def evaluate_shift_and_ood(model: nn.Module, data: ImageData, dataset_cfg: DictC
         mapping = class_mapping(shifted.classes, data.classes, name).to(device)
         predicted, _, labels = run(shifted.test, cfg)
         results[f"ood/{name}/acc"] = 100 * (predicted == mapping[labels]).float().mean().item()
-    if eval_sets["ood"]:
-        _, in_scores, _ = run(data.test, dataset_cfg)
-        for name, (far, cfg) in eval_sets["ood"].items():
-            _, out_scores, _ = run(far.test, cfg)
-            for metric, value in ood_detection(in_scores, out_scores).items():
-                results[f"ood/{name}/{metric}"] = value
+    for name, (far, cfg) in eval_sets["ood"].items():
+        _, out_scores, _ = run(far.test, cfg)
+        for metric, value in ood_detection(in_scores, out_scores).items():
+            results[f"ood/{name}/{metric}"] = value
     return results

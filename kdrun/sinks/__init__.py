@@ -21,6 +21,9 @@ class Sink:
     def results(self, results: dict[str, Any]) -> None:
         """The run's final metrics."""
 
+    def images(self, images: dict[str, Path]) -> None:
+        """Pictures already written to the run directory (plots)."""
+
     def close(self) -> None:
         pass
 
@@ -36,6 +39,10 @@ class MultiSink(Sink):
     def results(self, results):
         for sink in self.sinks:
             sink.results(results)
+
+    def images(self, images):
+        for sink in self.sinks:
+            sink.images(images)
 
     def close(self):
         for sink in self.sinks:

@@ -18,6 +18,9 @@ class LocalSink:
         self._metrics.write(json.dumps(metrics) + "\n")
         self._metrics.flush()
 
+    def images(self, images: dict[str, Path]) -> None:
+        """Nothing to do: plots are written into the run directory already."""
+
     def results(self, results: dict[str, Any]) -> None:
         path = self.run_dir / "results.json"
         tmp = path.with_name(".results.json.tmp")

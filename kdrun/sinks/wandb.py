@@ -72,6 +72,11 @@ class WandbSink:
     def results(self, results: dict[str, Any]) -> None:
         self.run.summary.update(results)
 
+    def images(self, images: dict[str, Path]) -> None:
+        import wandb
+
+        self.run.log({key: wandb.Image(str(path)) for key, path in images.items()})
+
     def close(self) -> None:
         self.run.finish()
 
