@@ -170,6 +170,10 @@ def summary(cfg: DictConfig, results: dict[str, Any], run_dir: Path) -> str:
     if robust:
         lines.append("  robust acc  " + ", ".join(
             f"{k.removesuffix('/acc')} {results[k]:.1f} %" for k in robust))
+    shifted = sorted(k for k in results if k.startswith("ood/"))
+    if shifted:
+        lines.append("  shift / OOD  " + ", ".join(
+            f"{k.removeprefix('ood/')} {results[k]:.1f} %" for k in shifted))
     lines.append(f"  calibration error (ECE)  {results['calib/ece']:.2f} %")
     if "train/img_s" in results:
         lines.append(f"  training speed  {results['train/img_s']:.0f} img/s")
