@@ -23,6 +23,7 @@ from torch import nn
 
 from kdrun.config import choice, register_configs, validate
 from kdrun.data import ImageData, load_dataset, make_loader
+from kdrun.data.types import subset
 from kdrun.engine import checkpoint
 from kdrun.engine.runtime import autocast, resolve_device, resolve_precision, seed_everything
 from kdrun.engine.teachers import resolve_teacher
@@ -31,6 +32,7 @@ from kdrun.errors import KdrunError
 from kdrun.evaluation.accuracy import evaluate
 from kdrun.evaluation.attacks import evaluate_attacks
 from kdrun.evaluation.calibration import calibration_bins
+from kdrun.evaluation.corruptions import corruption_accuracy
 from kdrun.evaluation.plots import reliability_diagram, robustness_curve
 from kdrun.evaluation.shift import evaluate_shift_and_ood, load_eval_sets, predictions
 from kdrun.methods import METHODS, build_method
@@ -76,6 +78,12 @@ def evaluate_beyond_clean(model: nn.Module, run: Session, cfg: DictConfig,
                           run_dir: Path) -> dict[str, float]:
     """Attacks, shift and far-OOD sets, and the plots: what follows the clean test metrics."""
     results = evaluate_attacks(model, run.data.test, cfg.eval, cfg.dataset, run.device, cfg.seed)
+    if cfg.eval.corruptions:
+        subset_loader = make_loader(subset(run.data.test, cfg.eval.subset, cfg.seed),
+                                    cfg.eval.batch_size, run.device, cfg.seed, train=False,
+                                    dataset_cfg=cfg.dataset)
+        results.update(corruption_accuracy(model, subset_loader, list(cfg.eval.corruptions),
+                                           list(cfg.eval.severities), run.autocast, cfg.seed))
     if not (cfg.eval.plots or run.eval_sets["shift"] or run.eval_sets["ood"]):
         return results
     loader = make_loader(run.data.test, cfg.eval.batch_size, run.device, cfg.seed, train=False,
@@ -170,6 +178,8 @@ def summary(cfg: DictConfig, results: dict[str, Any], run_dir: Path) -> str:
     if robust:
         lines.append("  robust acc  " + ", ".join(
             f"{k.removesuffix('/acc')} {results[k]:.1f} %" for k in robust))
+    if "corrupt/mean_acc" in results:
+        lines.append(f"  mean corruption acc  {results['corrupt/mean_acc']:.2f} %")
     shifted = sorted(k for k in results if k.startswith("ood/"))
     if shifted:
         lines.append("  shift / OOD  " + ", ".join(

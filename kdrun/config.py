@@ -113,6 +113,8 @@ class EvalConfig:
     subset: int | None = None
     batch_size: int = MISSING
     plots: bool = MISSING
+    corruptions: list[str] = field(default_factory=list)
+    severities: list[int] = field(default_factory=list)
     shift: dict[str, str | None] = field(default_factory=dict)
     ood: dict[str, str | None] = field(default_factory=dict)
     pgd_linf: AttackConfig = field(default_factory=AttackConfig)
@@ -218,6 +220,13 @@ def _check_eval(ev: DictConfig) -> None:
     for name in ("pgd_linf", "pgd_l2", "fgsm"):
         for eps in ev[name].eps:
             _check(eps > 0, f"eval.{name}.eps", list(ev[name].eps), "budgets must be > 0")
+    from kdrun.evaluation.corruptions import CORRUPTIONS
+
+    for name in ev.corruptions:
+        _check(name in CORRUPTIONS, "eval.corruptions", name,
+               f"choose from {', '.join(CORRUPTIONS)}")
+    for severity in ev.severities:
+        _check(1 <= severity <= 5, "eval.severities", list(ev.severities), "severities are 1..5")
     for name in ("pgd_linf", "pgd_l2"):
         _check(ev[name].steps >= 1, f"eval.{name}.steps", ev[name].steps, "use >= 1")
         _check(ev[name].step_size > 0, f"eval.{name}.step_size", ev[name].step_size, "use > 0")

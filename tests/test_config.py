@@ -79,6 +79,8 @@ def test_quickstart_keeps_the_method_free():
     ("eval.pgd_linf.eps=[0,8]", "eval.pgd_linf.eps=[0.0, 8.0] is not allowed: budgets must be > 0"),
     ("eval.pgd_l2.steps=0", "eval.pgd_l2.steps=0 is not allowed"),
     ("eval.subset=0", "eval.subset=0 is not allowed"),
+    ("eval.corruptions=[fog]", "eval.corruptions=fog is not allowed: choose from gaussian_noise"),
+    ("eval.severities=[0,6]", "eval.severities=[0, 6] is not allowed: severities are 1..5"),
     ("mode=eval", "checkpoint=None is not allowed: mode=eval needs checkpoint=PATH"),
     ("~method.T", "method kd needs method.T: add it to conf/method/kd.yaml"),
     ("method=soft_randomization method.noise_space=hsv",

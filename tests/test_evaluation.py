@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from kdrun.evaluation.attacks import attack_suite, robust_accuracy
 from kdrun.evaluation.calibration import calibration_bins
+from kdrun.evaluation.corruptions import SEVERITY, corrupt
 from kdrun.evaluation.robustness import fgsm, pgd
 from kdrun.models import build_model
 
@@ -112,3 +113,31 @@ def test_shift_labels_map_by_class_name():
     assert class_mapping(["cat", "dog"], ["dog", "bird", "cat"], "s").tolist() == [2, 0]
     with pytest.raises(ConfigError, match="are not training classes"):
         class_mapping(["cat", "fish"], ["cat", "dog"], "s")
+
+
+def smooth_images(n: int = 32) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.interpolate(torch.rand(n, 3, 8, 8, generator=g), size=32,
+                                        mode="bilinear", align_corners=False)
+    return (x + 0.05 * torch.rand(n, 3, 32, 32, generator=g)).clamp(0, 1)
+
+
+@pytest.mark.parametrize("name", list(SEVERITY))
+def test_corruptions_are_seeded_in_range_and_grow_with_severity(name):
+    x = smooth_images()
+    change = [(corrupt(x, name, s, seed=1) - x).abs().mean().item() for s in (1, 3, 5)]
+    assert change[0] < change[1] < change[2], change
+    a, b = corrupt(x, name, 3, seed=7), corrupt(x, name, 3, seed=7)
+    assert torch.equal(a, b) and a.shape == x.shape
+    assert a.min() >= 0 and a.max() <= 1
+
+
+def test_corruption_parameters_behave_as_defined():
+    x = torch.full((64, 3, 32, 32), 0.5)
+    noise = corrupt(x, "gaussian_noise", 5, seed=0) - x  # std 0.10 at severity 5
+    assert noise.std().item() == pytest.approx(0.10, rel=0.03)
+    assert corrupt(x, "contrast", 2, seed=0).allclose(x)  # a flat image has no contrast to lose
+    bright = corrupt(x, "brightness", 5, seed=0)  # V + 0.3 with hue and saturation kept
+    assert bright.max().item() == pytest.approx(0.8, abs=1e-6)
+    hit = (corrupt(x, "impulse_noise", 5, seed=0) != x).float().mean().item()
+    assert hit == pytest.approx(0.07, abs=0.01)

@@ -85,7 +85,8 @@ def test_the_attack_suite_runs_after_training_and_lands_in_results(tmp_path):
                          "eval.pgd_linf.steps=2", "eval.pgd_l2.steps=2"), tmp_path)
     for key in ("pgd/linf/eps2/acc", "pgd/linf/eps4/acc", "pgd/linf/eps8/acc",
                 "pgd/l2/eps0.25/acc", "pgd/l2/eps0.5/acc", "fgsm/eps2/acc", "fgsm/eps8/acc",
-                "calib/ece"):
+                "calib/ece", "corrupt/gaussian_noise/s1/acc", "corrupt/pixelate/s5/acc",
+                "corrupt/motion_blur/s3/acc", "corrupt/mean_acc"):
         assert 0 <= read_results(tmp_path)[key] <= 100, key
     for plot in ("reliability.png", "robustness.png"):
         assert (tmp_path / "plots" / plot).read_bytes()[:4] == b"\x89PNG", plot
