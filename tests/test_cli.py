@@ -68,6 +68,23 @@ def test_every_noise_method_runs_on_the_offline_quickstart(tmp_path, cli_env):
         assert ("teacher/test/acc" in results) == (method != "gaussian_aug"), method
 
 
+def test_the_whole_eval_group_runs_through_the_cli_on_a_saved_model(tmp_path, cli_env):
+    kdrun(*TINY, "method=vanilla", f"hydra.run.dir={tmp_path}/train", env=cli_env, cwd=tmp_path)
+    student = tmp_path / "train" / "checkpoints" / "student.pt"
+    kdrun(*TINY, "mode=eval", f"checkpoint={student}", "eval=standard", "eval.subset=16",
+          "eval.pgd_linf.steps=2", "eval.pgd_l2.steps=2", "eval.severities=[1,5]",
+          "+eval.ood.digits=null", "+eval.shift.synthetic=null", f"hydra.run.dir={tmp_path}/eval",
+          env=cli_env, cwd=tmp_path)
+    results = read_results(tmp_path / "eval")
+    for key in ("test/acc", "calib/ece", "pgd/linf/eps8/acc", "pgd/l2/eps0.5/acc", "fgsm/eps8/acc",
+                "corrupt/jpeg_compression/s5/acc", "corrupt/mean_acc", "ood/digits/auroc",
+                "ood/digits/fpr95", "ood/synthetic/acc"):
+        assert 0 <= results[key] <= 100, key
+    assert results["test/acc"] == read_results(tmp_path / "train")["test/acc"]
+    assert {p.name for p in (tmp_path / "eval" / "plots").iterdir()} == {"reliability.png",
+                                                                         "robustness.png"}
+
+
 @pytest.mark.parametrize(("override", "message"), [
     ("alpha=1.5", "alpha=1.5 is not allowed: it must lie in [0, 1]"),
     ("dataset=cifar10", "CIFAR-10 not found in {home}/nowhere (looked for"),
