@@ -115,6 +115,10 @@ def test_shift_labels_map_by_class_name():
         class_mapping(["cat", "fish"], ["cat", "dog"], "s")
 
 
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
 def smooth_images(n: int = 32) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     x = torch.nn.functional.interpolate(torch.rand(n, 3, 8, 8, generator=g), size=32,
@@ -125,19 +129,19 @@ def smooth_images(n: int = 32) -> torch.Tensor:
 @pytest.mark.parametrize("name", list(SEVERITY))
 def test_corruptions_are_seeded_in_range_and_grow_with_severity(name):
     x = smooth_images()
-    change = [(corrupt(x, name, s, seed=1) - x).abs().mean().item() for s in (1, 3, 5)]
+    change = [(corrupt(x, name, s, seeded(1)) - x).abs().mean().item() for s in (1, 3, 5)]
     assert change[0] < change[1] < change[2], change
-    a, b = corrupt(x, name, 3, seed=7), corrupt(x, name, 3, seed=7)
+    a, b = corrupt(x, name, 3, seeded(7)), corrupt(x, name, 3, seeded(7))
     assert torch.equal(a, b) and a.shape == x.shape
     assert a.min() >= 0 and a.max() <= 1
 
 
 def test_corruption_parameters_behave_as_defined():
     x = torch.full((64, 3, 32, 32), 0.5)
-    noise = corrupt(x, "gaussian_noise", 5, seed=0) - x  # std 0.10 at severity 5
+    noise = corrupt(x, "gaussian_noise", 5, seeded(0)) - x  # std 0.10 at severity 5
     assert noise.std().item() == pytest.approx(0.10, rel=0.03)
-    assert corrupt(x, "contrast", 2, seed=0).allclose(x)  # a flat image has no contrast to lose
-    bright = corrupt(x, "brightness", 5, seed=0)  # V + 0.3 with hue and saturation kept
+    assert corrupt(x, "contrast", 2, seeded(0)).allclose(x)  # a flat image has no contrast to lose
+    bright = corrupt(x, "brightness", 5, seeded(0))  # V + 0.3 with hue and saturation kept
     assert bright.max().item() == pytest.approx(0.8, abs=1e-6)
-    hit = (corrupt(x, "impulse_noise", 5, seed=0) != x).float().mean().item()
+    hit = (corrupt(x, "impulse_noise", 5, seeded(0)) != x).float().mean().item()
     assert hit == pytest.approx(0.07, abs=0.01)

@@ -117,13 +117,18 @@ def pixelate(x, c, g):
                       .resize((w, h), Image.BOX))
 
 
-CORRUPTIONS = {name: globals()[name] for name in SEVERITY}
+CORRUPTIONS = {
+    "gaussian_noise": gaussian_noise, "shot_noise": shot_noise, "impulse_noise": impulse_noise,
+    "defocus_blur": defocus_blur, "motion_blur": motion_blur, "contrast": contrast,
+    "brightness": brightness, "jpeg_compression": jpeg_compression, "pixelate": pixelate,
+}
 
 
-def corrupt(images: torch.Tensor, name: str, severity: int, seed: int) -> torch.Tensor:
-    """`images` under corruption `name` at severity 1..5, in [0, 1], fixed by `seed`."""
-    g = torch.Generator(device=images.device).manual_seed(seed)
-    out = CORRUPTIONS[name](images, SEVERITY[name][severity - 1], g)
+def corrupt(images: torch.Tensor, name: str, severity: int,
+            generator: torch.Generator) -> torch.Tensor:
+    """`images` under corruption `name` at severity 1..5, in [0, 1]; its randomness drawn
+    from `generator` (on the images' device)."""
+    out = CORRUPTIONS[name](images, SEVERITY[name][severity - 1], generator)
     return out.clamp(0, 1)
 
 
@@ -132,13 +137,15 @@ def corruption_accuracy(model, loader, names: list[str], severities: list[int], 
                         seed: int) -> dict[str, float]:
     """corrupt/<name>/s<k>/acc for each name and severity, and their mean corrupt/mean_acc."""
     model.eval()
+    device = next(model.parameters()).device
     results = {}
     for i, name in enumerate(names):
         for severity in severities:
+            # one stream per (corruption, severity), read on through the batches
+            g = torch.Generator(device=device).manual_seed(seed * 1000 + i * 10 + severity)
             correct, seen = 0, 0
-            for b, (images, labels) in enumerate(loader):
-                damaged = corrupt(images, name, severity, seed * 100_003 + i * 1_009 + b * 7 +
-                                  severity)
+            for images, labels in loader:
+                damaged = corrupt(images, name, severity, g)
                 with autocast_ctx():
                     predicted = model(damaged).argmax(dim=1)
                 correct += (predicted == labels).sum().item()
