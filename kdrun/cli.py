@@ -30,7 +30,7 @@ from kdrun.engine.teachers import resolve_teacher
 from kdrun.engine.trainer import Recipe, Trainer
 from kdrun.errors import KdrunError
 from kdrun.evaluation.accuracy import evaluate
-from kdrun.evaluation.attacks import evaluate_attacks
+from kdrun.evaluation.attacks import robust_accuracy
 from kdrun.evaluation.calibration import calibration_bins
 from kdrun.evaluation.corruptions import corruption_accuracy
 from kdrun.evaluation.plots import reliability_diagram, robustness_curve
@@ -77,13 +77,13 @@ def run_session(cfg: DictConfig, run_dir: Path, sweep_group: str | None, run_nam
 def evaluate_beyond_clean(model: nn.Module, run: Session, cfg: DictConfig,
                           run_dir: Path) -> dict[str, float]:
     """Attacks, shift and far-OOD sets, and the plots: what follows the clean test metrics."""
-    results = evaluate_attacks(model, run.data.test, cfg.eval, cfg.dataset, run.device, cfg.seed)
-    if cfg.eval.corruptions:
-        subset_loader = make_loader(subset(run.data.test, cfg.eval.subset, cfg.seed),
-                                    cfg.eval.batch_size, run.device, cfg.seed, train=False,
-                                    dataset_cfg=cfg.dataset)
-        results.update(corruption_accuracy(model, subset_loader, list(cfg.eval.corruptions),
-                                           list(cfg.eval.severities), run.autocast, cfg.seed))
+    # attacks and corruptions share one seeded subset of the test set, loaded once
+    subset_loader = make_loader(subset(run.data.test, cfg.eval.subset, cfg.seed),
+                                cfg.eval.batch_size, run.device, cfg.seed, train=False,
+                                dataset_cfg=cfg.dataset)
+    results = robust_accuracy(model, subset_loader, cfg.eval)
+    results.update(corruption_accuracy(model, subset_loader, list(cfg.eval.corruptions),
+                                       list(cfg.eval.severities), run.autocast, cfg.seed))
     if not (cfg.eval.plots or run.eval_sets["shift"] or run.eval_sets["ood"]):
         return results
     loader = make_loader(run.data.test, cfg.eval.batch_size, run.device, cfg.seed, train=False,

@@ -1,14 +1,11 @@
-"""Robust accuracy under the configured attacks, on a seeded subset of the test set.
+"""Robust accuracy under the configured attacks (run on a seeded subset of the test set).
 Keys: pgd/linf/eps<k>/acc and fgsm/eps<k>/acc (k in 1/255 units), pgd/l2/eps<r>/acc."""
 
 from __future__ import annotations
 
-import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from kdrun.data import make_loader
-from kdrun.data.types import subset
 from kdrun.evaluation.robustness import fgsm, pgd
 
 PIXEL_LEVELS = 255  # L-inf budgets and steps are configured in 1/255 units
@@ -53,13 +50,3 @@ def robust_accuracy(model: nn.Module, loader, cfg: DictConfig) -> dict[str, floa
         results[key] = 100 * correct / seen
     return results
 
-
-def evaluate_attacks(model: nn.Module, test_split, eval_cfg: DictConfig, dataset_cfg: DictConfig,
-                     device: torch.device, seed: int) -> dict[str, float]:
-    """Robust accuracies on `eval.subset` seeded test images ({} when no attack is set)."""
-    if not attack_suite(eval_cfg):
-        return {}
-    images = subset(test_split, eval_cfg.subset, seed)
-    loader = make_loader(images, eval_cfg.batch_size, device, seed, train=False,
-                         dataset_cfg=dataset_cfg)
-    return robust_accuracy(model, loader, eval_cfg)
