@@ -109,16 +109,23 @@ def train(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
         needs_teacher = METHODS.get(cfg.method.name).needs_teacher
         teacher = resolve_teacher(cfg, run.data, run.device, run.sink) if needs_teacher else None
         seed_everything(cfg.seed)
-        student = build_model(cfg.student.arch, cfg.dataset.num_classes, cfg.dataset.mean,
-                              cfg.dataset.std, drop_rate=cfg.student.drop_rate)
-        method = build_method(cfg.method, student, teacher, cfg.teacher.corruption)
+        make_model = functools.partial(build_model, num_classes=cfg.dataset.num_classes,
+                                       mean=cfg.dataset.mean, std=cfg.dataset.std,
+                                       drop_rate=cfg.student.drop_rate)
+        method = build_method(cfg.method, make_model(cfg.student.arch), teacher,
+                              cfg.teacher.corruption, make_model)
         trainer = Trainer(cfg.trainer, run.device, run_dir, run.sink, cfg.seed, cfg.dataset,
                           resume=cfg.trainer.resume, calibration_bins=cfg.eval.calibration_bins)
         run.results.update(trainer.fit(method, run.data, Recipe(
             cfg.epochs, cfg.trainer.batch_size, cfg.optim, cfg.sched)))
-        run.results.update(evaluate_beyond_clean(method.eval_model(), run, cfg, run_dir))
+        student = method.eval_model()
+        run.results["meta/student_arch"] = student.arch
+        run.results.update(evaluate_beyond_clean(student, run, cfg, run_dir))
         checkpoint.save_model(student, run_dir / "checkpoints" / "student.pt",
                               meta={"test/acc": run.results["test/acc"]})
+        for name, peer in method.peer_models().items():
+            checkpoint.save_model(peer, run_dir / "checkpoints" / f"{name}.pt",
+                                  meta={"test/acc": run.results[f"{name}/test/acc"]})
         run.sink.results(run.results)
     return run.results
 
@@ -164,14 +171,16 @@ def summary(cfg: DictConfig, results: dict[str, Any], run_dir: Path) -> str:
     if choice(cfg.mode) == "eval":
         lines = [f"evaluated {cfg.checkpoint} on {cfg.dataset.name}"]
     else:
-        lines = [f"{cfg.method.name}: {cfg.student.arch} on {cfg.dataset.name}, "
+        lines = [f"{cfg.method.name}: {results['meta/student_arch']} on {cfg.dataset.name}, "
                  f"{cfg.epochs} epochs"]
     if "teacher/test/acc" in results:
         lines.append(f"  teacher ({cfg.teacher.arch}) test acc  "
                      f"{results['teacher/test/acc']:6.2f} %")
     best = f"  (best epoch {results['test/best_acc']:.2f} %)" if "test/best_acc" in results else ""
-    who = "model" if choice(cfg.mode) == "eval" else f"student ({cfg.student.arch})"
+    who = "model" if choice(cfg.mode) == "eval" else f"student ({results['meta/student_arch']})"
     lines.append(f"  {who} test acc  {results['test/acc']:6.2f} %{best}")
+    for key in sorted(k for k in results if k.startswith("peer") and k.endswith("/test/acc")):
+        lines.append(f"  {key.removesuffix('/test/acc')} test acc  {results[key]:6.2f} %")
     if "test/agreement" in results:
         lines.append(f"  student-teacher agreement  {results['test/agreement']:6.2f} %")
     robust = sorted(k for k in results if k.startswith(("pgd/", "fgsm/")))

@@ -201,7 +201,7 @@ def validate(cfg: DictConfig) -> None:
     for section in ("student", "teacher"):
         rate = cfg[section].drop_rate
         _check(0 <= rate < 1, f"{section}.drop_rate", rate, "it must lie in [0, 1)")
-    _check_optim(cfg.optim, "optim")
+    check_optim(cfg.optim, "optim")
     _check_sched(cfg.sched, "sched")
 
     method_cls = METHODS.get(cfg.method.get("name"), key="method.name")
@@ -242,7 +242,7 @@ def _check_device(device: str) -> None:
                           "use trainer.device=auto or cpu")
 
 
-def _check_optim(optim: DictConfig, key: str) -> None:
+def check_optim(optim: DictConfig, key: str) -> None:
     from hydra.utils import get_class
 
     target = optim.get("_target_")
@@ -268,7 +268,7 @@ def _check_teacher(teacher: DictConfig) -> None:
     if ckpt in ("auto", "pretrained"):
         if ckpt == "auto":
             _check(teacher.epochs >= 1, "teacher.epochs", teacher.epochs, "use >= 1")
-            _check_optim(teacher.optim, "teacher.optim")
+            check_optim(teacher.optim, "teacher.optim")
             _check_sched(teacher.sched, "teacher.sched")
         else:
             _check(teacher.arch.startswith("timm/"), "teacher.checkpoint", ckpt,
@@ -282,7 +282,8 @@ def _check_teacher(teacher: DictConfig) -> None:
 def _check_method_settings(method_cls: type, method: DictConfig) -> None:
     """A method's YAML must give exactly the settings its class's constructor takes."""
     params = inspect.signature(method_cls.__init__).parameters
-    settings = {name: p for name, p in params.items() if name not in ("self", "student", "teacher")}
+    built = ("self", "student", "teacher", "make_model")  # given by kdrun, not by the YAML
+    settings = {name: p for name, p in params.items() if name not in built}
     allowed = ", ".join(sorted(settings)) or "(none)"
     for key in method:
         if key != "name" and key not in settings:

@@ -68,6 +68,20 @@ def test_every_noise_method_runs_on_the_offline_quickstart(tmp_path, cli_env):
         assert ("teacher/test/acc" in results) == (method != "gaussian_aug"), method
 
 
+def test_online_and_self_distillation_methods_run_through_the_cli(tmp_path, cli_env):
+    methods = ["dml", "ddgsd", "afd"]
+    kdrun("-m", *TINY, f"method={','.join(methods)}", f"hydra.sweep.dir={tmp_path}/sweep",
+          env=cli_env, cwd=tmp_path)
+    for job, method in enumerate(methods):
+        run = tmp_path / "sweep" / str(job)
+        results = read_results(run)
+        assert 0 <= results["test/acc"] <= 100 and "teacher/test/acc" not in results, method
+        assert ("peer1/test/acc" in results) == (method != "ddgsd"), method
+        assert ("train/loss/disc" in results) == (method == "afd"), method
+        assert (run / "checkpoints" / "student.pt").is_file()
+    assert not (tmp_path / "cache" / "teachers").exists()  # no teacher was trained
+
+
 def test_the_whole_eval_group_runs_through_the_cli_on_a_saved_model(tmp_path, cli_env):
     kdrun(*TINY, "method=vanilla", f"hydra.run.dir={tmp_path}/train", env=cli_env, cwd=tmp_path)
     student = tmp_path / "train" / "checkpoints" / "student.pt"

@@ -66,7 +66,7 @@ def test_quickstart_keeps_the_method_free():
     ("sched.milestones=[0.5,1.5]", "milestones are fractions"),
     ("student.drop_rate=1.0", "student.drop_rate=1.0 is not allowed"),
     ("dataset.test_fraction=1.0", "dataset.test_fraction=1.0 is not allowed"),
-    ("method.name=kdd", "method.name=kdd is not a known method: choose one of fickle_teacher, "),
+    ("method.name=kdd", "method.name=kdd is not a known method: choose one of afd, ddgsd, dml, "),
     ("student.arch=wrn_99_9", "student.arch=wrn_99_9 is not a known architecture"),
     ("teacher.arch=timm/not_a_model", "teacher.arch=timm/not_a_model is not a timm model"),
     ("dataset.name=mnist", "dataset.name=mnist is not a known data set"),

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from kdrun.data import TensorSplit, load_dataset, make_loader
-from kdrun.data.device_loader import DeviceLoader, random_crop_flip
+from kdrun.data.augment import random_crop_flip
+from kdrun.data.device_loader import DeviceLoader
 from kdrun.errors import ConfigError, DataNotFoundError
 
 from conftest import compose_config

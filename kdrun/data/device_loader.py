@@ -9,10 +9,11 @@ import math
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from kdrun.data.augment import random_crop_flip
 from kdrun.data.types import TensorSplit
+from kdrun.errors import ConfigError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -28,26 +29,6 @@ def drops_last(n: int, batch_size: int, train: bool) -> bool:
 
 def num_batches(n: int, batch_size: int, train: bool) -> int:
     return n // batch_size if drops_last(n, batch_size, train) else math.ceil(n / batch_size)
-
-
-def random_crop_flip(images: torch.Tensor, padding: int, hflip: bool,
-                     generator: torch.Generator) -> torch.Tensor:
-    """Per-image random crop after zero padding, and random horizontal flip, on a uint8 batch."""
-    n, c, h, w = images.shape
-    device = images.device
-    if padding:
-        padded = F.pad(images, (padding,) * 4)
-        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=device)
-        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=device)
-        rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None]
-        cols = (dx[:, None] + torch.arange(w, device=device))[:, None, None, :]
-        batch = torch.arange(n, device=device)[:, None, None, None]
-        chans = torch.arange(c, device=device)[None, :, None, None]
-        images = padded[batch, chans, rows, cols]
-    if hflip:
-        flip = torch.rand(n, generator=generator, device=device) < 0.5
-        images = torch.where(flip[:, None, None, None], images.flip(3), images)
-    return images
 
 
 class EpochBatches:
@@ -114,8 +95,15 @@ class DatasetLoader(EpochBatches):
 
 
 def make_loader(split: TensorSplit | Dataset, batch_size: int, device: torch.device, seed: int,
-                train: bool, dataset_cfg) -> DeviceLoader | DatasetLoader:
+                train: bool, dataset_cfg, augment: bool = True) -> DeviceLoader | DatasetLoader:
+    """`augment=False`: training batches without the data set's crop/flip, for methods that
+    distort batches themselves."""
     if isinstance(split, TensorSplit):
         return DeviceLoader(split, batch_size, device, seed, train,
-                            crop_padding=dataset_cfg.crop_padding, hflip=dataset_cfg.hflip)
+                            crop_padding=dataset_cfg.crop_padding if augment else 0,
+                            hflip=dataset_cfg.hflip and augment)
+    if not augment:
+        raise ConfigError(f"this method distorts its own batches, which needs an in-memory data "
+                          f"set (cifar10, cifar100, svhn, cinic10, digits), not "
+                          f"{dataset_cfg.name}: choose one of those")
     return DatasetLoader(split, batch_size, device, seed, train, dataset_cfg.num_workers)

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -20,8 +19,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from kdrun.config import choice
 from kdrun.data import ImageData, make_loader
 from kdrun.engine import checkpoint
+from kdrun.engine.optimizers import Optimizers
 from kdrun.engine.runtime import autocast, resolve_precision, synchronize
-from kdrun.engine.schedule import build_scheduler
 from kdrun.evaluation.accuracy import evaluate
 from kdrun.methods import Method
 
@@ -70,16 +69,16 @@ class Trainer:
         """Trains `method`, evaluating every `eval_every` epochs and at the end; returns the
         final metrics (test/*, teacher/test/* when the method has a teacher, train/*)."""
         train_loader = make_loader(data.train, recipe.batch_size, self.device, self.seed,
-                                   train=True, dataset_cfg=self.dataset_cfg)
+                                   train=True, dataset_cfg=self.dataset_cfg,
+                                   augment=not method.augments_batches)
         test_loader = make_loader(data.test, self.cfg.eval_batch_size, self.device, self.seed,
                                   train=False, dataset_cfg=self.dataset_cfg)
         method.to(self.device, memory_format=self.memory_format)
-        params = [p for p in method.parameters() if p.requires_grad]
-        optimizer = instantiate(recipe.optim)(params)
-        scheduler = build_scheduler(recipe.sched, optimizer, len(train_loader), recipe.epochs)
+        optimizers = Optimizers(method, recipe.optim, recipe.sched, len(train_loader),
+                                recipe.epochs)
         progress = _Progress()
         if self.resume:
-            progress = self._resume(method, optimizer, scheduler)
+            progress = self._resume(method, optimizers)
 
         images_seen, train_time, last = 0, 0.0, {}
         test_metrics: dict[str, float] = {}
@@ -87,8 +86,8 @@ class Trainer:
         while progress.epoch < recipe.epochs and progress.step < max_steps:
             train_loader.set_epoch(progress.epoch)
             start = time.perf_counter()
-            last, complete = self._train_epoch(method, train_loader, optimizer, scheduler,
-                                               progress, recipe.epochs, max_steps)
+            last, complete = self._train_epoch(method, train_loader, optimizers, progress,
+                                               recipe.epochs, max_steps)
             synchronize(self.device)
             train_time += time.perf_counter() - start
             images_seen += last.pop("images")
@@ -96,9 +95,7 @@ class Trainer:
             finished = progress.epoch == recipe.epochs or progress.step >= max_steps
             evaluated: dict[str, float] = {}  # only this epoch's evaluation is logged with it
             if finished or (self.cfg.eval_every and progress.epoch % self.cfg.eval_every == 0):
-                teacher = method.teacher if finished else None
-                evaluated = evaluate(method.eval_model(), test_loader, self.autocast, teacher,
-                                     self.calibration_bins)
+                evaluated = self._evaluate(method, test_loader, with_teacher=finished)
                 test_metrics = evaluated
                 progress.best_acc = max(progress.best_acc, evaluated["test/acc"])
             self.sink.log({"epoch": progress.epoch, "step": progress.step, **last, **evaluated})
@@ -106,21 +103,32 @@ class Trainer:
                      progress.epoch, recipe.epochs, last["train/loss"], last["train/acc"],
                      f"{evaluated['test/acc']:.2f}" if evaluated else "-")
             if complete:  # a checkpoint always marks an epoch boundary, so resume is exact
-                self._save(method, optimizer, scheduler, progress)
+                self._save(method, optimizers, progress)
         if not test_metrics:  # resumed a run that had already finished
-            test_metrics = evaluate(method.eval_model(), test_loader, self.autocast, method.teacher,
-                                    self.calibration_bins)
+            test_metrics = self._evaluate(method, test_loader, with_teacher=True)
             progress.best_acc = max(progress.best_acc, test_metrics["test/acc"])
         return {**test_metrics, "test/best_acc": progress.best_acc, **last,
                 "train/img_s": images_seen / train_time if train_time else 0.0,
                 "train/time_s": train_time, "train/steps": progress.step}
 
-    def _train_epoch(self, method, loader, optimizer, scheduler, progress: _Progress, epochs: int,
-                     max_steps: float) -> tuple[dict[str, float], bool]:
+    def _evaluate(self, method: Method, loader, with_teacher: bool) -> dict[str, float]:
+        """The evaluated model's test metrics (and its teacher's, at the end), plus every peer's
+        under its name."""
+        teacher = method.teacher if with_teacher else None
+        results = evaluate(method.eval_model(), loader, self.autocast, teacher,
+                           self.calibration_bins)
+        for name, model in method.peer_models().items():
+            peer = evaluate(model, loader, self.autocast, bins=self.calibration_bins)
+            results.update({f"{name}/{key}": value for key, value in peer.items()})
+        return results
+
+    def _train_epoch(self, method, loader, optimizers: Optimizers, progress: _Progress,
+                     epochs: int, max_steps: float) -> tuple[dict[str, float], bool]:
         """One pass over the training batches, or up to `max_steps`; says if it completed."""
         method.train()
         epoch = progress.epoch
-        totals: dict[str, torch.Tensor] = {}
+        totals: dict[str, torch.Tensor] = {}  # image-weighted sums of the logged loss terms
+        counts: dict[str, int] = {}  # images behind each (a group's loss may skip steps)
         correct = torch.zeros((), device=self.device)
         seen, batches, interval_start, interval_images = 0, 0, time.perf_counter(), 0
         bar = tqdm(total=len(loader), desc=f"{self.label}epoch {epoch + 1}/{epochs}",
@@ -130,10 +138,7 @@ class Trainer:
                 images = images.contiguous(memory_format=self.memory_format)
                 with self.autocast():
                     out = method.training_step(images, labels)
-                optimizer.zero_grad(set_to_none=True)
-                out["loss"].backward()
-                optimizer.step()
-                scheduler.step()
+                optimizers.step(out)
                 progress.step += 1
                 n = len(labels)
                 seen += n
@@ -142,11 +147,12 @@ class Trainer:
                 for key, value in out.items():
                     if key != "logits":
                         totals[key] = totals.get(key, 0) + value.detach().float() * n
+                        counts[key] = counts.get(key, 0) + n
                 batches += 1
                 bar.update()
                 if progress.step % self.cfg.log_every == 0:
                     elapsed = time.perf_counter() - interval_start
-                    row = {"step": progress.step, "train/lr": optimizer.param_groups[0]["lr"],
+                    row = {"step": progress.step, "train/lr": optimizers.lr,
                            "train/loss": out["loss"].item(),
                            "train/img_s_interval": interval_images / elapsed}
                     self.sink.log(row)
@@ -158,28 +164,27 @@ class Trainer:
                     break
         bar.close()
         complete = batches == len(loader)
-        metrics = {f"train/{k}": (v / seen).item() for k, v in totals.items()}
+        metrics = {f"train/{k}": (v / counts[k]).item() for k, v in totals.items()}
         metrics["train/acc"] = 100 * correct.item() / seen
         metrics["images"] = seen
         return metrics, complete
 
-    def _save(self, method, optimizer, scheduler, progress: _Progress) -> None:
+    def _save(self, method, optimizers: Optimizers, progress: _Progress) -> None:
         state = {"epoch": progress.epoch, "step": progress.step, "best_acc": progress.best_acc,
-                 "method": method.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()}
+                 "method": method.state_dict(), "optimizers": optimizers.state_dict(),
+                 "torch_rng": torch.get_rng_state()}
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         checkpoint.save_atomic(state, self.checkpoint_path)
 
-    def _resume(self, method, optimizer, scheduler) -> _Progress:
+    def _resume(self, method, optimizers: Optimizers) -> _Progress:
         path = self.checkpoint_path
         if not path.is_file():
             log.info("trainer.resume: no checkpoint at %s, starting from scratch", path)
             return _Progress()
         state = checkpoint.load(path, self.device)
         method.load_state_dict(state["method"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        optimizers.load_state_dict(state["optimizers"])
         torch.set_rng_state(state["torch_rng"].cpu())
         if "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)

@@ -4,15 +4,25 @@ here plus one YAML in conf/method/."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
 from kdrun.data.noise import shuffle_outputs
 from kdrun.registry import Registry
 
 METHODS: Registry[type[Method]] = Registry("method")
+
+
+@dataclass
+class OptimizerGroup:
+    """Parameters a method trains with an optimiser of their own (AFD's discriminators): they
+    minimise the step's 'loss/<group name>', never 'loss'."""
+    params: list[nn.Parameter]
+    optim: DictConfig  # a partial optimiser config (`_target_`, `_partial_: true`, lr, ...)
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -24,6 +34,9 @@ def freeze(model: nn.Module) -> nn.Module:
 
 class Method(nn.Module):
     needs_teacher: ClassVar[bool] = False
+    # True: the method distorts its training batches itself (e.g. two views per image), so the
+    # loader hands it un-augmented ones
+    augments_batches: ClassVar[bool] = False
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None):
         super().__init__()
@@ -44,6 +57,17 @@ class Method(nn.Module):
     def eval_model(self) -> nn.Module:
         """The network that evaluation measures."""
         return self.student
+
+    def peer_models(self) -> dict[str, nn.Module]:
+        """Other trained networks worth evaluating and keeping (online methods' peers), by name;
+        their metrics are logged as '<name>/test/acc', ..."""
+        return {}
+
+    def optimizer_groups(self) -> dict[str, OptimizerGroup]:
+        """Parameter groups with optimisers of their own; every other trainable parameter is
+        stepped by the run's optimiser on 'loss'. A group's loss may be left out of a step's
+        output to skip its update on that step."""
+        return {}
 
     def train(self, mode: bool = True) -> Method:
         """The teacher stays in eval mode (its BN statistics are its own); a method that wants

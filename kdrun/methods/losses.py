@@ -14,3 +14,8 @@ def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     log_p_teacher = F.log_softmax(teacher_logits.float() / T, dim=1)
     kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
     return kl * (T * T)
+
+
+def linear_mmd(features_a: torch.Tensor, features_b: torch.Tensor) -> torch.Tensor:
+    """Empirical MMD with a linear kernel: the squared distance between the batch means."""
+    return (features_a.mean(dim=0) - features_b.mean(dim=0)).pow(2).sum()

@@ -23,6 +23,11 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalize(x))
 
+    def forward_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, the pooled features the classifier reads)."""
+        final = self.net.forward_features(self.normalize(x))
+        return self.net.forward_head(final), self.net.forward_head(final, pre_logits=True)
+
     def forward_intermediates(self, x: torch.Tensor, indices=None):
         """(logits, [feature maps of the stages at `indices`]) for zoo and timm networks alike."""
         final, features = self.net.forward_intermediates(self.normalize(x), indices=indices)
