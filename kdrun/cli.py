@@ -25,7 +25,13 @@ from kdrun.config import choice, register_configs, validate
 from kdrun.data import ImageData, load_dataset, make_loader
 from kdrun.data.types import subset
 from kdrun.engine import checkpoint
-from kdrun.engine.runtime import autocast, resolve_device, resolve_precision, seed_everything
+from kdrun.engine.runtime import (
+    autocast,
+    memory_format,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+)
 from kdrun.engine.teachers import resolve_teacher
 from kdrun.engine.trainer import Recipe, Trainer
 from kdrun.errors import KdrunError
@@ -36,6 +42,7 @@ from kdrun.evaluation.corruptions import corruption_accuracy
 from kdrun.evaluation.plots import reliability_diagram, robustness_curve
 from kdrun.evaluation.shift import evaluate_shift_and_ood, load_eval_sets, predictions
 from kdrun.methods import METHODS, build_method
+from kdrun.methods.base import StageContext
 from kdrun.models import build_model
 from kdrun.sinks import MultiSink, build_sinks
 
@@ -114,10 +121,18 @@ def train(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
                                        drop_rate=cfg.student.drop_rate)
         method = build_method(cfg.method, make_model(cfg.student.arch), teacher,
                               cfg.teacher.corruption, make_model)
-        trainer = Trainer(cfg.trainer, run.device, run_dir, run.sink, cfg.seed, cfg.dataset,
-                          resume=cfg.trainer.resume, calibration_bins=cfg.eval.calibration_bins)
-        run.results.update(trainer.fit(method, run.data, Recipe(
-            cfg.epochs, cfg.trainer.batch_size, cfg.optim, cfg.sched)))
+        layout = memory_format(cfg.trainer.channels_last)
+        method.to(run.device, memory_format=layout)  # where work between stages runs
+        context = StageContext(run_dir, run.device, run.autocast, layout,
+                               cfg.dataset.image_size, cfg.seed, run.sink.log, run.sink.images,
+                               run.results)
+        for stage in method.stages(run.data, cfg.epochs, context):
+            name = "last.pt" if stage.name == "train" else f"last-{stage.name}.pt"
+            trainer = Trainer(cfg.trainer, run.device, run_dir, run.sink, cfg.seed, cfg.dataset,
+                              resume=cfg.trainer.resume, label=_stage_label(stage.name),
+                              calibration_bins=cfg.eval.calibration_bins, checkpoint_name=name)
+            run.results.update(trainer.fit(method, stage.data, Recipe(
+                stage.epochs, cfg.trainer.batch_size, cfg.optim, cfg.sched)))
         student = method.eval_model()
         run.results["meta/student_arch"] = student.arch
         run.results.update(evaluate_beyond_clean(student, run, cfg, run_dir))
@@ -128,6 +143,10 @@ def train(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
                                   meta={"test/acc": run.results[f"{name}/test/acc"]})
         run.sink.results(run.results)
     return run.results
+
+
+def _stage_label(name: str) -> str:
+    return "" if name == "train" else f"{name} "
 
 
 def evaluate_checkpoint(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
@@ -194,6 +213,10 @@ def summary(cfg: DictConfig, results: dict[str, Any], run_dir: Path) -> str:
         lines.append("  shift / OOD  " + ", ".join(
             f"{k.removeprefix('ood/')} {results[k]:.1f} %" for k in shifted))
     lines.append(f"  calibration error (ECE)  {results['calib/ece']:.2f} %")
+    if "synth/img_s" in results:
+        lines.append(f"  synthesis  {results['synth/images']} images, "
+                     f"{results['synth/img_s']:.1f} img/s; teacher acc on them "
+                     f"{results['synth/teacher_acc']:.2f} %")
     if "train/img_s" in results:
         lines.append(f"  training speed  {results['train/img_s']:.0f} img/s")
     lines.append(f"  run directory  {run_dir}")

@@ -51,6 +51,8 @@ class DatasetConfig:
     test_subset: int | None = None
     samples: int = MISSING
     num_workers: int = MISSING
+    path: str | None = None  # dataset=synthetic_pool: the pool file
+    test_set: str | None = None  # dataset=synthetic_pool: the data set that tests
 
 
 @dataclass
@@ -87,6 +89,7 @@ class TrainerConfig:
     device: str = MISSING
     precision: Precision = MISSING
     channels_last: bool = MISSING
+    compile: bool | None = None
     max_steps: int | None = None
     resume: bool = MISSING
     eval_every: int = MISSING
@@ -133,6 +136,13 @@ class LoggerConfig:
 
 
 @dataclass
+class SynthesisConfig:
+    pool_size: int = MISSING
+    batch_size: int = MISSING
+    iterations: int = MISSING
+
+
+@dataclass
 class KdrunConfig:
     alpha: float = MISSING
     T: float = MISSING
@@ -151,6 +161,7 @@ class KdrunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
 
 
 def register_configs() -> None:
@@ -189,6 +200,8 @@ def validate(cfg: DictConfig) -> None:
                "(e.g. <run dir>/checkpoints/student.pt)")
 
     DATASETS.get(cfg.dataset.name, key="dataset.name")
+    if cfg.dataset.name == "synthetic_pool":
+        _check_synthetic_pool(cfg)
     _check(cfg.dataset.num_classes >= 2, "dataset.num_classes", cfg.dataset.num_classes, "use >= 2")
     _check(0 < cfg.dataset.test_fraction < 1, "dataset.test_fraction", cfg.dataset.test_fraction,
            "it must lie in (0, 1)")
@@ -210,6 +223,21 @@ def validate(cfg: DictConfig) -> None:
     if method_cls.needs_teacher:
         check_arch(cfg.teacher.arch, key="teacher.arch")
         _check_teacher(cfg.teacher)
+
+
+def _check_synthetic_pool(cfg: DictConfig) -> None:
+    from kdrun.data import DATASETS
+    from kdrun.methods import METHODS
+
+    path = cfg.dataset.path
+    _check(path is not None and Path(path).expanduser().is_file(), "dataset.path", path,
+           "give the pool file of a data-free run: <run dir>/synthetic/pool.pt")
+    _check(cfg.dataset.test_set in DATASETS.names() and cfg.dataset.test_set != "synthetic_pool",
+           "dataset.test_set", cfg.dataset.test_set, "name the data set whose test set "
+           "evaluates, e.g. cifar10 (read from dataset.root)")
+    if METHODS.get(cfg.method.name).needs_teacher and cfg.teacher.checkpoint == "auto":
+        raise ConfigError("teacher.checkpoint=auto would train a teacher on the synthetic pool: "
+                          "give the teacher that made it, teacher.checkpoint=FILE")
 
 
 def _check_eval(ev: DictConfig) -> None:

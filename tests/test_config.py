@@ -25,10 +25,59 @@ def group_options() -> list[tuple[str, str]]:
     return sorted(options)
 
 
+# options that need a setting no default can give, and the one line that asks for it
+NEEDS_A_SETTING = {("dataset", "synthetic_pool"): "dataset.path=None is not allowed: give the "
+                   "pool file of a data-free run"}
+
+
 @pytest.mark.parametrize(("group", "option"), group_options())
 def test_every_option_of_every_group_composes_and_validates(group, option):
     cfg = compose_config(f"{group}={option}", tiny=False)
+    if (group, option) in NEEDS_A_SETTING:
+        with pytest.raises(ConfigError, match=NEEDS_A_SETTING[group, option]):
+            validate(cfg)
+        return
     validate(cfg)
+
+
+def test_a_synthetic_pool_needs_the_teacher_that_made_it(tmp_path):
+    pool = tmp_path / "pool.pt"
+    pool.write_bytes(b"")
+    cfg = compose_config("dataset=synthetic_pool", f"dataset.path={pool}", "method=kd",
+                         tiny=False)
+    with pytest.raises(ConfigError, match="teacher.checkpoint=auto would train a teacher on the "
+                                          "synthetic pool: give the teacher that made it"):
+        validate(cfg)
+    validate(compose_config("dataset=synthetic_pool", f"dataset.path={pool}", "method=vanilla",
+                            tiny=False))
+
+
+def preset_jobs() -> list[tuple[str, list[str]]]:
+    """Every job of every preset's sweep (`hydra.sweeper.params`), one seed each."""
+    import itertools
+
+    from omegaconf import OmegaConf
+
+    jobs = []
+    for path in sorted((CONF / "experiment").glob("*.yaml")):
+        params = OmegaConf.load(path).get("hydra", {}).get("sweeper", {}).get("params", {})
+        grid = [[f"{key}={value}" for value in str(values).split(",")]
+                for key, values in params.items()]
+        grid = [options[:1] if options[0].startswith("seed=") else options for options in grid]
+        jobs += [(path.stem, list(combo)) for combo in itertools.product(*grid)]
+    return jobs
+
+
+@pytest.mark.parametrize(("preset", "overrides"), preset_jobs())
+def test_every_job_of_every_preset_sweep_composes_and_validates(preset, overrides):
+    cfg = compose_config(f"experiment={preset}", *overrides, tiny=False)
+    validate(cfg)
+    for override in overrides:
+        key, value = override.split("=")
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        assert str(node.name if key == "method" else node) == value
 
 
 def test_defaults_are_the_noise_as_a_resource_setting():
@@ -66,7 +115,8 @@ def test_quickstart_keeps_the_method_free():
     ("sched.milestones=[0.5,1.5]", "milestones are fractions"),
     ("student.drop_rate=1.0", "student.drop_rate=1.0 is not allowed"),
     ("dataset.test_fraction=1.0", "dataset.test_fraction=1.0 is not allowed"),
-    ("method.name=kdd", "method.name=kdd is not a known method: choose one of afd, ddgsd, dml, "),
+    ("method.name=kdd", "method.name=kdd is not a known method: choose one of "
+                        "adaptive_deepinversion, afd, ddgsd, "),
     ("student.arch=wrn_99_9", "student.arch=wrn_99_9 is not a known architecture"),
     ("teacher.arch=timm/not_a_model", "teacher.arch=timm/not_a_model is not a timm model"),
     ("dataset.name=mnist", "dataset.name=mnist is not a known data set"),

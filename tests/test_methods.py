@@ -52,6 +52,9 @@ def make_optimizers(method, lr: float = 0.05) -> Optimizers:
 
 KD_SETTINGS = {"alpha": 0.9, "T": 4.0}
 DML_SETTINGS = {"peers": ["resnet8"], "T": 1.0, "kl_weight": 1.0, "student_peer": 0}
+DI_SETTINGS = {**KD_SETTINGS, "pool_size": 8, "batch_size": 4, "iterations": 2, "lr": 0.05,
+               "bn_weight": 10.0, "first_bn_weight": 1.0, "tv_weight": 2.5e-5, "l2_weight": 0.0,
+               "jitter": 2, "flip": False, "multi_resolution": False}
 AFD_SETTINGS = {**DML_SETTINGS, "pairing": "cyclic", "feature_loss": "adversarial",
                 "feature_weight": 1.0, "disc_every": 1,
                 "disc_optim": {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 2e-4}}
@@ -66,6 +69,10 @@ SETTINGS = {
     "ddgsd": {"kl_weight": 1.0, "mmd_weight": 5e-4, "crop_padding": 2, "hflip": True,
               "brightness": 0.4, "contrast": 0.4, "saturation": 0.4},
     "afd": AFD_SETTINGS,
+    "deepinversion": DI_SETTINGS,
+    "adaptive_deepinversion": {**DI_SETTINGS, "competition_weight": 1.0, "competition_T": 3.0,
+                               "rounds": 2},
+    "deepdream": {k: v for k, v in DI_SETTINGS.items() if "bn_weight" not in k},
 }
 
 

@@ -12,10 +12,12 @@ from omegaconf import OmegaConf
 from kdrun.cli import git_commit, train
 from kdrun.data import load_dataset
 from kdrun.data.device_loader import num_batches
+from kdrun.engine.runtime import compile_networks, resolve_compile
 from kdrun.engine.schedule import lr_factor
 from kdrun.engine.teachers import cache_entry, resolve_teacher
 
 from conftest import compose_config, read_results
+from test_methods import DML_SETTINGS, make_method
 
 
 class ListSink:
@@ -191,3 +193,14 @@ def test_a_checkpoint_with_another_class_count_is_refused(tmp_path):
     train(compose_config("method=vanilla"), tmp_path)  # synthetic: 4 classes
     with pytest.raises(ConfigError, match="does not fit resnet8 \\(different class count"):
         load_classifier(tmp_path / "checkpoints" / "student.pt", 10, [0.5] * 3, [0.25] * 3)
+
+
+def test_compile_is_off_on_cpu_by_default_and_compiles_every_network_in_place():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not resolve_compile(None, cpu) and resolve_compile(True, cpu)
+    assert resolve_compile(None, cuda)
+    method = make_method("dml", **DML_SETTINGS)
+    keys = list(method.state_dict())
+    compile_networks(method)
+    assert all(net._compiled_call_impl is not None for net in method.networks)
+    assert list(method.state_dict()) == keys  # checkpoints stay loadable uncompiled

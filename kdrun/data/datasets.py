@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Callable
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from kdrun.data.image_folder import is_image_folder, read_image_folder
+from kdrun.data.pool import load_pool
 from kdrun.data.types import ImageData, TensorSplit, holdout_split, subset
 from kdrun.errors import ConfigError, DataNotFoundError
 from kdrun.registry import Registry
@@ -33,6 +35,19 @@ def load_dataset(cfg: DictConfig, cache_dir: str) -> ImageData:
     data.train = subset(data.train, cfg.train_subset, cfg.split_seed)
     data.test = subset(data.test, cfg.test_subset, cfg.split_seed + 1)
     return data
+
+
+def named_dataset_cfg(name: str, root: str | None, base: DictConfig) -> DictConfig:
+    """conf/dataset/<name>.yaml over the run's data-set settings, at the run's image size."""
+    path = files("kdrun.conf").joinpath("dataset", f"{name}.yaml")
+    if not path.is_file():
+        raise ConfigError(f"{name} is not a data set: choose one of conf/dataset/")
+    cfg = OmegaConf.merge(base, OmegaConf.load(str(path)))
+    cfg.image_size = base.image_size
+    cfg.train_subset, cfg.test_subset = None, None
+    if root is not None:
+        cfg.root = root
+    return cfg
 
 
 def _image_folder_data(root: Path, image_size: int, cache_dir: Path) -> ImageData | None:
@@ -193,3 +208,21 @@ def load_synthetic(cfg: DictConfig, root: Path, cache_dir: Path) -> ImageData:
     full = TensorSplit(_to_rgb_uint8(prototypes[labels] + noise, cfg.image_size), labels)
     train, test = holdout_split(full, cfg.test_fraction, cfg.split_seed)
     return ImageData(train, test, [f"class{i}" for i in range(cfg.num_classes)])
+
+
+@DATASETS.register("synthetic_pool")
+def load_synthetic_pool(cfg: DictConfig, root: Path, cache_dir: Path) -> ImageData:
+    """Training images synthesised by a data-free run (`dataset.path`), tested on the real
+    test set of `dataset.test_set` read from `dataset.root`."""
+    pool, classes, _ = load_pool(Path(cfg.path).expanduser())
+    if pool.images.shape[-1] != cfg.image_size:
+        raise ConfigError(f"the pool's images are {pool.images.shape[-1]} pixels wide but "
+                          f"dataset.image_size={cfg.image_size}: set dataset.image_size="
+                          f"{pool.images.shape[-1]}")
+    real_cfg = named_dataset_cfg(cfg.test_set, cfg.root, base=cfg)
+    real = DATASETS.get(real_cfg.name)(real_cfg, root, cache_dir)
+    if real.classes != classes:
+        raise DataNotFoundError(f"the pool's classes ({', '.join(classes[:3])}, ...) are not "
+                                f"those of {cfg.test_set} at {root}: set dataset.test_set to "
+                                "the data set the pool's teacher was trained on")
+    return ImageData(pool, real.test, classes)

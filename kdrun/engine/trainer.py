@@ -20,12 +20,29 @@ from kdrun.config import choice
 from kdrun.data import ImageData, make_loader
 from kdrun.engine import checkpoint
 from kdrun.engine.optimizers import Optimizers
-from kdrun.engine.runtime import autocast, resolve_precision, synchronize
+from kdrun.engine.runtime import (
+    autocast,
+    compile_networks,
+    memory_format,
+    resolve_compile,
+    resolve_precision,
+    synchronize,
+)
 from kdrun.evaluation.accuracy import evaluate
 from kdrun.methods import Method
 
 log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "last.pt"
+
+
+def train_step(method: Method, optimizers: Optimizers, images: torch.Tensor,
+               labels: torch.Tensor, autocast_ctx, memory_format: torch.memory_format) -> dict:
+    """One optimisation step, as every run (and scripts/bench.py) takes it."""
+    images = images.contiguous(memory_format=memory_format)
+    with autocast_ctx():
+        out = method.training_step(images, labels)
+    optimizers.step(out)
+    return out
 
 
 @dataclass
@@ -47,7 +64,7 @@ class _Progress:
 class Trainer:
     def __init__(self, cfg: DictConfig, device: torch.device, run_dir: Path, sink, seed: int,
                  dataset_cfg: DictConfig, resume: bool, label: str = "",
-                 calibration_bins: int = 15):
+                 calibration_bins: int = 15, checkpoint_name: str = CHECKPOINT_NAME):
         self.cfg = cfg
         self.device = device
         self.run_dir = run_dir
@@ -57,13 +74,15 @@ class Trainer:
         self.resume = resume  # continue from run_dir/checkpoints/last.pt when it exists
         self.label = label  # shown in the progress bar, e.g. "teacher "
         self.calibration_bins = calibration_bins
+        self.checkpoint_name = checkpoint_name  # one per stage of a multi-stage method
         self.autocast = functools.partial(autocast, device,
                                           resolve_precision(choice(cfg.precision), device))
-        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.memory_format = memory_format(cfg.channels_last)
+        self.compile = resolve_compile(cfg.compile, device)
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.run_dir / "checkpoints" / CHECKPOINT_NAME
+        return self.run_dir / "checkpoints" / self.checkpoint_name
 
     def fit(self, method: Method, data: ImageData, recipe: Recipe) -> dict[str, float]:
         """Trains `method`, evaluating every `eval_every` epochs and at the end; returns the
@@ -74,6 +93,8 @@ class Trainer:
         test_loader = make_loader(data.test, self.cfg.eval_batch_size, self.device, self.seed,
                                   train=False, dataset_cfg=self.dataset_cfg)
         method.to(self.device, memory_format=self.memory_format)
+        if self.compile:
+            compile_networks(method)
         optimizers = Optimizers(method, recipe.optim, recipe.sched, len(train_loader),
                                 recipe.epochs)
         progress = _Progress()
@@ -135,10 +156,8 @@ class Trainer:
                    disable=None if self.cfg.progress else True, leave=False)
         with logging_redirect_tqdm():
             for images, labels in loader:
-                images = images.contiguous(memory_format=self.memory_format)
-                with self.autocast():
-                    out = method.training_step(images, labels)
-                optimizers.step(out)
+                out = train_step(method, optimizers, images, labels, self.autocast,
+                                 self.memory_format)
                 progress.step += 1
                 n = len(labels)
                 seen += n

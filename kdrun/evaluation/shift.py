@@ -6,29 +6,15 @@ far-OOD sets."""
 
 from __future__ import annotations
 
-from importlib.resources import files
-
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from sklearn.metrics import roc_auc_score, roc_curve
 from torch import nn
 
 from kdrun.data import ImageData, load_dataset, make_loader
+from kdrun.data.datasets import named_dataset_cfg
 from kdrun.errors import ConfigError
-
-
-def named_dataset_cfg(name: str, root: str | None, base: DictConfig) -> DictConfig:
-    """conf/dataset/<name>.yaml over the run's data-set settings, at the run's image size."""
-    path = files("kdrun.conf").joinpath("dataset", f"{name}.yaml")
-    if not path.is_file():
-        raise ConfigError(f"eval set {name} is not a data set: choose one of conf/dataset/")
-    cfg = OmegaConf.merge(base, OmegaConf.load(str(path)))
-    cfg.image_size = base.image_size
-    cfg.train_subset, cfg.test_subset = None, None
-    if root is not None:
-        cfg.root = root
-    return cfg
 
 
 def load_eval_sets(eval_cfg: DictConfig, dataset_cfg: DictConfig, cache_dir: str

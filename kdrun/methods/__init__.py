@@ -11,6 +11,7 @@ from torch import nn
 from kdrun.methods import (  # noqa: F401  (registration)
     afd,
     ddgsd,
+    deepinversion,
     dml,
     fickle_teacher,
     gaussian_aug,

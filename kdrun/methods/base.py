@@ -4,13 +4,16 @@ here plus one YAML in conf/method/."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from kdrun.data import ImageData
 from kdrun.data.noise import shuffle_outputs
 from kdrun.registry import Registry
 
@@ -23,6 +26,29 @@ class OptimizerGroup:
     minimise the step's 'loss/<group name>', never 'loss'."""
     params: list[nn.Parameter]
     optim: DictConfig  # a partial optimiser config (`_target_`, `_partial_: true`, lr, ...)
+
+
+@dataclass
+class Stage:
+    """A stretch of training on one data set. Most methods have one; data-free methods first
+    make the data they train on."""
+    name: str
+    data: ImageData
+    epochs: int
+
+
+@dataclass
+class StageContext:
+    """What a method may use between stages, without knowing the run's back-ends."""
+    run_dir: Path
+    device: torch.device
+    autocast: Callable
+    memory_format: torch.memory_format
+    image_size: int
+    seed: int
+    log: Callable[[dict[str, Any]], None]  # a row of metrics
+    images: Callable[[dict[str, Path]], None]  # PNG files by key
+    results: dict[str, Any]  # figures for results.json
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -57,6 +83,11 @@ class Method(nn.Module):
     def eval_model(self) -> nn.Module:
         """The network that evaluation measures."""
         return self.student
+
+    def stages(self, data: ImageData, epochs: int, context: StageContext) -> Iterator[Stage]:
+        """The run's training stages, in order. Work between stages (synthesis) happens when
+        the next one is asked for, with the networks as the previous stage left them."""
+        yield Stage("train", data, epochs)
 
     def peer_models(self) -> dict[str, nn.Module]:
         """Other trained networks worth evaluating and keeping (online methods' peers), by name;

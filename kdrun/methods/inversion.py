@@ -1,0 +1,176 @@
+"""Image synthesis from a trained classifier (Yin et al., "Dreaming to Distill", arXiv
+1912.08795): a batch of images, started from N(0, 1) in the network's normalised input space, is
+optimised with Adam towards target labels while its statistics at every BatchNorm layer are
+pulled to the layer's running statistics. The parts of the loss are separate functions so each
+can be tested; `Synthesizer` runs the loop."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdrun.models import Classifier
+
+
+class BatchNormStatistics:
+    """Forward hooks on every BatchNorm2d of a network: R_feature, the distance between the
+    mean and variance of each layer's input batch and the layer's running ones,
+    sum_l w_l (||mu_l - running_mean_l||_2 + ||var_l - running_var_l||_2), with the first
+    layer's weight `first_weight` and every other 1. Computed on the device, no host sync."""
+
+    def __init__(self, network: nn.Module, first_weight: float = 1.0):
+        self.terms: list[torch.Tensor] = []
+        layers = [m for m in network.modules() if isinstance(m, nn.BatchNorm2d)]
+        self.weights = [first_weight] + [1.0] * (len(layers) - 1)
+        self.handles = [layer.register_forward_hook(self._hook) for layer in layers]
+
+    def _hook(self, layer: nn.BatchNorm2d, inputs: tuple[torch.Tensor], _output) -> None:
+        x = inputs[0].float()
+        mean = x.mean(dim=(0, 2, 3))
+        var = x.var(dim=(0, 2, 3), unbiased=False)
+        self.terms.append(torch.linalg.vector_norm(mean - layer.running_mean)
+                          + torch.linalg.vector_norm(var - layer.running_var))
+
+    def loss(self) -> torch.Tensor:
+        """R_feature of the last forward pass (and forget it)."""
+        value = sum(w * t for w, t in zip(self.weights, self.terms))
+        self.terms = []
+        return value
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """L2 norms of the differences between neighbouring pixels, horizontally, vertically and
+    along both diagonals, summed (the reference implementation's 'var_l2' prior)."""
+    diffs = (x[:, :, :, :-1] - x[:, :, :, 1:], x[:, :, :-1, :] - x[:, :, 1:, :],
+             x[:, :, 1:, :-1] - x[:, :, :-1, 1:], x[:, :, :-1, :-1] - x[:, :, 1:, 1:])
+    return sum(torch.linalg.vector_norm(d) for d in diffs)
+
+
+def jensen_shannon(logits_p: torch.Tensor, logits_q: torch.Tensor, T: float) -> torch.Tensor:
+    """JS divergence between the temperature-T softmaxes, averaged over the batch (nats)."""
+    p, q = F.softmax(logits_p.float() / T, dim=1), F.softmax(logits_q.float() / T, dim=1)
+    log_m = (0.5 * (p + q)).clamp_min(1e-12).log()
+
+    def kl_to_m(a: torch.Tensor) -> torch.Tensor:
+        return (a * (a.clamp_min(1e-12).log() - log_m)).sum(dim=1)
+
+    return (0.5 * (kl_to_m(p) + kl_to_m(q))).mean()
+
+
+def competition(teacher_logits: torch.Tensor, student_logits: torch.Tensor,
+                T: float) -> torch.Tensor:
+    """Adaptive DeepInversion's term, 1 - JS(p_T, p_S) clipped to [0, 1]: small where the
+    student disagrees with the teacher, so minimising it favours such images."""
+    return 1 - jensen_shannon(teacher_logits, student_logits, T).clamp(0, 1)
+
+
+def balanced_labels(n: int, num_classes: int, generator: torch.Generator) -> torch.Tensor:
+    """n targets with every class equally often (up to one), in random order."""
+    labels = torch.arange(n) % num_classes
+    return labels[torch.randperm(n, generator=generator)]
+
+
+@dataclass
+class SynthesisSettings:
+    iterations: int
+    lr: float
+    bn_weight: float  # alpha_f; 0 gives DeepDream
+    first_bn_weight: float
+    tv_weight: float
+    l2_weight: float
+    jitter: int  # pixels of random roll per iteration
+    flip: bool
+    multi_resolution: bool  # optimise at half resolution for the first half of the iterations
+    competition_weight: float = 0.0  # alpha_c (Adaptive DeepInversion)
+    competition_T: float = 3.0
+
+
+class Synthesizer:
+    """Optimises image batches against a frozen teacher (and, for ADI, a student)."""
+
+    def __init__(self, teacher: Classifier, settings: SynthesisSettings, autocast_ctx: Callable,
+                 log: Callable[[dict[str, float]], None] = lambda row: None,
+                 memory_format: torch.memory_format = torch.contiguous_format):
+        self.teacher = teacher
+        self.settings = settings
+        self.autocast = autocast_ctx
+        self.log = log  # receives each batch's final loss terms
+        self.memory_format = memory_format  # the networks' (channels_last on the trainer's)
+
+    def pixel_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The normalised-space values of pixel 0 and pixel 1, per channel."""
+        mean, std = self.teacher.mean, self.teacher.std
+        return (0 - mean) / std, (1 - mean) / std
+
+    def losses(self, x: torch.Tensor, labels: torch.Tensor, bn: BatchNormStatistics,
+               student: Classifier | None) -> dict[str, torch.Tensor]:
+        s = self.settings
+        with self.autocast():
+            logits = self.teacher.net(x)
+        terms = {"ce": F.cross_entropy(logits.float(), labels), "bn": bn.loss(),
+                 "tv": total_variation(x), "l2": x.pow(2).sum() / len(x)}
+        loss = (terms["ce"] + s.bn_weight * terms["bn"] + s.tv_weight * terms["tv"]
+                + s.l2_weight * terms["l2"])
+        if student is not None and s.competition_weight:
+            with self.autocast():
+                student_logits = student.net(x)
+            terms["competition"] = competition(logits, student_logits, s.competition_T)
+            loss = loss + s.competition_weight * terms["competition"]
+        terms["loss"] = loss
+        return terms
+
+    def batch(self, labels: torch.Tensor, image_size: int, generator: torch.Generator,
+              student: Classifier | None = None) -> torch.Tensor:
+        """One batch of uint8 images for `labels` (`generator`: a CPU generator for the start
+        and the jitter). With 0 iterations the batch is the starting noise (a baseline)."""
+        s = self.settings
+        device = labels.device
+        channels = self.teacher.mean.shape[1]
+        low, high = self.pixel_bounds()
+        size = image_size // 2 if s.multi_resolution else image_size
+        x = torch.randn(len(labels), channels, size, size, generator=generator).to(device)
+        bn = BatchNormStatistics(self.teacher.net, s.first_bn_weight)
+        self.teacher.eval()
+        if student is not None:
+            student.eval()
+        try:
+            phases = [(size, math.ceil(s.iterations / 2)), (image_size, s.iterations // 2)] \
+                if s.multi_resolution else [(image_size, s.iterations)]
+            terms = {}
+            for phase_size, iterations in phases:
+                if x.shape[-1] != phase_size:
+                    x = F.interpolate(x, size=(phase_size, phase_size), mode="bilinear",
+                                      align_corners=False)
+                x = x.detach().requires_grad_(True)
+                optimizer = torch.optim.Adam([x], lr=s.lr)
+                for _ in range(iterations):
+                    terms = self.losses(self.jittered(x, generator), labels, bn, student)
+                    optimizer.zero_grad(set_to_none=True)
+                    terms["loss"].backward()
+                    optimizer.step()
+                    with torch.no_grad():
+                        x.copy_(torch.maximum(torch.minimum(x, high), low))
+        finally:
+            bn.remove()
+        self.log({f"synth/{k}": v.item() for k, v in terms.items()})
+        pixels = x.detach() * self.teacher.std + self.teacher.mean
+        return (pixels.clamp(0, 1) * 255).round().to(torch.uint8)
+
+    def jittered(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A random roll of up to `jitter` pixels and, optionally, a random flip."""
+        s = self.settings
+        if s.jitter:
+            dy, dx = torch.randint(-s.jitter, s.jitter + 1, (2,), generator=generator).tolist()
+            x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+        if s.flip and torch.rand((), generator=generator).item() < 0.5:
+            x = x.flip(3)
+        return x.contiguous(memory_format=self.memory_format)

@@ -1,0 +1,316 @@
+"""`kdrun-report DIR`: the table of a sweep. Reads every run directory under DIR (its
+results.json; no W&B needed), groups the runs by the settings the sweep varied, averages over
+seeds (mean ± std, n), puts the papers' published figure beside each row (kdrun/published.yaml)
+and lists the runs that failed or did not finish. Draws the sweep's curves as PNGs."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import re
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kdrun.errors import KdrunError
+
+PUBLISHED = Path(__file__).with_name("published.yaml")
+DEFAULT_METRICS = ["test/acc", "test/best_acc"]
+UNGROUPED = ("seed",)  # what the rows average over
+PLOTTED_SETTINGS = {"sigma": "sigma (input noise std)",
+                    "method.label_noise": "label noise rate"}
+
+
+@dataclass
+class Run:
+    path: Path
+    settings: dict[str, str]  # the overrides the job was launched with
+    config: dict[str, Any]
+    results: dict[str, Any] | None
+    error: str | None
+
+    @property
+    def status(self) -> str:
+        if self.results is not None:
+            return "ok"
+        return "failed" if self.error is not None else "incomplete"
+
+
+@dataclass
+class Row:
+    settings: tuple[str, ...]
+    runs: list[Run]
+    stats: dict[str, tuple[float, float | None, int]] = field(default_factory=dict)
+    published: dict[str, Any] | None = None
+
+
+def natural_key(path: Path) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+
+
+def find_runs(root: Path) -> list[Run]:
+    """Every run directory under `root` (itself included): those Hydra made (.hydra/) and
+    any other holding a results.json."""
+    dirs = {p.parent for p in root.rglob(".hydra") if p.is_dir()}
+    dirs |= {p.parent for p in root.rglob("results.json")}
+    return [read_run(d) for d in sorted(dirs, key=natural_key)]
+
+
+def read_run(path: Path) -> Run:
+    overrides = path / ".hydra" / "overrides.yaml"
+    settings = {}
+    for item in (yaml.safe_load(overrides.read_text()) or []) if overrides.is_file() else []:
+        key, _, value = item.partition("=")
+        settings[key.lstrip("+~")] = value
+    config_file = next((p for p in (path / "config.yaml", path / ".hydra" / "config.yaml")
+                        if p.is_file()), None)
+    config = yaml.safe_load(config_file.read_text()) if config_file else {}
+    results_file, error_file = path / "results.json", path / "error.txt"
+    results = json.loads(results_file.read_text()) if results_file.is_file() else None
+    error = error_file.read_text().strip() if error_file.is_file() else None
+    return Run(path, settings, config or {}, results, error)
+
+
+def swept_keys(runs: list[Run]) -> list[str]:
+    """The settings whose value differs between runs, in the order they were given."""
+    keys: list[str] = []
+    for run in runs:
+        keys += [k for k in run.settings if k not in keys]
+    return [k for k in keys if k not in UNGROUPED and not k.startswith("hydra.")
+            and len({run.settings.get(k) for run in runs}) > 1]
+
+
+def config_value(config: dict[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def load_published(path: Path = PUBLISHED) -> list[dict[str, Any]]:
+    entries = yaml.safe_load(path.read_text()) or []
+    for i, entry in enumerate(entries):
+        missing = {"paper", "source", "match", "metric", "value"} - set(entry)
+        if missing:
+            raise KdrunError(f"{path}: entry {i + 1} lacks {', '.join(sorted(missing))}: every "
+                             "published figure needs paper, source, match, metric and value")
+    return entries
+
+
+def matching_entry(row: Row, metric: str, entries: list[dict]) -> dict | None:
+    """The published figure for `metric` whose `match` settings all equal the row's config."""
+    config = next((r.config for r in row.runs if r.config), {})
+    for entry in entries:
+        if entry["metric"] == metric and all(
+                str(config_value(config, key)) == str(value)
+                for key, value in entry["match"].items()):
+            return entry
+    return None
+
+
+def summarise(runs: list[Run], metrics: list[str], entries: list[dict]) -> tuple[list[str],
+                                                                                 list[Row]]:
+    keys = swept_keys(runs)
+    rows: dict[tuple[str, ...], Row] = {}
+    for run in runs:
+        settings = tuple(run.settings.get(k, "") for k in keys)
+        rows.setdefault(settings, Row(settings, [])).runs.append(run)
+    for row in rows.values():
+        done = [r.results for r in row.runs if r.results is not None]
+        for metric in metrics:
+            values = [float(res[metric]) for res in done if metric in res]
+            if values:
+                std = statistics.stdev(values) if len(values) > 1 else None
+                row.stats[metric] = (statistics.fmean(values), std, len(values))
+        row.published = matching_entry(row, metrics[0], entries)
+    return keys, list(rows.values())
+
+
+def _cell(stat: tuple[float, float | None, int] | None) -> str:
+    if stat is None:
+        return "—"
+    mean, std, _ = stat
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+
+
+def table_rows(keys: list[str], rows: list[Row], metrics: list[str],
+               sources: list[str]) -> list[list[str]]:
+    """Header and body as text cells; `sources` collects the cited sources in order."""
+    body = [[*keys, *metrics, "n", "paper", "Δ"]]
+    for row in rows:
+        stat = row.stats.get(metrics[0])
+        n = max((s[2] for s in row.stats.values()), default=0)
+        paper, delta = "—", "—"
+        if row.published is not None:
+            source = f"{row.published['paper']}, {row.published['source']}"
+            if source not in sources:
+                sources.append(source)
+            paper = f"{row.published['value']:.2f} [{sources.index(source) + 1}]"
+            if stat is not None:
+                delta = f"{stat[0] - row.published['value']:+.2f}"
+        body.append([*row.settings, *(_cell(row.stats.get(m)) for m in metrics), str(n),
+                     paper, delta])
+    return body
+
+
+def left_out(rows: list[Row], root: Path) -> list[str]:
+    lines = []
+    for row in rows:
+        for run in row.runs:
+            if run.status == "ok":
+                continue
+            settings = " ".join(f"{k}={v}" for k, v in run.settings.items())
+            reason = f": {run.error.splitlines()[0]}" if run.error else " (no results.json)"
+            lines.append(f"{run.status}: {run.path.relative_to(root)} [{settings}]{reason}")
+    return lines
+
+
+def latex_escape(text: str) -> str:
+    for plain, latex in (("_", r"\_"), ("%", r"\%"), ("±", r"$\pm$"), ("Δ", r"$\Delta$"),
+                         ("—", "--")):
+        text = text.replace(plain, latex)
+    return text
+
+
+def render(fmt: str, keys: list[str], rows: list[Row], metrics: list[str], root: Path) -> str:
+    sources: list[str] = []
+    cells = table_rows(keys, rows, metrics, sources)
+    missing = left_out(rows, root)
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow([*cells[0], "source"])
+        for row, line in zip(rows, cells[1:]):
+            published = row.published
+            writer.writerow([*line, f"{published['paper']}, {published['source']}"
+                             if published else ""])
+        for line in missing:
+            print(line, file=sys.stderr)
+        return out.getvalue()
+    if fmt == "latex":
+        lines = [r"\begin{tabular}{" + "l" * len(keys) + "r" * (len(cells[0]) - len(keys)) + "}",
+                 r"\hline", " & ".join(latex_escape(c) for c in cells[0]) + r" \\", r"\hline"]
+        lines += [" & ".join(latex_escape(c) for c in line) + r" \\" for line in cells[1:]]
+        lines += [r"\hline", r"\end{tabular}"]
+        lines += [f"% [{i + 1}] {s}" for i, s in enumerate(sources)]
+        lines += [f"% {line}" for line in missing]
+        return "\n".join(lines) + "\n"
+    lines = ["| " + " | ".join(line) + " |" for line in cells]
+    lines.insert(1, "|" + "|".join("---" if i < len(keys) else "---:"
+                                   for i in range(len(cells[0]))) + "|")
+    if sources:
+        lines += ["", "Published figures:"] + [f"[{i + 1}] {s}" for i, s in enumerate(sources)]
+    if missing:
+        lines += ["", "Not in the table:"] + [f"- {line}" for line in missing]
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(keys: list[str], rows: list[Row], metric: str, out_dir: Path) -> list[Path]:
+    """Accuracy against each swept noise setting, robust accuracy against the PGD budget, and
+    accuracy per Noisy Student round: one line per combination of the other settings."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+
+    def save(fig, name: str) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out_dir / name, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        written.append(out_dir / name)
+
+    for key, label in PLOTTED_SETTINGS.items():
+        if key not in keys:
+            continue
+        at = keys.index(key)
+        lines: dict[str, list[tuple[float, float]]] = {}
+        for row in rows:
+            if metric in row.stats:
+                others = ", ".join(f"{k}={v}" for i, (k, v) in enumerate(zip(keys, row.settings))
+                                   if i != at) or metric
+                lines.setdefault(others, []).append((float(row.settings[at]),
+                                                     row.stats[metric][0]))
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for name, points in lines.items():
+            ax.plot(*zip(*sorted(points)), marker="o", label=name)
+        ax.set(xlabel=label, ylabel=f"{metric} (%)")
+        ax.legend(fontsize=7)
+        save(fig, f"{metric.replace('/', '_')}_vs_{key.replace('.', '_')}.png")
+
+    for name, pattern, xlabel in (("robust_acc_vs_eps", r"pgd/linf/eps([\d.]+)/acc", "ε (/255)"),
+                                  ("acc_per_round", r"round(\d+)/test/acc", "round")):
+        curves = {}
+        for row in rows:
+            series: dict[float, list[float]] = {}
+            for results in (r.results for r in row.runs if r.results is not None):
+                for key, value in results.items():
+                    if match := re.fullmatch(pattern, key):
+                        series.setdefault(float(match.group(1)), []).append(value)
+            if series:
+                xs = sorted(series)
+                curves[", ".join(row.settings) or "all runs"] = (
+                    xs, [statistics.fmean(series[x]) for x in xs])
+        if curves:
+            fig, ax = plt.subplots(figsize=(5, 3.5))
+            for label, (xs, ys) in curves.items():
+                ax.plot(xs, ys, marker="o", label=label)
+            ax.set(xlabel=xlabel, ylabel="accuracy (%)")
+            ax.legend(fontsize=7)
+            save(fig, f"{name}.png")
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="kdrun-report", description="The table of a sweep's runs, beside the papers' "
+        "published figures; runs that failed or did not finish are listed.")
+    parser.add_argument("dir", type=Path, help="a multirun directory, or a parent of run dirs")
+    parser.add_argument("--format", choices=("md", "csv", "latex"), default="md")
+    parser.add_argument("--out", type=Path, help="write the table here (default: stdout)")
+    parser.add_argument("--metric", action="append", dest="metrics",
+                        help=f"a results.json key to tabulate (repeatable; default: "
+                        f"{' and '.join(DEFAULT_METRICS)}); the first one is compared")
+    parser.add_argument("--published", type=Path, default=PUBLISHED,
+                        help="the YAML of published figures")
+    parser.add_argument("--plots", type=Path,
+                        help="folder for the PNG curves (default: DIR/report)")
+    args = parser.parse_args(argv)
+    try:
+        text, plots = report(args.dir, args.format, args.metrics or DEFAULT_METRICS,
+                             args.published, args.plots or args.dir / "report")
+    except KdrunError as err:
+        print(f"kdrun-report: {err}", file=sys.stderr)
+        sys.exit(1)
+    if args.out:
+        args.out.write_text(text)
+    else:
+        sys.stdout.write(text)
+    for path in plots:
+        print(f"plot: {path}", file=sys.stderr)
+
+
+def report(root: Path, fmt: str, metrics: list[str], published: Path,
+           plots_dir: Path) -> tuple[str, list[Path]]:
+    if not root.is_dir():
+        raise KdrunError(f"{root} is not a directory: give a multirun directory "
+                         "(e.g. outputs/multirun/<date>/<time>) or a parent of run directories")
+    runs = find_runs(root)
+    if not runs:
+        raise KdrunError(f"no run directories under {root} (none holds .hydra/ or "
+                         "results.json): give the directory a sweep wrote")
+    keys, rows = summarise(runs, metrics, load_published(published))
+    return render(fmt, keys, rows, metrics, root), plot_curves(keys, rows, metrics[0], plots_dir)
+
+
+if __name__ == "__main__":
+    main()

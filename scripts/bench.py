@@ -1,0 +1,261 @@
+"""Training throughput of kdrun beside a plain PyTorch loop, measured in one run on the same
+data and machine.
+
+    python scripts/bench.py method=kd teacher=wrn_40_2 student=wrn_16_2 dataset=cifar10 \
+        dataset.root=~/data/cifar10-jpeg bench.steps=20
+
+Overrides are kdrun's own (the same config tree); `bench.*` keys belong to this script:
+    bench.steps=20      timed training steps, after
+    bench.warmup=5      untimed ones (allocator, autotuning, compilation)
+    bench.compile=auto  also time kdrun with torch.compile: true | false | auto (CUDA only)
+    bench.reference=true  time the reference loop too
+    bench.workers=2     DataLoader workers of the reference loop
+    bench.eval_images=0 also time PGD-20 (L-inf 8/255) and the corruption suite on this many
+                        test images (0: skip)
+    bench.out=bench.json
+The networks are randomly initialised (the timing does not depend on the weights). The
+reference loop is the ordinary way to write KD: a torchvision data set with PIL transforms in
+DataLoader workers, fp32, default memory format, teacher under no_grad, the loss read with
+.item() every step; plain cross-entropy when the method has no teacher. It reads an ImageFolder
+root (root/train/<class>/...) or CIFAR's python pickles.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_module
+from torch.utils.data import DataLoader
+from torchvision import datasets
+from torchvision import transforms as T
+
+from kdrun.cli import expand_home
+from kdrun.config import choice, validate
+from kdrun.data import load_dataset, make_loader
+from kdrun.data.types import subset
+from kdrun.engine.optimizers import Optimizers
+from kdrun.engine.runtime import (
+    autocast,
+    compile_networks,
+    memory_format,
+    resolve_device,
+    resolve_precision,
+    synchronize,
+)
+from kdrun.engine.trainer import train_step
+from kdrun.errors import KdrunError
+from kdrun.evaluation.attacks import robust_accuracy
+from kdrun.evaluation.corruptions import corruption_accuracy
+from kdrun.methods import METHODS, build_method
+from kdrun.methods.losses import distillation_kl
+from kdrun.models import build_model, build_network
+
+BENCH_DEFAULTS = {"steps": 20, "warmup": 5, "compile": "auto", "reference": True, "workers": 2,
+                  "eval_images": 0, "out": "bench.json"}
+
+
+def split_args(args: list[str]) -> tuple[list[str], dict]:
+    """kdrun overrides, and this script's bench.* settings (typed like their defaults)."""
+    overrides, bench = [], dict(BENCH_DEFAULTS)
+    for arg in expand_home(args):
+        key, _, value = arg.partition("=")
+        if not key.startswith("bench."):
+            overrides.append(arg)
+            continue
+        name = key.removeprefix("bench.")
+        if name not in BENCH_DEFAULTS:
+            raise KdrunError(f"{key} is not a benchmark setting: use one of "
+                             f"{', '.join('bench.' + k for k in BENCH_DEFAULTS)}")
+        default = BENCH_DEFAULTS[name]
+        if isinstance(default, bool):
+            bench[name] = value.lower() in ("1", "true", "yes")
+        else:
+            bench[name] = type(default)(value)
+    return overrides, bench
+
+
+def batches(loader):
+    """Training batches without end, epoch after epoch."""
+    epoch = 0
+    while True:
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def timed(step, stream, warmup: int, steps: int, batch_size: int, device) -> float:
+    """Images per second over `steps` steps, after `warmup` untimed ones."""
+    for _ in range(warmup):
+        step(*next(stream))
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(*next(stream))
+    synchronize(device)
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def kdrun_throughput(cfg, data, device, bench: dict, compiled: bool) -> float:
+    """kdrun's own training step: device-resident batches, bf16 autocast, channels_last."""
+    torch.manual_seed(cfg.seed)
+    method_cls = METHODS.get(cfg.method.name)
+    make_model = functools.partial(build_model, num_classes=cfg.dataset.num_classes,
+                                   mean=cfg.dataset.mean, std=cfg.dataset.std)
+    teacher = make_model(cfg.teacher.arch) if method_cls.needs_teacher else None
+    method = build_method(cfg.method, make_model(cfg.student.arch), teacher, make_model=make_model)
+    layout = memory_format(cfg.trainer.channels_last)
+    method.to(device, memory_format=layout)
+    if compiled:
+        compile_networks(method)
+    loader = make_loader(data.train, cfg.trainer.batch_size, device, cfg.seed, train=True,
+                         dataset_cfg=cfg.dataset, augment=not method.augments_batches)
+    optimizers = Optimizers(method, cfg.optim, cfg.sched, len(loader), cfg.epochs)
+    precision = resolve_precision(choice(cfg.trainer.precision), device)
+    method.train()
+
+    def step(images, labels):
+        train_step(method, optimizers, images, labels,
+                   lambda: autocast(device, precision), layout)
+
+    return timed(step, batches(loader), bench["warmup"], bench["steps"],
+                 cfg.trainer.batch_size, device)
+
+
+def reference_dataset(cfg):
+    """The training set as torchvision reads it, with the usual PIL transforms."""
+    root = Path(cfg.dataset.root).expanduser()
+    transform = T.Compose([
+        T.RandomCrop(cfg.dataset.image_size, padding=cfg.dataset.crop_padding),
+        T.RandomHorizontalFlip(),
+        T.ToTensor(),
+        T.Normalize(cfg.dataset.mean, cfg.dataset.std)])
+    if (root / "train").is_dir():
+        return datasets.ImageFolder(str(root / "train"), transform=transform)
+    pickles = {"cifar10": (datasets.CIFAR10, "cifar-10-batches-py"),
+               "cifar100": (datasets.CIFAR100, "cifar-100-python")}
+    if cfg.dataset.name in pickles and (root / pickles[cfg.dataset.name][1]).is_dir():
+        return pickles[cfg.dataset.name][0](str(root), train=True, transform=transform)
+    raise KdrunError(f"the reference loop reads an ImageFolder tree or CIFAR's pickles, and "
+                     f"{root} holds neither: point dataset.root at one, or pass "
+                     f"bench.reference=false")
+
+
+def reference_throughput(cfg, device, bench: dict) -> float:
+    """The same networks and loss, written the ordinary way."""
+    torch.manual_seed(cfg.seed)
+    num_classes = cfg.dataset.num_classes
+    needs_teacher = METHODS.get(cfg.method.name).needs_teacher
+    teacher = build_network(cfg.teacher.arch, num_classes).to(device).eval() if needs_teacher \
+        else None
+    student = build_network(cfg.student.arch, num_classes).to(device).train()
+    optimizer = torch.optim.SGD(student.parameters(), lr=cfg.optim.lr, momentum=0.9,
+                                weight_decay=5e-4)
+    loader = DataLoader(reference_dataset(cfg), batch_size=cfg.trainer.batch_size, shuffle=True,
+                        num_workers=bench["workers"], drop_last=True,
+                        pin_memory=device.type == "cuda",
+                        persistent_workers=bench["workers"] > 0)
+    alpha, temperature = cfg.alpha, cfg.T
+    losses = []
+
+    def step(images, labels):
+        images, labels = images.to(device), labels.to(device)
+        logits = student(images)
+        loss = F.cross_entropy(logits, labels)
+        if teacher is not None:
+            with torch.no_grad():
+                teacher_logits = teacher(images)
+            loss = (1 - alpha) * loss + alpha * distillation_kl(logits, teacher_logits,
+                                                                temperature)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+
+    return timed(step, batches(loader), bench["warmup"], bench["steps"],
+                 cfg.trainer.batch_size, device)
+
+
+def evaluation_times(cfg, data, device, bench: dict) -> dict[str, float]:
+    """Wall time of PGD-20 (L-inf 8/255) and of the configured corruption suite on
+    `bench.eval_images` test images, with the student."""
+    model = build_model(cfg.student.arch, cfg.dataset.num_classes, cfg.dataset.mean,
+                        cfg.dataset.std).to(device).eval()
+    images = subset(data.test, bench["eval_images"], cfg.seed)
+    loader = make_loader(images, cfg.eval.batch_size, device, cfg.seed, train=False,
+                         dataset_cfg=cfg.dataset)
+    attack = cfg.eval.copy()
+    attack.pgd_linf.eps, attack.pgd_linf.steps = [8], 20
+    attack.pgd_l2.eps, attack.fgsm.eps = [], []
+    precision = resolve_precision(choice(cfg.trainer.precision), device)
+    start = time.perf_counter()
+    robust_accuracy(model, loader, attack)
+    synchronize(device)
+    pgd = time.perf_counter() - start
+    start = time.perf_counter()
+    corruption_accuracy(model, loader, list(cfg.eval.corruptions), list(cfg.eval.severities),
+                        lambda: autocast(device, precision), cfg.seed)
+    synchronize(device)
+    return {"eval_images": len(images.labels), "pgd20_s": pgd,
+            "corruptions_s": time.perf_counter() - start,
+            "corruption_evals": len(cfg.eval.corruptions) * len(cfg.eval.severities)}
+
+
+def main(args: list[str]) -> dict:
+    overrides, bench = split_args(args)
+    with initialize_config_module("kdrun.conf", version_base="1.3"):
+        cfg = compose("config", overrides=["logger=none", *overrides])
+    validate(cfg)
+    device = resolve_device(cfg.trainer.device)
+    data = load_dataset(cfg.dataset, cfg.cache_dir)
+    compile_too = bench["compile"] == "true" or (bench["compile"] == "auto"
+                                                 and device.type == "cuda")
+    rows = {"ours": kdrun_throughput(cfg, data, device, bench, compiled=False)}
+    if compile_too:
+        rows["ours_compiled"] = kdrun_throughput(cfg, data, device, bench, compiled=True)
+    if bench["reference"]:
+        rows["ref"] = reference_throughput(cfg, device, bench)
+    result = {f"{name}_img_s": value for name, value in rows.items()}
+    if "ref_img_s" in result:
+        result["ratio"] = max(v for k, v in rows.items() if k != "ref") / rows["ref"]
+    if bench["eval_images"]:
+        result.update(evaluation_times(cfg, data, device, bench))
+    result.update({
+        "method": cfg.method.name, "teacher": cfg.teacher.arch, "student": cfg.student.arch,
+        "dataset": cfg.dataset.name, "batch_size": cfg.trainer.batch_size,
+        "steps": bench["steps"], "warmup": bench["warmup"], "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "precision": "fp32" if resolve_precision(choice(cfg.trainer.precision), device) is None
+        else "bf16", "threads": torch.get_num_threads(), "torch": torch.__version__})
+    Path(bench["out"]).write_text(json.dumps(result, indent=2) + "\n")
+    print(table(result, rows))
+    return result
+
+
+def table(result: dict, rows: dict[str, float]) -> str:
+    teacher = f"{result['teacher']} -> " if METHODS.get(result["method"]).needs_teacher else ""
+    lines = [f"{result['method']}: {teacher}{result['student']} on {result['dataset']}, "
+             f"batch {result['batch_size']}, {result['device_name']}",
+             "| loop | img/s | vs reference |", "|---|---:|---:|"]
+    for name, value in rows.items():
+        ratio = f"{value / rows['ref']:.2f}x" if "ref" in rows else "-"
+        lines.append(f"| {name} | {value:.0f} | {ratio} |")
+    if "pgd20_s" in result:
+        lines.append(f"PGD-20 on {result['eval_images']} images: {result['pgd20_s']:.1f} s; "
+                     f"{result['corruption_evals']} corruption x severity passes: "
+                     f"{result['corruptions_s']:.1f} s")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except KdrunError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,47 @@
+"""scripts/bench.py: kdrun's training step and the reference loop timed side by side, on a tiny
+ImageFolder tree, with the evaluation timings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_data import write_image_folder
+
+pytestmark = pytest.mark.slow
+BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
+CLASSES = [f"class{i}" for i in range(10)]
+
+
+def bench(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BENCH), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_bench_times_both_loops_and_the_evaluation(tmp_path, cli_env):
+    write_image_folder(tmp_path / "data" / "train", CLASSES, 4)
+    write_image_folder(tmp_path / "data" / "test", CLASSES, 2)
+    proc = bench("method=kd", "teacher=resnet8", "student=resnet8", "dataset=cifar10",
+                 f"dataset.root={tmp_path / 'data'}", "trainer.batch_size=8",
+                 "trainer.device=cpu", "bench.steps=3", "bench.warmup=1", "bench.workers=0",
+                 "bench.eval_images=8", "eval.corruptions=[gaussian_noise,contrast]",
+                 "eval.severities=[1,5]", cwd=tmp_path, env=cli_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["ours_img_s"] > 0 and result["ref_img_s"] > 0
+    assert result["ratio"] == pytest.approx(result["ours_img_s"] / result["ref_img_s"])
+    assert result["pgd20_s"] > 0 and result["corruption_evals"] == 4
+    assert (result["method"], result["teacher"], result["student"]) == ("kd", "resnet8", "resnet8")
+    assert "| ours |" in proc.stdout and "| ref |" in proc.stdout
+
+
+def test_bench_refuses_an_unknown_setting_in_one_line(tmp_path, cli_env):
+    proc = bench("bench.stpes=3", cwd=tmp_path, env=cli_env)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "error: bench.stpes is not a benchmark setting: use one of bench.steps, bench.warmup, "
+        "bench.compile, bench.reference, bench.workers, bench.eval_images, bench.out"]

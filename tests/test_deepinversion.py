@@ -1,0 +1,154 @@
+"""Data-free distillation: each part of the synthesis loss, one synthesis step, the pool file,
+and both stages through the real CLI."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+
+import pytest
+import torch
+from torch import nn
+
+from kdrun.data import TensorSplit
+from kdrun.data.pool import load_pool, save_pool
+from kdrun.methods.inversion import (
+    BatchNormStatistics,
+    SynthesisSettings,
+    Synthesizer,
+    balanced_labels,
+    competition,
+    jensen_shannon,
+    total_variation,
+)
+from kdrun.models import build_model
+
+from conftest import TINY, read_results
+
+SETTINGS = SynthesisSettings(iterations=1, lr=0.05, bn_weight=10.0, first_bn_weight=1.0,
+                             tv_weight=2.5e-5, l2_weight=1e-4, jitter=0, flip=False,
+                             multi_resolution=False)
+
+
+def test_bn_statistics_loss_is_zero_at_the_running_statistics_and_falls_when_optimised():
+    x = torch.randn(16, 3, 8, 8) * 2 + 1
+    layer = nn.BatchNorm2d(3).eval()
+    layer.running_mean.copy_(x.mean(dim=(0, 2, 3)))
+    layer.running_var.copy_(x.var(dim=(0, 2, 3), unbiased=False))
+    bn = BatchNormStatistics(nn.Sequential(layer))
+    layer(x)
+    assert bn.loss().item() == pytest.approx(0, abs=1e-5)
+    start = torch.randn(16, 3, 8, 8, requires_grad=True)
+    optimizer = torch.optim.Adam([start], lr=0.1)
+    losses = []
+    for _ in range(20):
+        layer(start)
+        loss = bn.loss()
+        losses.append(loss.item())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert losses[-1] < 0.5 * losses[0]
+    bn.remove()
+    layer(x)
+    assert bn.terms == []  # no hook left behind
+
+
+def test_the_first_bn_layer_gets_its_own_weight():
+    net = nn.Sequential(nn.BatchNorm2d(3), nn.BatchNorm2d(3)).eval()
+    x = torch.randn(4, 3, 5, 5) + 3
+    plain, weighted = BatchNormStatistics(net, 1.0), BatchNormStatistics(net, 10.0)
+    net(x)
+    first, second = weighted.terms
+    assert weighted.loss().item() == pytest.approx((10 * first + second).item(), rel=1e-6)
+    assert plain.loss().item() == pytest.approx((first + second).item(), rel=1e-6)
+
+
+def test_priors_are_zero_for_a_flat_image_and_larger_for_rougher_ones():
+    flat = torch.full((2, 3, 8, 8), 0.3)
+    assert total_variation(flat).item() == 0
+    noise = torch.randn(2, 3, 8, 8)
+    smooth = nn.functional.avg_pool2d(noise, 3, stride=1, padding=1)
+    assert total_variation(noise) > total_variation(smooth) > 0
+
+
+def test_one_synthesis_step_lowers_the_total_loss():
+    torch.manual_seed(0)
+    teacher = build_model("resnet8", 4, [0.5] * 3, [0.25] * 3).eval()
+    synthesizer = Synthesizer(teacher, SETTINGS, contextlib.nullcontext)
+    labels = torch.arange(8) % 4
+    x = torch.randn(8, 3, 16, 16, requires_grad=True)
+    bn = BatchNormStatistics(teacher.net)
+    optimizer = torch.optim.Adam([x], lr=0.05)
+    before = synthesizer.losses(x, labels, bn, None)
+    assert set(before) == {"ce", "bn", "tv", "l2", "loss"}
+    before["loss"].backward()
+    optimizer.step()
+    after = synthesizer.losses(x, labels, bn, None)
+    assert after["loss"] < before["loss"]
+
+
+def test_competition_rewards_disagreement_with_the_student():
+    agree = torch.tensor([[3.0, 0.0, -1.0], [0.0, 2.0, 0.0]])
+    assert jensen_shannon(agree, agree, 3.0).item() == pytest.approx(0, abs=1e-7)
+    assert competition(agree, agree, 3.0).item() == pytest.approx(1.0)
+    mild, strong = agree.roll(1, dims=1) * 0.3, agree.roll(1, dims=1) * 3
+    js_mild, js_strong = jensen_shannon(agree, mild, 3.0), jensen_shannon(agree, strong, 3.0)
+    assert 0 < js_mild < js_strong <= torch.log(torch.tensor(2.0))
+    assert competition(agree, strong, 3.0) < competition(agree, mild, 3.0) < 1
+
+
+def test_targets_are_balanced_over_classes():
+    labels = balanced_labels(103, 10, torch.Generator().manual_seed(0))
+    counts = torch.bincount(labels, minlength=10)
+    assert counts.max() - counts.min() <= 1 and counts.sum() == 103
+
+
+def test_a_synthesised_batch_is_uint8_images_at_the_asked_size_and_multi_resolution_too():
+    teacher = build_model("resnet8", 4, [0.5] * 3, [0.25] * 3).eval()
+    g = torch.Generator().manual_seed(0)
+    for multi in (False, True):
+        settings = SynthesisSettings(**{**SETTINGS.__dict__, "iterations": 2,
+                                        "multi_resolution": multi, "jitter": 1, "flip": True})
+        images = Synthesizer(teacher, settings, contextlib.nullcontext).batch(
+            torch.arange(4), 16, g)
+        assert images.dtype == torch.uint8 and images.shape == (4, 3, 16, 16)
+
+
+def test_the_pool_file_round_trips_with_a_png_grid(tmp_path):
+    split = TensorSplit(torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8),
+                        torch.arange(10) % 2)
+    grid = save_pool(tmp_path / "pool.pt", split, ["a", "b"], meta={"teacher": "resnet8"})
+    pool, classes, meta = load_pool(tmp_path / "pool.pt")
+    assert torch.equal(pool.images, split.images) and torch.equal(pool.labels, split.labels)
+    assert classes == ["a", "b"] and meta == {"teacher": "resnet8"}
+    assert grid.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_both_stages_run_through_the_cli(tmp_path, cli_env):
+    tiny = [*TINY, "synthesis.pool_size=16", "synthesis.batch_size=8", "synthesis.iterations=3"]
+    methods = ["deepinversion", "adaptive_deepinversion", "deepdream"]
+    proc = subprocess.run(["kdrun", "-m", *tiny, f"method={','.join(methods)}",
+                           "epochs=2",
+                           f"hydra.sweep.dir={tmp_path}/sweep"], env=cli_env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for job, method in enumerate(methods):
+        run = tmp_path / "sweep" / str(job)
+        results = read_results(run)
+        assert results["synth/img_s"] > 0 and 0 <= results["synth/teacher_acc"] <= 100, method
+        assert 0 <= results["test/acc"] <= 100
+        assert (run / "synthetic" / "pool.pt").is_file() and (run / "synthetic" / "pool.png")
+    assert (tmp_path / "sweep" / "1" / "synthetic" / "pool-round4.pt").is_file()  # ADI rounds
+
+    teacher = next((tmp_path / "cache" / "teachers").glob("*/teacher.pt"))
+    pool = tmp_path / "sweep" / "0" / "synthetic" / "pool.pt"
+    stage2 = [o for o in TINY if not o.startswith("dataset=")]
+    proc = subprocess.run(
+        ["kdrun", *stage2, "method=kd", "dataset=synthetic_pool", f"dataset.path={pool}",
+         "dataset.test_set=synthetic", "dataset.image_size=16", "dataset.num_classes=4",
+         f"teacher.checkpoint={teacher}", f"hydra.run.dir={tmp_path}/stage2"],
+        env=cli_env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 0 <= read_results(tmp_path / "stage2")["test/acc"] <= 100
