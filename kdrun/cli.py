@@ -23,6 +23,7 @@ from torch import nn
 
 from kdrun.config import choice, register_configs, validate
 from kdrun.data import ImageData, load_dataset, make_loader
+from kdrun.data.datasets import named_dataset_cfg
 from kdrun.data.types import subset
 from kdrun.engine import checkpoint
 from kdrun.engine.runtime import (
@@ -125,16 +126,13 @@ def train(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
         method.to(run.device, memory_format=layout)  # where work between stages runs
         context = StageContext(run_dir, run.device, run.autocast, layout,
                                cfg.dataset.image_size, cfg.seed, run.sink.log, run.sink.images,
-                               run.results)
+                               run.results, functools.partial(_load_named, cfg))
         for stage in method.stages(run.data, cfg.epochs, context):
-            name = "last.pt" if stage.name == "train" else f"last-{stage.name}.pt"
-            trainer = Trainer(cfg.trainer, run.device, run_dir, run.sink, cfg.seed, cfg.dataset,
-                              resume=cfg.trainer.resume, label=_stage_label(stage.name),
-                              calibration_bins=cfg.eval.calibration_bins, checkpoint_name=name)
-            run.results.update(trainer.fit(method, stage.data, Recipe(
-                stage.epochs, cfg.trainer.batch_size, cfg.optim, cfg.sched)))
+            run.results.update(train_stage(cfg, run, run_dir, method, stage))
         student = method.eval_model()
         run.results["meta/student_arch"] = student.arch
+        if method.teacher is not None:
+            run.results["meta/teacher_arch"] = method.teacher.arch
         run.results.update(evaluate_beyond_clean(student, run, cfg, run_dir))
         checkpoint.save_model(student, run_dir / "checkpoints" / "student.pt",
                               meta={"test/acc": run.results["test/acc"]})
@@ -145,8 +143,26 @@ def train(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
     return run.results
 
 
-def _stage_label(name: str) -> str:
-    return "" if name == "train" else f"{name} "
+def train_stage(cfg: DictConfig, run: Session, run_dir: Path, method, stage) -> dict[str, Any]:
+    """One stage's training. A multi-stage method's stages each keep their checkpoints and
+    their test metrics under the stage's name (round1/test/acc, checkpoints/round1.pt)."""
+    single = stage.name == "train"
+    trainer = Trainer(cfg.trainer, run.device, run_dir, run.sink, cfg.seed, cfg.dataset,
+                      resume=cfg.trainer.resume, label="" if single else f"{stage.name} ",
+                      calibration_bins=cfg.eval.calibration_bins,
+                      checkpoint_name="last.pt" if single else f"last-{stage.name}.pt")
+    results = trainer.fit(method, stage.data, Recipe(stage.epochs, cfg.trainer.batch_size,
+                                                     cfg.optim, cfg.sched))
+    if not single:
+        checkpoint.save_model(method.eval_model(), run_dir / "checkpoints" / f"{stage.name}.pt",
+                              meta={"test/acc": results["test/acc"]})
+        results.update({f"{stage.name}/{k}": v for k, v in results.items()
+                        if k.startswith(("test/", "teacher/test/acc"))})
+    return results
+
+
+def _load_named(cfg: DictConfig, name: str, root: str | None) -> ImageData:
+    return load_dataset(named_dataset_cfg(name, root, cfg.dataset), cfg.cache_dir)
 
 
 def evaluate_checkpoint(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
@@ -193,7 +209,7 @@ def summary(cfg: DictConfig, results: dict[str, Any], run_dir: Path) -> str:
         lines = [f"{cfg.method.name}: {results['meta/student_arch']} on {cfg.dataset.name}, "
                  f"{cfg.epochs} epochs"]
     if "teacher/test/acc" in results:
-        lines.append(f"  teacher ({cfg.teacher.arch}) test acc  "
+        lines.append(f"  teacher ({results.get('meta/teacher_arch', cfg.teacher.arch)}) test acc  "
                      f"{results['teacher/test/acc']:6.2f} %")
     best = f"  (best epoch {results['test/best_acc']:.2f} %)" if "test/best_acc" in results else ""
     who = "model" if choice(cfg.mode) == "eval" else f"student ({results['meta/student_arch']})"

@@ -223,7 +223,8 @@ def main(args: list[str]) -> dict:
         rows["ref"] = reference_throughput(cfg, device, bench)
     result = {f"{name}_img_s": value for name, value in rows.items()}
     if "ref_img_s" in result:
-        result["ratio"] = max(v for k, v in rows.items() if k != "ref") / rows["ref"]
+        result.update({"ratio" if name == "ours" else f"ratio_{name.removeprefix('ours_')}":
+                       value / rows["ref"] for name, value in rows.items() if name != "ref"})
     if bench["eval_images"]:
         result.update(evaluation_times(cfg, data, device, bench))
     result.update({

@@ -29,8 +29,8 @@ def test_distillation_kl_matches_its_definition_and_a_stored_value():
     assert distillation_kl(TEACHER_LOGITS, TEACHER_LOGITS, T).item() == pytest.approx(0, abs=1e-7)
 
 
-def make_model(arch: str):
-    return build_model(arch, 4, MEAN, STD)
+def make_model(arch: str, **noise):
+    return build_model(arch, 4, MEAN, STD, **noise)
 
 
 def make_method(name: str, **settings):
@@ -55,6 +55,11 @@ DML_SETTINGS = {"peers": ["resnet8"], "T": 1.0, "kl_weight": 1.0, "student_peer"
 DI_SETTINGS = {**KD_SETTINGS, "pool_size": 8, "batch_size": 4, "iterations": 2, "lr": 0.05,
                "bn_weight": 10.0, "first_bn_weight": 1.0, "tv_weight": 2.5e-5, "l2_weight": 0.0,
                "jitter": 2, "flip": False, "multi_resolution": False}
+NS_SETTINGS = {"rounds": 2, "archs": [], "labelled_fraction": 0.25, "unlabelled": None,
+               "unlabelled_root": None, "split_seed": 0, "soft": True, "threshold": 0.0,
+               "balance": True, "per_class": None, "randaugment_ops": 2,
+               "randaugment_magnitude": 9, "dropout": 0.2, "survival": 0.8, "crop_padding": 2,
+               "hflip": True}
 AFD_SETTINGS = {**DML_SETTINGS, "pairing": "cyclic", "feature_loss": "adversarial",
                 "feature_weight": 1.0, "disc_every": 1,
                 "disc_optim": {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 2e-4}}
@@ -73,6 +78,7 @@ SETTINGS = {
     "adaptive_deepinversion": {**DI_SETTINGS, "competition_weight": 1.0, "competition_T": 3.0,
                                "rounds": 2},
     "deepdream": {k: v for k, v in DI_SETTINGS.items() if "bn_weight" not in k},
+    "noisy_student": NS_SETTINGS,
 }
 
 

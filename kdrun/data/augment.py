@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import v2
 
 # ITU-R 601 luma weights, as torchvision's rgb_to_grayscale uses them
 _LUMA = (0.299, 0.587, 0.114)
@@ -56,3 +57,11 @@ def color_jitter(images: torch.Tensor, brightness: float, contrast: float, satur
         g = gray(images)
         images = (g + factors(saturation) * (images - g)).clamp(0, 1)
     return images
+
+
+def rand_augment(images: torch.Tensor, num_ops: int, magnitude: int) -> torch.Tensor:
+    """torchvision's RandAugment (Cubuk et al., arXiv 1909.13719) with its own draw per image,
+    on float images in [0, 1] (it works on uint8, so the batch is quantised on the way)."""
+    augment = v2.RandAugment(num_ops=num_ops, magnitude=magnitude)
+    as_uint8 = (images * 255).round().to(torch.uint8)
+    return torch.stack([augment(image) for image in as_uint8]).float() / 255

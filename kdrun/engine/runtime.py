@@ -66,8 +66,9 @@ def memory_format(channels_last: bool) -> torch.memory_format:
 
 
 def resolve_compile(setting: bool | None, device: torch.device) -> bool:
-    """torch.compile by default on CUDA only: on CPU its compilation time (tens of seconds per
-    network) outweighs what it saves in the short runs CPUs are used for."""
+    """torch.compile by default on CUDA only: on CPU each network's first compilation takes
+    tens of seconds, more than the short runs CPUs are used for save (long ones gain: see
+    scripts/bench.py)."""
     return device.type == "cuda" if setting is None else setting
 
 

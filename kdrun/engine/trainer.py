@@ -162,9 +162,10 @@ class Trainer:
                 n = len(labels)
                 seen += n
                 interval_images += n
-                correct += (out["logits"].detach().argmax(dim=1) == labels).sum()
+                targets = out.get("labels", labels)  # a method may re-encode its labels
+                correct += (out["logits"].detach().argmax(dim=1) == targets).sum()
                 for key, value in out.items():
-                    if key != "logits":
+                    if key not in ("logits", "labels"):
                         totals[key] = totals.get(key, 0) + value.detach().float() * n
                         counts[key] = counts.get(key, 0) + n
                 batches += 1

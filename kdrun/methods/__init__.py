@@ -17,6 +17,7 @@ from kdrun.methods import (  # noqa: F401  (registration)
     gaussian_aug,
     kd,
     messy_collaboration,
+    noisy_student,
     soft_randomization,
     vanilla,
 )

@@ -49,6 +49,7 @@ class StageContext:
     log: Callable[[dict[str, Any]], None]  # a row of metrics
     images: Callable[[dict[str, Path]], None]  # PNG files by key
     results: dict[str, Any]  # figures for results.json
+    load_dataset: Callable[[str, str | None], ImageData]  # another data set by name (and root)
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -77,7 +78,7 @@ class Method(nn.Module):
 
     def training_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Returns 'loss' (what the trainer minimises), 'logits' (the student's, for train
-        accuracy) and any scalar parts to log."""
+        accuracy; 'labels' if the batch's labels are encoded) and any scalar parts to log."""
         raise NotImplementedError
 
     def eval_model(self) -> nn.Module:

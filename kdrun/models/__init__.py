@@ -40,16 +40,21 @@ def check_arch(arch: str, key: str) -> None:
 
 
 def build_network(arch: str, num_classes: int, drop_rate: float = 0.0,
-                  pretrained: bool = False) -> nn.Module:
+                  pretrained: bool = False, drop_path_rate: float = 0.0) -> nn.Module:
+    """`drop_rate`: dropout before the classifier; `drop_path_rate`: stochastic depth of the
+    last residual block, decaying linearly towards the first."""
     if arch.startswith(TIMM_PREFIX):
         return timm.create_model(arch[len(TIMM_PREFIX):], pretrained=pretrained,
-                                 num_classes=num_classes, drop_rate=drop_rate)
-    return MODELS.get(arch)(num_classes=num_classes, drop_rate=drop_rate)
+                                 num_classes=num_classes, drop_rate=drop_rate,
+                                 drop_path_rate=drop_path_rate)
+    return MODELS.get(arch)(num_classes=num_classes, drop_rate=drop_rate,
+                            drop_path_rate=drop_path_rate)
 
 
 def build_model(arch: str, num_classes: int, mean: list[float], std: list[float],
-                drop_rate: float = 0.0, pretrained: bool = False) -> Classifier:
-    net = build_network(arch, num_classes, drop_rate, pretrained)
+                drop_rate: float = 0.0, pretrained: bool = False,
+                drop_path_rate: float = 0.0) -> Classifier:
+    net = build_network(arch, num_classes, drop_rate, pretrained, drop_path_rate)
     return Classifier(net, arch, num_classes, list(mean), list(std))
 
 

@@ -8,12 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdrun.models.staged import StagedNet, conv3x3
+from kdrun.models.staged import StagedNet, conv3x3, drop_path_rates, residual_drop
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
+    def __init__(self, cin: int, cout: int, stride: int, drop_path: float = 0.0):
         super().__init__()
+        self.drop_path = residual_drop(drop_path)
         self.conv1 = conv3x3(cin, cout, stride)
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = conv3x3(cout, cout)
@@ -26,28 +27,34 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return F.relu(self.drop_path(out) + self.shortcut(x))
 
 
 def resnet(stem_width: int, widths: list[int], blocks: list[int], strides: list[int],
-           num_classes: int, drop_rate: float = 0.0) -> StagedNet:
+           num_classes: int, drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> StagedNet:
     stem = nn.Sequential(conv3x3(3, stem_width), nn.BatchNorm2d(stem_width), nn.ReLU(inplace=True))
     stages, cin, reduction, reductions = [], stem_width, 1, []
+    rates = iter(drop_path_rates(drop_path_rate, sum(blocks)))
     for width, n, stride in zip(widths, blocks, strides):
         stages.append(nn.Sequential(*[BasicBlock(cin if i == 0 else width, width,
-                                                 stride if i == 0 else 1) for i in range(n)]))
+                                                 stride if i == 0 else 1, next(rates))
+                                      for i in range(n)]))
         cin, reduction = width, reduction * stride
         reductions.append(reduction)
     return StagedNet(stem, stages, widths, reductions, nn.Identity(), num_classes, drop_rate)
 
 
-def cifar_resnet(depth: int, widths: list[int], num_classes: int, drop_rate: float = 0.0):
+def cifar_resnet(depth: int, widths: list[int], num_classes: int, drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.0):
     """`widths` = [stem, stage1, stage2, stage3]."""
     if (depth - 2) % 6:
         raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
     n = (depth - 2) // 6
-    return resnet(widths[0], widths[1:], [n] * 3, [1, 2, 2], num_classes, drop_rate)
+    return resnet(widths[0], widths[1:], [n] * 3, [1, 2, 2], num_classes, drop_rate,
+                  drop_path_rate)
 
 
-def imagenet_style_resnet(blocks: list[int], num_classes: int, drop_rate: float = 0.0):
-    return resnet(64, [64, 128, 256, 512], blocks, [1, 2, 2, 2], num_classes, drop_rate)
+def imagenet_style_resnet(blocks: list[int], num_classes: int, drop_rate: float = 0.0,
+                          drop_path_rate: float = 0.0):
+    return resnet(64, [64, 128, 256, 512], blocks, [1, 2, 2, 2], num_classes, drop_rate,
+                  drop_path_rate)

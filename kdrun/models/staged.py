@@ -4,6 +4,7 @@ timm's feature contract so methods ask for stage indices rather than module path
 from __future__ import annotations
 
 import torch
+from timm.layers import DropPath
 from timm.models._features import feature_take_indices
 from torch import nn
 
@@ -69,3 +70,16 @@ def _init_weights(model: nn.Module) -> None:
 
 def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+
+
+def drop_path_rates(final_rate: float, blocks: int) -> list[float]:
+    """Stochastic depth with linear decay (Huang et al., arXiv 1603.09382): the drop
+    probability of each residual block rises linearly to `final_rate` at the last one."""
+    if blocks == 1:
+        return [final_rate]
+    return [final_rate * i / (blocks - 1) for i in range(blocks)]
+
+
+def residual_drop(rate: float) -> nn.Module:
+    """Drops a residual branch per sample in training (timm's DropPath); identity at 0."""
+    return DropPath(rate) if rate > 0 else nn.Identity()

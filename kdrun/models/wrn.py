@@ -7,12 +7,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdrun.models.staged import StagedNet, conv3x3
+from kdrun.models.staged import StagedNet, conv3x3, drop_path_rates, residual_drop
 
 
 class PreActBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
+    def __init__(self, cin: int, cout: int, stride: int, drop_path: float = 0.0):
         super().__init__()
+        self.drop_path = residual_drop(drop_path)
         self.bn1 = nn.BatchNorm2d(cin)
         self.conv1 = conv3x3(cin, cout, stride)
         self.bn2 = nn.BatchNorm2d(cout)
@@ -26,18 +27,20 @@ class PreActBlock(nn.Module):
         skip = x if self.shortcut is None else self.shortcut(o)
         out = self.conv1(o)
         out = self.conv2(F.relu(self.bn2(out)))
-        return out + skip
+        return self.drop_path(out) + skip
 
 
-def wide_resnet(depth: int, widen: int, num_classes: int, drop_rate: float = 0.0) -> StagedNet:
+def wide_resnet(depth: int, widen: int, num_classes: int, drop_rate: float = 0.0,
+                drop_path_rate: float = 0.0) -> StagedNet:
     if (depth - 4) % 6:
         raise ValueError(f"WRN depth must be 6n+4, got {depth}")
     n = (depth - 4) // 6
     widths = [16 * widen, 32 * widen, 64 * widen]
     stages, cin = [], 16
+    rates = iter(drop_path_rates(drop_path_rate, 3 * n))
     for width, stride in zip(widths, (1, 2, 2)):
-        blocks = [PreActBlock(cin if i == 0 else width, width, stride if i == 0 else 1)
-                  for i in range(n)]
+        blocks = [PreActBlock(cin if i == 0 else width, width, stride if i == 0 else 1,
+                              next(rates)) for i in range(n)]
         stages.append(nn.Sequential(*blocks))
         cin = width
     head_norm = nn.Sequential(nn.BatchNorm2d(widths[-1]), nn.ReLU(inplace=True))

@@ -1,0 +1,116 @@
+"""Noisy Student: pseudo-labels from the un-noised teacher, balancing, noise on the student
+only, stochastic depth, and rounds through the real CLI."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+
+import pytest
+import torch
+
+from kdrun.data import ImageData, TensorSplit
+from kdrun.data.augment import rand_augment
+from kdrun.methods.base import StageContext
+from kdrun.methods.pseudo_labels import predict, select
+from kdrun.models import build_model
+
+from conftest import TINY, read_results
+from test_methods import NS_SETTINGS, make_method
+
+CPU = torch.device("cpu")
+
+
+def test_pseudo_labels_come_from_the_teacher_in_eval_mode():
+    torch.manual_seed(0)
+    teacher = build_model("resnet8", 4, [0.5] * 3, [0.25] * 3, drop_rate=0.5).train()
+    images = torch.randint(0, 256, (12, 3, 16, 16), dtype=torch.uint8)
+    first = predict(teacher, images, 5, CPU, contextlib.nullcontext)
+    second = predict(teacher, images, 5, CPU, contextlib.nullcontext)
+    assert not teacher.training
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    assert ((first[1] > 0) & (first[1] <= 1)).all()
+
+
+def test_balancing_keeps_the_most_confident_and_repeats_rare_classes():
+    predicted = torch.tensor([0, 0, 0, 0, 1, 2, 2, 2])
+    confidence = torch.tensor([0.9, 0.5, 0.8, 0.2, 0.7, 0.6, 0.95, 0.4])
+    index = select(predicted, confidence, 3, threshold=0.3, balance=True, per_class=2)
+    assert torch.bincount(predicted[index], minlength=3).tolist() == [2, 2, 2]
+    assert set(index[predicted[index] == 0].tolist()) == {0, 2}  # the two most confident
+    assert index[predicted[index] == 1].tolist() == [4, 4]  # the only one, repeated
+    assert 3 not in index.tolist()  # below the threshold
+    kept = select(predicted, confidence, 3, threshold=0.3, balance=False, per_class=None)
+    assert sorted(kept.tolist()) == [0, 1, 2, 4, 5, 6, 7]  # only 0.2 is below the threshold
+    default = select(predicted, confidence, 3, threshold=0.3, balance=True, per_class=None)
+    assert torch.bincount(predicted[default], minlength=3).tolist() == [2, 2, 2]  # 7 kept / 3
+
+
+def stage_context(results: dict) -> StageContext:
+    return StageContext(run_dir=None, device=CPU, autocast=contextlib.nullcontext,
+                        memory_format=torch.contiguous_format, image_size=16, seed=0,
+                        log=lambda row: None, images=lambda files: None, results=results,
+                        load_dataset=None)
+
+
+def test_noise_is_on_for_the_student_and_off_for_the_teacher():
+    method = make_method("noisy_student", **NS_SETTINGS)
+    g = torch.Generator().manual_seed(0)
+    train = TensorSplit(torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8, generator=g),
+                        torch.arange(32) % 4)
+    data = ImageData(train, train, ["a", "b", "c", "d"])
+    results = {}
+    stages = method.stages(data, 1, stage_context(results))
+    round0 = next(stages)
+    assert len(round0.data.train) == 8 and not method.noisy  # 25 % labelled
+    assert method.student.net.drop.p == 0.0
+    round1 = next(stages)
+    assert method.noisy and results["round1/pseudo_labelled"] > 0
+    assert len(round1.data.train) == 8 + results["round1/pseudo_labelled"]
+    assert (round1.data.train.labels[8:] >= 4).all()  # pseudo-labels, marked
+    assert not method.teacher.training and method.student.net.drop.p == 0.2
+    assert all(not p.requires_grad for p in method.teacher.parameters())
+    method.train()
+    images = train.images[:8].float() / 255
+    assert method.student.training and not method.teacher.training
+    with torch.no_grad():
+        assert torch.equal(method.teacher(images), method.teacher(images))
+        assert not torch.equal(method.student(images), method.student(images))  # dropout, SD
+    torch.manual_seed(1)
+    assert not torch.equal(rand_augment(images, 2, 9), images)
+    out = method.training_step(images, round1.data.train.labels[:8])
+    assert torch.isfinite(out["loss"]) and out["labels"].max() < 4
+
+
+def test_stochastic_depth_drops_residual_branches_in_training_only():
+    torch.manual_seed(0)
+    model = build_model("resnet8", 4, [0.5] * 3, [0.25] * 3, drop_path_rate=0.5)
+    plain = build_model("resnet8", 4, [0.5] * 3, [0.25] * 3)
+    plain.load_state_dict(model.state_dict())
+    rates = [b.drop_path.drop_prob if hasattr(b.drop_path, "drop_prob") else 0.0
+             for stage in model.net.stages for b in stage]
+    assert rates == [0.0, 0.25, 0.5]  # linear decay to the last block
+    x = torch.rand(8, 3, 16, 16)
+    model.eval(), plain.eval()
+    assert torch.equal(model(x), plain(x))
+    model.train()
+    for module in model.modules():  # keep BatchNorm out of it: only the branches may differ
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.eval()
+    torch.manual_seed(1)
+    assert not torch.equal(model(x), plain(x))
+
+
+@pytest.mark.slow
+def test_two_rounds_run_through_the_cli_and_log_each_round(tmp_path, cli_env):
+    proc = subprocess.run(["kdrun", *TINY, "method=noisy_student", "method.rounds=2",
+                           "method.labelled_fraction=0.3", "epochs=2",
+                           f"hydra.run.dir={tmp_path}/run"], env=cli_env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = read_results(tmp_path / "run")
+    for r in range(3):
+        assert 0 <= results[f"round{r}/test/acc"] <= 100
+        assert (tmp_path / "run" / "checkpoints" / f"round{r}.pt").is_file()
+    assert results["test/acc"] == results["round2/test/acc"]
+    assert results["round1/pseudo_labelled"] > 0 and "teacher/test/acc" in results
