@@ -202,5 +202,8 @@ def test_compile_is_off_on_cpu_by_default_and_compiles_every_network_in_place():
     method = make_method("dml", **DML_SETTINGS)
     keys = list(method.state_dict())
     compile_networks(method)
-    assert all(net._compiled_call_impl is not None for net in method.networks)
+    compiled = [net._compiled_call_impl for net in method.networks]
+    assert all(c is not None for c in compiled)
+    compile_networks(method)  # a later stage: nothing is compiled twice
+    assert [net._compiled_call_impl for net in method.networks] == compiled
     assert list(method.state_dict()) == keys  # checkpoints stay loadable uncompiled

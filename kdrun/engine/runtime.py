@@ -73,7 +73,8 @@ def resolve_compile(setting: bool | None, device: torch.device) -> bool:
 
 
 def compile_networks(module: nn.Module) -> None:
-    """Compiles every network inside `module` in place, so state_dict keys do not change."""
+    """Compiles every network inside `module` in place, so state_dict keys do not change.
+    Networks compiled by an earlier stage or run (a cached teacher) are left as they are."""
     for network in module.modules():
-        if isinstance(network, Classifier):
+        if isinstance(network, Classifier) and network._compiled_call_impl is None:
             network.compile()
