@@ -6,9 +6,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import os
 import subprocess
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,7 @@ from kdrun.config import choice, register_configs, validate
 from kdrun.data import ImageData, load_dataset, make_loader
 from kdrun.data.datasets import named_dataset_cfg
 from kdrun.data.types import subset
-from kdrun.engine import checkpoint
+from kdrun.engine import checkpoint, distributed
 from kdrun.engine.runtime import (
     autocast,
     memory_format,
@@ -67,14 +69,16 @@ def run_session(cfg: DictConfig, run_dir: Path, sweep_group: str | None, run_nam
     """What every run shares: validation before any work, the run directory's record, the
     sinks (always closed), the data and the evaluation sets."""
     validate(cfg)
-    device = resolve_device(cfg.trainer.device)
+    device = distributed.device_for(resolve_device(cfg.trainer.device))
     info = run_info(device, cfg.trainer.precision)  # read now: the code this run starts from
-    run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    if distributed.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     sink = build_sinks(cfg, run_dir, sweep_group, run_name)
     try:
-        data = load_dataset(cfg.dataset, cfg.cache_dir)
-        eval_sets = load_eval_sets(cfg.eval, cfg.dataset, cfg.cache_dir)
+        with distributed.main_first():  # one download or decoding cache, then shared
+            data = load_dataset(cfg.dataset, cfg.cache_dir)
+            eval_sets = load_eval_sets(cfg.eval, cfg.dataset, cfg.cache_dir)
         precision = resolve_precision(choice(cfg.trainer.precision), device)
         yield Session(device, data, eval_sets, sink, functools.partial(autocast, device, precision),
                       dict(info))
@@ -112,7 +116,9 @@ def evaluate_beyond_clean(model: nn.Module, run: Session, cfg: DictConfig,
 
 def train(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
           run_name: str | None = None) -> dict[str, Any]:
-    """One whole training run; returns the flat results that also land in results.json."""
+    """One whole training run; returns the flat results that also land in results.json.
+    Under torch.distributed every rank trains; rank 0 alone evaluates beyond the clean test
+    set and writes the results."""
     with run_session(cfg, run_dir, sweep_group, run_name) as run:
         needs_teacher = METHODS.get(cfg.method.name).needs_teacher
         teacher = resolve_teacher(cfg, run.data, run.device, run.sink) if needs_teacher else None
@@ -122,13 +128,19 @@ def train(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
                                        drop_rate=cfg.student.drop_rate)
         method = build_method(cfg.method, make_model(cfg.student.arch), teacher,
                               cfg.teacher.corruption, make_model)
+        if distributed.world_size() > 1:  # the ranks' noise and dropout draws differ
+            seed_everything(cfg.seed + 1_000_003 * distributed.rank())
         layout = memory_format(cfg.trainer.channels_last)
         method.to(run.device, memory_format=layout)  # where work between stages runs
         context = StageContext(run_dir, run.device, run.autocast, layout,
                                cfg.dataset.image_size, cfg.seed, run.sink.log, run.sink.images,
                                run.results, functools.partial(_load_named, cfg))
         for stage in method.stages(run.data, cfg.epochs, context):
+            if stage.data is not run.data:  # synthesised or pseudo-labelled: rank 0's copy
+                stage.data = distributed.from_main(lambda s=stage: s.data)
             run.results.update(train_stage(cfg, run, run_dir, method, stage))
+        if not distributed.is_main():
+            return run.results
         student = method.eval_model()
         run.results["meta/student_arch"] = student.arch
         if method.teacher is not None:
@@ -183,7 +195,8 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path, sweep_group: str | None 
 def run_info(device: torch.device, precision) -> dict[str, str]:
     dtype = resolve_precision(choice(precision), device)
     return {"meta/git_commit": git_commit(), "meta/device": str(device),
-            "meta/precision": "fp32" if dtype is None else "bf16", "meta/torch": torch.__version__}
+            "meta/precision": "fp32" if dtype is None else "bf16", "meta/torch": torch.__version__,
+            "meta/processes": distributed.world_size()}
 
 
 def git_commit() -> str:
@@ -250,28 +263,80 @@ def expand_home(args: list[str]) -> list[str]:
     return expanded
 
 
+MULTIRUN_FLAGS = ("-m", "--multirun")
+# Under torchrun, ranks other than 0 leave the run directory, its .hydra/ and its log to rank 0.
+QUIET_RANK_OVERRIDES = ["hydra.run.dir=.", "hydra.output_subdir=null",
+                        "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+
+
 def main() -> None:
     sys.argv = expand_home(sys.argv)
-    hydra_main()
+    if distributed.launched_world_size() > 1:
+        if any(arg in MULTIRUN_FLAGS for arg in sys.argv[1:]):
+            sys.exit("kdrun: a sweep (-m) cannot run under torchrun: run the sweep without "
+                     "torchrun, with hydra/launcher=submitit_slurm and "
+                     "hydra.launcher.tasks_per_node=N for N processes per job")
+        distributed.init()
+        if not distributed.is_main():
+            sys.argv += QUIET_RANK_OVERRIDES
+    try:
+        hydra_main()
+    finally:
+        distributed.shutdown()
+    if sweep_failures():
+        sys.exit(1)
+
+
+def sweep_failures() -> int:
+    from kdrun.sweep import SweepSummary
+
+    return SweepSummary.failed_jobs
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
+    """Returns the run's `objective` (what a sweeper such as Optuna optimises); None for a
+    failed job of a sweep, whose error lands in its run directory while the sweep goes on
+    (Optuna records None as a failed trial; NaN would stop its sweeper)."""
+    distributed.init()  # a SLURM job with several tasks reaches here without main()
     hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
+    run_dir = Path(distributed.from_main(lambda: hydra_cfg.runtime.output_dir))
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run = evaluate_checkpoint if choice(cfg.mode) == "eval" else train
     try:
         results = run(cfg, run_dir, sweep_group=hydra_cfg.sweep.dir if multirun else None,
                       run_name=hydra_cfg.job.override_dirname or None)
+        if not distributed.is_main():  # rank 0 reports for the run
+            return math.nan
+        log.info("done\n%s", summary(cfg, results, run_dir))
+        return objective(cfg, results)
     except KdrunError as err:
         log.error("%s", err)
-        (run_dir / "error.txt").write_text(f"{err}\n")
+        record_error(run_dir, f"{err}\n")
         if multirun:  # the other jobs of the sweep go on
             return None
         sys.exit(1)
-    log.info("done\n%s", summary(cfg, results, run_dir))
-    return results["test/acc"]
+    except Exception:
+        record_error(run_dir, traceback.format_exc())
+        if not multirun:
+            raise
+        log.exception("this job failed (the sweep goes on); see %s", run_dir / "error.txt")
+        return None
+
+
+def objective(cfg: DictConfig, results: dict[str, Any]) -> float:
+    if cfg.objective not in results:
+        known = ", ".join(sorted(k for k in results if not k.startswith("meta/"))[:8])
+        raise KdrunError(f"objective={cfg.objective} is not a key of this run's results: "
+                         f"choose one of {known}, ...")
+    return float(results[cfg.objective])
+
+
+def record_error(run_dir: Path, text: str) -> None:
+    """error.txt in the run directory (error-rank<N>.txt for the other ranks of a torchrun)."""
+    rank = distributed.rank()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / ("error.txt" if rank == 0 else f"error-rank{rank}.txt")).write_text(text)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,7 @@ class TrainerConfig:
     precision: Precision = MISSING
     channels_last: bool = MISSING
     compile: bool | None = None
+    sync_bn: bool = MISSING
     max_steps: int | None = None
     resume: bool = MISSING
     eval_every: int = MISSING
@@ -152,6 +153,7 @@ class KdrunConfig:
     mode: Mode = MISSING
     checkpoint: str | None = None
     cache_dir: str = MISSING
+    objective: str = MISSING
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: ModelConfig = field(default_factory=ModelConfig)
@@ -193,6 +195,7 @@ def validate(cfg: DictConfig) -> None:
         _check(cfg.trainer.max_steps >= 1, "trainer.max_steps", cfg.trainer.max_steps,
                "use >= 1, or null for no limit")
     _check_device(cfg.trainer.device)
+    _check_distributed(cfg)
     _check_eval(cfg.eval)
     if choice(cfg.mode) == "eval":
         _check(cfg.checkpoint is not None and Path(cfg.checkpoint).expanduser().is_file(),
@@ -268,6 +271,26 @@ def _check_device(device: str) -> None:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"trainer.device={device} but no CUDA device is available: "
                           "use trainer.device=auto or cpu")
+
+
+def _check_distributed(cfg: DictConfig) -> None:
+    """What a run under torchrun (or a multi-task SLURM job) needs, checked on every rank."""
+    import torch
+
+    from kdrun.engine import distributed
+
+    world = distributed.launched_world_size()
+    if world == 1:
+        _check(not cfg.trainer.sync_bn, "trainer.sync_bn", True,
+               "synchronised BatchNorm needs several processes (torchrun); set it to false")
+        return
+    _check(choice(cfg.mode) == "train", "mode", choice(cfg.mode),
+           "mode=eval runs in one process: start it without torchrun")
+    distributed.local_batch_size(cfg.trainer.batch_size, "trainer.batch_size")
+    distributed.local_batch_size(cfg.teacher.batch_size, "teacher.batch_size")
+    if cfg.trainer.sync_bn:
+        _check(cfg.trainer.device != "cpu" and torch.cuda.is_available(), "trainer.sync_bn", True,
+               "torch's SyncBatchNorm runs on CUDA only: set it to false on CPUs")
 
 
 def check_optim(optim: DictConfig, key: str) -> None:

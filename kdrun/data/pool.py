@@ -10,6 +10,7 @@ import torch
 from torchvision.utils import save_image
 
 from kdrun.data.types import TensorSplit
+from kdrun.engine import distributed
 from kdrun.engine.checkpoint import load, save_atomic
 from kdrun.errors import DataNotFoundError
 
@@ -22,7 +23,8 @@ def save_pool(path: Path, split: TensorSplit, classes: list[str], meta: dict[str
                  "classes": list(classes), "meta": meta}, path)
     order = torch.argsort(split.labels[:GRID_IMAGES], stable=True)
     grid = path.with_suffix(".png")
-    save_image(split.images[:GRID_IMAGES][order].float() / 255, grid, nrow=8)
+    if distributed.is_main():
+            save_image(split.images[:GRID_IMAGES][order].float() / 255, grid, nrow=8)
     return grid
 
 

@@ -39,11 +39,15 @@ def holdout_split(split: TensorSplit, test_fraction: float, seed: int):
     return split.take(order[n_test:]), split.take(order[:n_test])
 
 
+def take(split, index: torch.Tensor):
+    """The examples at `index`, of an in-memory split or of a Dataset."""
+    if isinstance(split, TensorSplit):
+        return split.take(index)
+    return torch.utils.data.Subset(split, index.tolist())
+
+
 def subset(split, size: int | None, seed: int):
     """A seeded random subset of `size` examples (None or a larger size: the whole split)."""
     if size is None or size >= len(split):
         return split
-    index = seeded_permutation(len(split), seed)[:size]
-    if isinstance(split, TensorSplit):
-        return split.take(index)
-    return torch.utils.data.Subset(split, index.tolist())
+    return take(split, seeded_permutation(len(split), seed)[:size])

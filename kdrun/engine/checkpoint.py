@@ -1,5 +1,6 @@
 """Checkpoint files: written atomically (a crash never leaves half a file), read with
-weights_only=True (a checkpoint cannot run code)."""
+weights_only=True (a checkpoint cannot run code). Under torch.distributed only rank 0 writes:
+every rank holds the same weights."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ from typing import Any
 
 import torch
 
+from kdrun.engine import distributed
 from kdrun.errors import ConfigError
 from kdrun.models import Classifier, build_model
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
+    if not distributed.is_main():
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     torch.save(obj, tmp)

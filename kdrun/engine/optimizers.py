@@ -1,7 +1,7 @@
 """The optimisers of a run: the run's own optimiser for the parameters a method trains on
 'loss', plus one per parameter group the method declares (`Method.optimizer_groups`), each
 minimising its own 'loss/<group>'. All follow the run's learning-rate schedule, stepped once
-per batch."""
+per batch. Under torch.distributed the gradients are averaged across ranks before the step."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from kdrun.engine import distributed
 from kdrun.engine.schedule import build_scheduler
 from kdrun.methods import Method
 
@@ -43,6 +44,8 @@ class Optimizers:
             names = list(losses)
             for i, name in enumerate(names):
                 losses[name].backward(inputs=self.params[name], retain_graph=i < len(names) - 1)
+        for params in self.params.values():
+            distributed.average_gradients(params)
         for optimizer in self.optimizers.values():  # a group without a loss has no gradients:
             optimizer.step()                         # its step is a no-op
         for scheduler in self.schedulers.values():

@@ -1,10 +1,13 @@
 """Where a run's teacher comes from: a checkpoint file, timm's pretrained weights, or (`auto`)
 the teacher cache, keyed by data set, architecture, seed and training recipe. A missing cache
 entry is trained once with the vanilla recipe; a file lock makes concurrent sweep jobs wait for
-that one training instead of repeating it or reading half a file."""
+that one training instead of repeating it or reading half a file. Under torch.distributed rank
+0 holds the lock and reads the file, all ranks train a missing teacher together, and every
+rank gets rank 0's weights."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -17,7 +20,7 @@ from omegaconf import DictConfig
 
 from kdrun.config import to_dict
 from kdrun.data import ImageData
-from kdrun.engine import checkpoint
+from kdrun.engine import checkpoint, distributed
 from kdrun.engine.runtime import seed_everything
 from kdrun.engine.trainer import Recipe, Trainer
 from kdrun.methods.vanilla import Vanilla
@@ -32,7 +35,7 @@ RUNTIME_ONLY_DATASET_KEYS = ("download", "num_workers")
 def build_teacher(cfg: DictConfig) -> Classifier:
     t, d = cfg.teacher, cfg.dataset
     return build_model(t.arch, d.num_classes, d.mean, d.std, drop_rate=t.drop_rate,
-                       pretrained=t.checkpoint == "pretrained")
+                       pretrained=t.checkpoint == "pretrained" and distributed.is_main())
 
 
 def teacher_recipe(cfg: DictConfig) -> Recipe:
@@ -60,9 +63,11 @@ def resolve_teacher(cfg: DictConfig, data: ImageData, device: torch.device, sink
     source = cfg.teacher.checkpoint
     if source == "pretrained":
         log.info("teacher: timm pretrained %s", cfg.teacher.arch)
+        distributed.copy_from_main(teacher)
         return teacher
     path = Path(source).expanduser() if source != "auto" else _cached(cfg, data, device, sink)
-    meta = checkpoint.load_model(teacher, path)
+    meta = distributed.from_main(lambda: checkpoint.load_model(teacher, path))
+    distributed.copy_from_main(teacher)
     log.info("teacher: %s from %s%s", cfg.teacher.arch, path,
              f" (test acc {meta['test/acc']:.2f}% when trained)" if "test/acc" in meta else "")
     return teacher
@@ -72,8 +77,9 @@ def _cached(cfg: DictConfig, data: ImageData, device: torch.device, sink) -> Pat
     entry = cache_entry(cfg)
     path = entry / "teacher.pt"
     entry.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(entry) + ".lock"):
-        if path.is_file():
+    lock = FileLock(str(entry) + ".lock") if distributed.is_main() else contextlib.nullcontext()
+    with lock:
+        if distributed.from_main(path.is_file):
             return path
         log.info("teacher: no cached %s for this recipe; training it first (cached in %s)",
                  cfg.teacher.arch, entry)

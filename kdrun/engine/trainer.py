@@ -1,6 +1,8 @@
 """The training loop. It knows the method protocol only: batches go to `training_step`, the
 returned 'loss' is minimised, scalar extras are logged. Metrics accumulate on the device and
-are read once per log interval, so the step has no host sync."""
+are read once per log interval, so the step has no host sync. Under torch.distributed each
+rank trains on its share of the global batch (see engine/distributed.py); metrics are summed
+over ranks and only rank 0 writes."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from kdrun.config import choice
 from kdrun.data import ImageData, make_loader
-from kdrun.engine import checkpoint
+from kdrun.engine import checkpoint, distributed
 from kdrun.engine.optimizers import Optimizers
 from kdrun.engine.runtime import (
     autocast,
@@ -89,10 +91,13 @@ class Trainer:
         final metrics (test/*, teacher/test/* when the method has a teacher, train/*)."""
         train_loader = make_loader(data.train, recipe.batch_size, self.device, self.seed,
                                    train=True, dataset_cfg=self.dataset_cfg,
-                                   augment=not method.augments_batches)
+                                   augment=not method.augments_batches, shard=True)
         test_loader = make_loader(data.test, self.cfg.eval_batch_size, self.device, self.seed,
-                                  train=False, dataset_cfg=self.dataset_cfg)
+                                  train=False, dataset_cfg=self.dataset_cfg, shard=True)
+        if self.cfg.sync_bn:
+            distributed.synchronise_batchnorm(method)
         method.to(self.device, memory_format=self.memory_format)
+        distributed.copy_from_main(method)  # networks a stage built start equal on every rank
         if self.compile:
             compile_networks(method)
         optimizers = Optimizers(method, recipe.optim, recipe.sched, len(train_loader),
@@ -110,6 +115,7 @@ class Trainer:
             last, complete = self._train_epoch(method, train_loader, optimizers, progress,
                                                recipe.epochs, max_steps)
             synchronize(self.device)
+            distributed.average_buffers(method)
             train_time += time.perf_counter() - start
             images_seen += last.pop("images")
             progress.epoch += complete
@@ -152,8 +158,10 @@ class Trainer:
         counts: dict[str, int] = {}  # images behind each (a group's loss may skip steps)
         correct = torch.zeros((), device=self.device)
         seen, batches, interval_start, interval_images = 0, 0, time.perf_counter(), 0
+        world = distributed.world_size()
         bar = tqdm(total=len(loader), desc=f"{self.label}epoch {epoch + 1}/{epochs}",
-                   disable=None if self.cfg.progress else True, leave=False)
+                   disable=None if self.cfg.progress and distributed.is_main() else True,
+                   leave=False)
         with logging_redirect_tqdm():
             for images, labels in loader:
                 out = train_step(method, optimizers, images, labels, self.autocast,
@@ -161,7 +169,7 @@ class Trainer:
                 progress.step += 1
                 n = len(labels)
                 seen += n
-                interval_images += n
+                interval_images += n * world
                 targets = out.get("labels", labels)  # a method may re-encode its labels
                 correct += (out["logits"].detach().argmax(dim=1) == targets).sum()
                 for key, value in out.items():
@@ -184,9 +192,14 @@ class Trainer:
                     break
         bar.close()
         complete = batches == len(loader)
-        metrics = {f"train/{k}": (v / counts[k]).item() for k, v in totals.items()}
-        metrics["train/acc"] = 100 * correct.item() / seen
-        metrics["images"] = seen
+        keys = list(totals)  # the same on every rank: the method's step decides them
+        sums = distributed.sum_across_ranks(torch.stack(
+            [totals[k] for k in keys]
+            + [torch.tensor(float(counts[k]), device=self.device) for k in keys]
+            + [correct.float(), torch.tensor(float(seen), device=self.device)])).tolist()
+        metrics = {f"train/{k}": sums[i] / sums[len(keys) + i] for i, k in enumerate(keys)}
+        metrics["train/acc"] = 100 * sums[-2] / sums[-1]
+        metrics["images"] = int(sums[-1])
         return metrics, complete
 
     def _save(self, method, optimizers: Optimizers, progress: _Progress) -> None:
@@ -199,10 +212,10 @@ class Trainer:
 
     def _resume(self, method, optimizers: Optimizers) -> _Progress:
         path = self.checkpoint_path
-        if not path.is_file():
+        state = distributed.from_main(lambda: checkpoint.load(path) if path.is_file() else None)
+        if state is None:
             log.info("trainer.resume: no checkpoint at %s, starting from scratch", path)
             return _Progress()
-        state = checkpoint.load(path, self.device)
         method.load_state_dict(state["method"])
         optimizers.load_state_dict(state["optimizers"])
         torch.set_rng_state(state["torch_rng"].cpu())

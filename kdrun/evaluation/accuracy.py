@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdrun.engine import distributed
 from kdrun.evaluation.calibration import calibration_bins
 
 
@@ -25,9 +26,10 @@ class _Tally:
         return top[:, 0]
 
     def metrics(self, n: int, prefix: str) -> dict[str, float]:
-        return {f"{prefix}acc": 100 * self.correct1.item() / n,
-                f"{prefix}top5": 100 * self.correct5.item() / n,
-                f"{prefix}loss": self.loss.item() / n}
+        correct1, correct5, loss = distributed.sum_across_ranks(
+            torch.stack([self.correct1, self.correct5, self.loss])).tolist()
+        return {f"{prefix}acc": 100 * correct1 / n, f"{prefix}top5": 100 * correct5 / n,
+                f"{prefix}loss": loss / n}
 
 
 @torch.inference_mode()
@@ -35,7 +37,8 @@ def evaluate(model: nn.Module, loader, autocast_ctx, teacher: nn.Module | None =
              bins: int = 15) -> dict[str, float]:
     """Keys: test/acc, test/top5, test/loss, calib/ece (`bins` confidence bins); with a teacher
     also teacher/test/* and test/agreement (the share of test images on which both predict
-    the same class)."""
+    the same class). Under torch.distributed every rank must call it, each with its part of
+    the test set (`make_loader(shard=True)`): the sums are reduced across ranks."""
     model.eval()
     device = next(model.parameters()).device
     student_tally, teacher_tally = _Tally(device), _Tally(device)
@@ -54,9 +57,16 @@ def evaluate(model: nn.Module, loader, autocast_ctx, teacher: nn.Module | None =
         if teacher_logits is not None:
             agree += (teacher_tally.add(teacher_logits, labels) == prediction).sum()
         n += len(labels)
+    n = int(distributed.sum_across_ranks(torch.tensor(n, device=device)))
     results = student_tally.metrics(n, "test/")
-    results["calib/ece"] = calibration_bins(torch.cat(confidence), torch.cat(correct), bins)["ece"]
+    confidence = distributed.gather(torch.cat(confidence) if confidence else _empty(device))
+    correct = distributed.gather(torch.cat(correct) if correct else _empty(device, torch.bool))
+    results["calib/ece"] = calibration_bins(confidence, correct, bins)["ece"]
     if teacher is not None:
         results.update(teacher_tally.metrics(n, "teacher/test/"))
-        results["test/agreement"] = 100 * agree.item() / n
+        results["test/agreement"] = 100 * distributed.sum_across_ranks(agree).item() / n
     return results
+
+
+def _empty(device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.zeros(0, device=device, dtype=dtype)

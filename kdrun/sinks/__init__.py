@@ -9,6 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from kdrun.engine import distributed
 from kdrun.sinks.local import LocalSink
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,10 @@ class PrefixedSink(Sink):
 
 def build_sinks(cfg: DictConfig, run_dir: Path, sweep_group: str | None,
                 run_name: str | None) -> MultiSink:
+    """Under torch.distributed only rank 0 records (its metrics are already summed over
+    ranks)."""
+    if not distributed.is_main():
+        return MultiSink([])
     sinks: list = [LocalSink(run_dir)]
     if cfg.logger.name == "wandb":
         from kdrun.sinks.wandb import open_wandb_sink

@@ -1,0 +1,43 @@
+"""The record a sweep leaves when its last job ends, whichever launcher ran the jobs (local,
+joblib, submitit) and whichever sweeper chose them (grid, Optuna): every job's status, its
+overrides and its objective, in `<sweep dir>/summary.json` and in the log."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from kdrun.report import find_runs
+
+log = logging.getLogger("kdrun")
+
+
+class SweepSummary(Callback):
+    failed_jobs = 0  # read by kdrun's main(): a sweep with failed jobs exits with status 1
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        jobs = summarise_sweep(sweep_dir)
+        (sweep_dir / "summary.json").write_text(json.dumps(jobs, indent=2) + "\n")
+        failed = [job for job in jobs if job["status"] != "ok"]
+        SweepSummary.failed_jobs = len(failed)
+        log.info("sweep %s: %d jobs, %d ok, %d failed or unfinished (summary.json)", sweep_dir,
+                 len(jobs), len(jobs) - len(failed), len(failed))
+        for job in failed:
+            log.error("  %s %s: %s", job["status"], job["dir"], job["error"] or "no results.json")
+
+
+def summarise_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
+    jobs = []
+    for run in find_runs(sweep_dir):
+        key = run.config.get("objective", "test/acc")
+        value = (run.results or {}).get(key)
+        jobs.append({"dir": str(run.path.relative_to(sweep_dir)), "status": run.status,
+                     "overrides": run.settings, "objective": key, "value": value,
+                     "error": run.error.splitlines()[-1] if run.error else None})
+    return jobs
