@@ -134,7 +134,10 @@ def train(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
         method.to(run.device, memory_format=layout)  # where work between stages runs
         context = StageContext(run_dir, run.device, run.autocast, layout,
                                cfg.dataset.image_size, cfg.seed, run.sink.log, run.sink.images,
-                               run.results, functools.partial(_load_named, cfg))
+                               run.results, functools.partial(_load_named, cfg),
+                               functools.partial(make_loader, device=run.device, seed=cfg.seed,
+                                                 train=False, dataset_cfg=cfg.dataset,
+                                                 shard=True))
         for stage in method.stages(run.data, cfg.epochs, context):
             if stage.data is not run.data:  # synthesised or pseudo-labelled: rank 0's copy
                 stage.data = distributed.from_main(lambda s=stage: s.data)

@@ -8,28 +8,37 @@ import subprocess
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from kdrun.data import ImageData, TensorSplit
+from kdrun.data import ImageData, TensorSplit, make_loader
 from kdrun.data.augment import rand_augment
 from kdrun.methods.base import StageContext
 from kdrun.methods.pseudo_labels import predict, select
 from kdrun.models import build_model
 
 from conftest import TINY, read_results
+from test_data import write_image_folder
 from test_methods import NS_SETTINGS, make_method
 
 CPU = torch.device("cpu")
 
 
+def eval_loader(split, batch_size):
+    return make_loader(split, batch_size, CPU, seed=0, train=False,
+                       dataset_cfg=OmegaConf.create({"crop_padding": 4, "hflip": True,
+                                                   "num_workers": 0}))
+
+
 def test_pseudo_labels_come_from_the_teacher_in_eval_mode():
     torch.manual_seed(0)
     teacher = build_model("resnet8", 4, [0.5] * 3, [0.25] * 3, drop_rate=0.5).train()
-    images = torch.randint(0, 256, (12, 3, 16, 16), dtype=torch.uint8)
-    first = predict(teacher, images, 5, CPU, contextlib.nullcontext)
-    second = predict(teacher, images, 5, CPU, contextlib.nullcontext)
+    split = TensorSplit(torch.randint(0, 256, (12, 3, 16, 16), dtype=torch.uint8),
+                        torch.zeros(12, dtype=torch.long))
+    first = predict(teacher, eval_loader(split, 5), contextlib.nullcontext)
+    second = predict(teacher, eval_loader(split, 5), contextlib.nullcontext)
     assert not teacher.training
-    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
-    assert ((first[1] > 0) & (first[1] <= 1)).all()
+    assert first.shape == (12, 4) and torch.equal(first, second)
+    assert torch.allclose(first.float().sum(dim=1), torch.ones(12), atol=1e-2)
 
 
 def test_balancing_keeps_the_most_confident_and_repeats_rare_classes():
@@ -50,7 +59,7 @@ def stage_context(results: dict) -> StageContext:
     return StageContext(run_dir=None, device=CPU, autocast=contextlib.nullcontext,
                         memory_format=torch.contiguous_format, image_size=16, seed=0,
                         log=lambda row: None, images=lambda files: None, results=results,
-                        load_dataset=None)
+                        load_dataset=None, eval_loader=eval_loader)
 
 
 def test_noise_is_on_for_the_student_and_off_for_the_teacher():
@@ -68,6 +77,7 @@ def test_noise_is_on_for_the_student_and_off_for_the_teacher():
     assert method.noisy and results["round1/pseudo_labelled"] > 0
     assert len(round1.data.train) == 8 + results["round1/pseudo_labelled"]
     assert (round1.data.train.labels[8:] >= 4).all()  # pseudo-labels, marked
+    assert len(method.pseudo_targets) == results["round1/pseudo_labelled"]
     assert not method.teacher.training and method.student.net.drop.p == 0.2
     assert all(not p.requires_grad for p in method.teacher.parameters())
     method.train()
@@ -114,3 +124,52 @@ def test_two_rounds_run_through_the_cli_and_log_each_round(tmp_path, cli_env):
         assert (tmp_path / "run" / "checkpoints" / f"round{r}.pt").is_file()
     assert results["test/acc"] == results["round2/test/acc"]
     assert results["round1/pseudo_labelled"] > 0 and "teacher/test/acc" in results
+
+
+def test_large_images_are_noised_per_image_in_the_dataloader_workers(tmp_path):
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms import v2
+
+    from kdrun.data.augment import center_crop_transform, resized_crop_transform
+
+    write_image_folder(tmp_path / "train", ["a", "b", "c", "d"], 4, size=24)
+    train = ImageFolder(str(tmp_path / "train"), transform=resized_crop_transform(16, True))
+    test = ImageFolder(str(tmp_path / "train"), transform=center_crop_transform(16))
+    method = make_method("noisy_student", **{**NS_SETTINGS, "threshold": 0.0, "balance": False})
+    results = {}
+    stages = method.stages(ImageData(train, test, train.classes), 1, stage_context(results))
+    round0 = next(stages)
+    assert not method.augments_batches and len(round0.data.train) == 4  # 25 % of 16
+    round1 = next(stages)
+    assert results["round1/pseudo_labelled"] == 12  # every unlabelled image, kept
+    labelled, pseudo = round1.data.train.datasets
+    for part in (labelled, pseudo):
+        folder = part.dataset.dataset if hasattr(part.dataset, "dataset") else part.dataset
+        assert any(isinstance(t, v2.RandAugment) for t in folder.transform.transforms)
+    image, label = pseudo[0]
+    assert image.shape == (3, 16, 16) and label >= 4  # marked as a pseudo-label
+    assert train.transform is round0.data.train.dataset.transform  # the original is untouched
+    batch = torch.stack([pseudo[i][0] for i in range(4)])
+    out = method.training_step(batch, torch.tensor([pseudo[i][1] for i in range(4)]))
+    assert torch.isfinite(out["loss"]) and out["labels"].max() < 4
+
+
+@pytest.mark.slow
+def test_imagenet_layout_with_an_unlabelled_folder_runs_through_the_cli(tmp_path, cli_env):
+    write_image_folder(tmp_path / "imagenet" / "train", ["n01", "n02"], 6, size=40)
+    write_image_folder(tmp_path / "imagenet" / "val", ["n01", "n02"], 2, size=40)
+    write_image_folder(tmp_path / "extra", ["any", "nesting"], 3, size=40)
+    overrides = [o for o in TINY if not o.startswith(("dataset=", "trainer.batch_size"))]
+    proc = subprocess.run(["kdrun", *overrides, "dataset=imagenet",
+                           f"dataset.root={tmp_path}/imagenet", "dataset.num_classes=2",
+                           "dataset.image_size=32", "dataset.num_workers=0",
+                           "trainer.batch_size=4", "method=noisy_student", "method.rounds=1",
+                           "method.labelled_fraction=1", "method.unlabelled=folder",
+                           f"method.unlabelled_root={tmp_path}/extra", "method.threshold=0",
+                           "method.balance=false", f"hydra.run.dir={tmp_path}/run"],
+                          env=cli_env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = read_results(tmp_path / "run")
+    assert results["round1/pseudo_labelled"] == 6
+    assert results["train/steps"] == (12 + 6) // 4  # round 1: labelled + pseudo-labelled
+    assert 0 <= results["round0/test/acc"] <= 100 and 0 <= results["round1/test/acc"] <= 100

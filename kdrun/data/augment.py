@@ -59,6 +59,23 @@ def color_jitter(images: torch.Tensor, brightness: float, contrast: float, satur
     return images
 
 
+def resized_crop_transform(size: int, hflip: bool,
+                           randaugment: tuple[int, int] | None = None) -> v2.Compose:
+    """Large images, one at a time in DataLoader workers: a random resized crop and flip (and
+    RandAugment N, M on the crop, for a noised student), as float in [0, 1]."""
+    steps = [v2.RandomResizedCrop(size, antialias=True)]
+    steps += [v2.RandomHorizontalFlip()] if hflip else []
+    steps += [v2.ToImage()]
+    steps += [v2.RandAugment(*randaugment)] if randaugment else []
+    return v2.Compose(steps + [v2.ToDtype(torch.float32, scale=True)])
+
+
+def center_crop_transform(size: int) -> v2.Compose:
+    """Large images for evaluation: resized so the centre crop keeps 87.5 % of the side."""
+    return v2.Compose([v2.Resize(round(size / 0.875), antialias=True), v2.CenterCrop(size),
+                       v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+
+
 def rand_augment(images: torch.Tensor, num_ops: int, magnitude: int) -> torch.Tensor:
     """torchvision's RandAugment (Cubuk et al., arXiv 1909.13719) with its own draw per image,
     on float images in [0, 1] (it works on uint8, so the batch is quantised on the way)."""

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
+from kdrun.data.augment import center_crop_transform, resized_crop_transform
 from kdrun.data.image_folder import is_image_folder, read_image_folder
 from kdrun.data.pool import load_pool
 from kdrun.data.types import ImageData, TensorSplit, holdout_split, subset
@@ -154,20 +155,14 @@ def load_cinic10(cfg: DictConfig, root: Path, cache_dir: Path) -> ImageData:
 def load_imagenet(cfg: DictConfig, root: Path, cache_dir: Path) -> ImageData:
     """Large images stay on disk and go through DataLoader workers with torchvision transforms."""
     from torchvision import datasets
-    from torchvision.transforms import v2
 
     test_dir = next((root / n for n in TEST_FOLDER_NAMES if is_image_folder(root / n)), None)
     if not is_image_folder(root / "train") or test_dir is None:
         raise _missing("ImageNet", root, "train/ and val/ class folders (ILSVRC-2012 layout)",
                        "get it from https://image-net.org (it cannot be downloaded automatically)")
-    to_float = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
-    size = cfg.image_size
-    train_tf = v2.Compose([v2.RandomResizedCrop(size, antialias=True)]
-                          + ([v2.RandomHorizontalFlip()] if cfg.hflip else []) + to_float)
-    test_tf = v2.Compose([v2.Resize(round(size / 0.875), antialias=True), v2.CenterCrop(size)]
-                         + to_float)
-    train = datasets.ImageFolder(str(root / "train"), transform=train_tf)
-    test = datasets.ImageFolder(str(test_dir), transform=test_tf)
+    train = datasets.ImageFolder(str(root / "train"),
+                                 transform=resized_crop_transform(cfg.image_size, cfg.hflip))
+    test = datasets.ImageFolder(str(test_dir), transform=center_crop_transform(cfg.image_size))
     return ImageData(train, test, train.classes)
 
 

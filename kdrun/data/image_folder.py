@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import Dataset
 
 from kdrun.data.types import TensorSplit
+from kdrun.errors import DataNotFoundError
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -48,6 +50,38 @@ def read_image_folder(root: Path, image_size: int,
     torch.save({"images": split.images, "labels": split.labels, "classes": classes}, tmp)
     os.replace(tmp, cache)
     return split, classes
+
+
+def list_image_files(root: Path) -> list[Path]:
+    """Every image under `root`, at any depth, in a fixed order (no classes: unlabelled)."""
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataNotFoundError(f"no images (.jpg, .png, ...) under {root}: point "
+                                "method.unlabelled_root at a folder of images")
+    return files
+
+
+def read_images(files: list[Path], image_size: int) -> TensorSplit:
+    """Small images decoded into memory, labelled 0 (their labels are never read)."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        images = list(pool.map(lambda f: _decode(f, image_size), files))
+    return TensorSplit(torch.stack(images), torch.zeros(len(files), dtype=torch.long))
+
+
+class ImageFiles(Dataset):
+    """Large images read from disk one at a time (DataLoader path), labelled 0."""
+
+    def __init__(self, files: list[Path], transform=None):
+        self.files = files
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        with Image.open(self.files[i]) as image:
+            image = image.convert("RGB")
+        return (self.transform(image) if self.transform else image), 0
 
 
 def _decode(path: Path, image_size: int) -> torch.Tensor:

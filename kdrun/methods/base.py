@@ -50,6 +50,8 @@ class StageContext:
     images: Callable[[dict[str, Path]], None]  # PNG files by key
     results: dict[str, Any]  # figures for results.json
     load_dataset: Callable[[str, str | None], ImageData]  # another data set by name (and root)
+    eval_loader: Callable[[Any, int], Any]  # (split, batch size) -> un-augmented batches, in
+                                            # order; under torch.distributed this rank's part
 
 
 def freeze(model: nn.Module) -> nn.Module:

@@ -3,26 +3,25 @@ filtered by confidence and balanced across classes (Xie et al., Noisy Student)."
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 
+from kdrun.engine import distributed
+
 
 @torch.inference_mode()
-def predict(teacher: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device,
-            autocast_ctx: Callable) -> tuple[torch.Tensor, torch.Tensor]:
-    """(predicted class, its probability) for uint8 images, with the teacher in eval mode."""
+def predict(teacher: nn.Module, batches: Iterable, autocast_ctx: Callable) -> torch.Tensor:
+    """The teacher's class probabilities (float16, on the CPU), in eval mode, for every image
+    of an evaluation loader, in order. Under torch.distributed each rank scores its part (a
+    sharded loader) and every rank gets the whole, so all select the same images."""
     teacher.eval()
-    classes, confidences = [], []
-    for i in range(0, len(images), batch_size):
-        batch = images[i:i + batch_size].to(device).float() / 255
+    parts = [torch.zeros(0, teacher.num_classes, dtype=torch.float16)]
+    for images, _ in batches:
         with autocast_ctx():
-            probabilities = teacher(batch).float().softmax(dim=1)
-        confidence, predicted = probabilities.max(dim=1)
-        classes.append(predicted.cpu())
-        confidences.append(confidence.cpu())
-    return torch.cat(classes), torch.cat(confidences)
+            parts.append(teacher(images).float().softmax(dim=1).half().cpu())
+    return distributed.gather(torch.cat(parts))
 
 
 def select(predicted: torch.Tensor, confidence: torch.Tensor, num_classes: int,
