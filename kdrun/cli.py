@@ -139,8 +139,6 @@ def train(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
                                                  train=False, dataset_cfg=cfg.dataset,
                                                  shard=True))
         for stage in method.stages(run.data, cfg.epochs, context):
-            if stage.data is not run.data:  # synthesised or pseudo-labelled: rank 0's copy
-                stage.data = distributed.from_main(lambda s=stage: s.data)
             run.results.update(train_stage(cfg, run, run_dir, method, stage))
         if not distributed.is_main():
             return run.results

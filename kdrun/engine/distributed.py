@@ -169,6 +169,15 @@ def gather(values: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts).to(values.device)
 
 
+def every_rank(value: T) -> list[T]:
+    """Each rank's `value`, in rank order, on every rank (small objects: RNG states)."""
+    if world_size() == 1:
+        return [value]
+    values: list = [None] * world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
 def shard_indices(n: int) -> torch.Tensor:
     """This rank's part of n items (evaluation: each rank scores a part, sums are reduced)."""
     return torch.tensor_split(torch.arange(n), world_size())[rank()]

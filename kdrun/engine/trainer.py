@@ -203,11 +203,13 @@ class Trainer:
         return metrics, complete
 
     def _save(self, method, optimizers: Optimizers, progress: _Progress) -> None:
+        """Every rank's random state is kept (each draws its own noise), written by rank 0."""
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
         state = {"epoch": progress.epoch, "step": progress.step, "best_acc": progress.best_acc,
                  "method": method.state_dict(), "optimizers": optimizers.state_dict(),
-                 "torch_rng": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+                 "rng": distributed.every_rank(rng)}
         checkpoint.save_atomic(state, self.checkpoint_path)
 
     def _resume(self, method, optimizers: Optimizers) -> _Progress:
@@ -218,8 +220,9 @@ class Trainer:
             return _Progress()
         method.load_state_dict(state["method"])
         optimizers.load_state_dict(state["optimizers"])
-        torch.set_rng_state(state["torch_rng"].cpu())
-        if "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
+        rng = state["rng"][distributed.rank() % len(state["rng"])]  # N may have changed
+        torch.set_rng_state(rng["torch"].cpu())
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)
         log.info("resumed from %s at epoch %d (step %d)", path, state["epoch"], state["step"])
         return _Progress(state["epoch"], state["step"], state["best_acc"])

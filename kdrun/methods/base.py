@@ -89,7 +89,9 @@ class Method(nn.Module):
 
     def stages(self, data: ImageData, epochs: int, context: StageContext) -> Iterator[Stage]:
         """The run's training stages, in order. Work between stages (synthesis) happens when
-        the next one is asked for, with the networks as the previous stage left them."""
+        the next one is asked for, with the networks as the previous stage left them. Under
+        torch.distributed every rank runs it and must arrive at the same data: share the work
+        out (`context.eval_loader` gives each rank its part) and gather the results."""
         yield Stage("train", data, epochs)
 
     def peer_models(self) -> dict[str, nn.Module]:

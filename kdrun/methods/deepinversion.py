@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 
 import torch
 
 from kdrun.data import ImageData, TensorSplit
 from kdrun.data.pool import load_pool, save_pool
+from kdrun.engine import distributed
 from kdrun.engine.runtime import synchronize
 from kdrun.errors import require
 from kdrun.methods.base import METHODS, Stage, StageContext
@@ -60,22 +62,31 @@ class DeepInversion(KD):
         """`size` images with balanced labels, saved as <run dir>/synthetic/<name> (read back
         instead when a resumed run finds it there)."""
         path = context.run_dir / "synthetic" / name
-        if path.is_file():
-            return load_pool(path)[0]
+        saved = distributed.from_main(lambda: load_pool(path)[0] if path.is_file() else None)
+        if saved is not None:
+            return saved
         return self._synthesize(classes, size, path, context, student)
 
     def _synthesize(self, classes, size, path, context: StageContext, student) -> TensorSplit:
-        generator = torch.Generator().manual_seed(context.seed)
-        labels = balanced_labels(size, len(classes), generator)
+        """Batch b starts from its own seeded noise (seeded by the run's seed and the pool's
+        name, so each pool of a run starts elsewhere), so under torch.distributed each rank
+        synthesises a contiguous share of the batches and the pool is the same for any
+        number of ranks."""
+        seed = context.seed * 1_000_003 + zlib.crc32(path.name.encode())
+        labels = balanced_labels(size, len(classes), torch.Generator().manual_seed(seed))
         synthesizer = Synthesizer(self.teacher, self.settings, context.autocast, context.log,
                                   context.memory_format)
+        starts = range(0, size, self.batch_size)
+        size_px = context.image_size
+        images = [torch.zeros(0, 3, size_px, size_px, dtype=torch.uint8)]
         start = time.perf_counter()
-        images = [synthesizer.batch(labels[i:i + self.batch_size].to(context.device),
-                                    context.image_size, generator, student).cpu()
-                  for i in range(0, size, self.batch_size)]
+        for b in distributed.shard_indices(len(starts)).tolist():
+            generator = torch.Generator().manual_seed(seed + 1 + b)
+            batch_labels = labels[starts[b]:starts[b] + self.batch_size].to(context.device)
+            images.append(synthesizer.batch(batch_labels, size_px, generator, student).cpu())
         synchronize(context.device)
         elapsed = time.perf_counter() - start
-        pool = TensorSplit(torch.cat(images), labels)
+        pool = TensorSplit(distributed.gather(torch.cat(images)), labels)
         grid = save_pool(path, pool, classes, meta={
             "method": type(self).__name__, "teacher": self.teacher.arch,
             "iterations": self.settings.iterations, "seconds": elapsed})
