@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import math
 import os
 import subprocess
 import sys
@@ -48,6 +47,7 @@ from kdrun.methods import METHODS, build_method
 from kdrun.methods.base import StageContext
 from kdrun.models import build_model
 from kdrun.sinks import MultiSink, build_sinks
+from kdrun.sweep import SweepSummary
 
 log = logging.getLogger("kdrun")
 register_configs()
@@ -284,14 +284,8 @@ def main() -> None:
         hydra_main()
     finally:
         distributed.shutdown()
-    if sweep_failures():
+    if SweepSummary.failed_jobs:
         sys.exit(1)
-
-
-def sweep_failures() -> int:
-    from kdrun.sweep import SweepSummary
-
-    return SweepSummary.failed_jobs
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -308,7 +302,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         results = run(cfg, run_dir, sweep_group=hydra_cfg.sweep.dir if multirun else None,
                       run_name=hydra_cfg.job.override_dirname or None)
         if not distributed.is_main():  # rank 0 reports for the run
-            return math.nan
+            return None
         log.info("done\n%s", summary(cfg, results, run_dir))
         return objective(cfg, results)
     except KdrunError as err:
