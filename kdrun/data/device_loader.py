@@ -121,8 +121,9 @@ def make_loader(split: TensorSplit | Dataset, batch_size: int, device: torch.dev
     """`augment=False`: training batches without the data set's crop/flip, for methods that
     distort batches themselves. `shard=True`: this rank's part under torch.distributed
     (`batch_size` stays the global batch when training)."""
-    ranks = (distributed.rank(), distributed.world_size()) if shard and train else (0, 1)
-    if shard and not train:
+    sharded = shard and distributed.world_size() > 1
+    ranks = (distributed.rank(), distributed.world_size()) if sharded and train else (0, 1)
+    if sharded and not train:
         split = take(split, distributed.shard_indices(len(split)))
     if isinstance(split, TensorSplit):
         return DeviceLoader(split, batch_size, device, seed, train,
