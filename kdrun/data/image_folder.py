@@ -42,9 +42,8 @@ def read_image_folder(root: Path, image_size: int,
         stored = torch.load(cache, weights_only=True)
         return TensorSplit(stored["images"], stored["labels"]), stored["classes"]
     log.info("decoding %d images under %s (once; cached in %s)", len(files), root, cache_dir)
-    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
-        images = list(pool.map(lambda f: _decode(f[0], image_size), files))
-    split = TensorSplit(torch.stack(images), torch.tensor([label for _, label in files]))
+    images = read_images([path for path, _ in files], image_size).images
+    split = TensorSplit(images, torch.tensor([label for _, label in files]))
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(f".tmp{os.getpid()}")
     torch.save({"images": split.images, "labels": split.labels, "classes": classes}, tmp)
@@ -62,7 +61,7 @@ def list_image_files(root: Path) -> list[Path]:
 
 
 def read_images(files: list[Path], image_size: int) -> TensorSplit:
-    """Small images decoded into memory, labelled 0 (their labels are never read)."""
+    """Small images decoded into memory (in threads), labelled 0."""
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
         images = list(pool.map(lambda f: _decode(f, image_size), files))
     return TensorSplit(torch.stack(images), torch.zeros(len(files), dtype=torch.long))
