@@ -10,8 +10,6 @@ import os
 import subprocess
 import sys
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,98 +18,69 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
-from kdrun.config import choice, register_configs, validate
+from kdrun.config import choice
 from kdrun.data import ImageData, load_dataset, make_loader
-from kdrun.data.datasets import named_dataset_cfg
-from kdrun.data.types import subset
-from kdrun.engine import checkpoint, distributed
-from kdrun.engine.runtime import (
-    autocast,
-    memory_format,
-    resolve_device,
-    resolve_precision,
-    seed_everything,
-)
-from kdrun.engine.teachers import resolve_teacher
-from kdrun.engine.trainer import Recipe, Trainer
 from kdrun.errors import KdrunError
 from kdrun.evaluation.accuracy import evaluate
-from kdrun.evaluation.attacks import robust_accuracy
-from kdrun.evaluation.calibration import calibration_bins
-from kdrun.evaluation.corruptions import corruption_accuracy
-from kdrun.evaluation.plots import reliability_diagram, robustness_curve
-from kdrun.evaluation.shift import evaluate_shift_and_ood, load_eval_sets, predictions
-from kdrun.methods import METHODS, build_method
-from kdrun.methods.base import StageContext
+from kdrun.evaluation.shift import load_eval_sets
+from kdrun.evaluation.suite import evaluate_beyond_clean
+from kdrun.methods import METHODS, Method, Networks, build_method
+from kdrun.methods.base import Stage
 from kdrun.models import build_model
-from kdrun.sinks import MultiSink, build_sinks
+from kdrun.models.files import load_classifier, save_model
+from kdrun.models.prepare import prepare
+from kdrun.options import register_configs
+from kdrun.runtime import distributed
+from kdrun.runtime.device import seed_everything
+from kdrun.runtime.run import Run
+from kdrun.sinks import build_sinks
 from kdrun.sweep import SweepSummary
+from kdrun.training.teachers import resolve_teacher
+from kdrun.training.trainer import Recipe, Trainer
+from kdrun.validate import validate
 
 log = logging.getLogger("kdrun")
 register_configs()
 
 
-@dataclass
-class Session:
-    """What a run works with once its inputs are checked and loaded."""
-    device: torch.device
-    data: ImageData
-    eval_sets: dict  # eval.shift / eval.ood data sets, loaded up front
-    sink: MultiSink
-    autocast: Callable
-    results: dict[str, Any]  # provenance first; metrics are added to it
-
-
 @contextlib.contextmanager
-def run_session(cfg: DictConfig, run_dir: Path, sweep_group: str | None, run_name: str | None):
-    """What every run shares: validation before any work, the run directory's record, the
-    sinks (always closed), the data and the evaluation sets."""
+def start_run(cfg: DictConfig, run_dir: Path, sweep_group: str | None, run_name: str | None):
+    """What every run shares: validation before any work, the run directory's record, and the
+    run object with its sinks (always closed)."""
     validate(cfg)
-    device = distributed.device_for(resolve_device(cfg.trainer.device))
-    info = run_info(device, cfg.trainer.precision)  # read now: the code this run starts from
     if distributed.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     sink = build_sinks(cfg, run_dir, sweep_group, run_name)
     try:
-        with distributed.main_first():  # one download or decoding cache, then shared
-            data = load_dataset(cfg.dataset, cfg.cache_dir)
-            eval_sets = load_eval_sets(cfg.eval, cfg.dataset, cfg.cache_dir)
-        precision = resolve_precision(choice(cfg.trainer.precision), device)
-        yield Session(device, data, eval_sets, sink, functools.partial(autocast, device, precision),
-                      dict(info))
+        yield Run.start(cfg, run_dir, sink)
     finally:
         sink.close()
 
 
-def evaluate_beyond_clean(model: nn.Module, run: Session, cfg: DictConfig,
-                          run_dir: Path) -> dict[str, float]:
-    """Attacks, shift and far-OOD sets, and the plots: what follows the clean test metrics."""
-    # attacks and corruptions share one seeded subset of the test set, loaded once
-    subset_loader = make_loader(subset(run.data.test, cfg.eval.subset, cfg.seed),
-                                cfg.eval.batch_size, run.device, cfg.seed, train=False,
-                                dataset_cfg=cfg.dataset)
-    results = robust_accuracy(model, subset_loader, cfg.eval)
-    results.update(corruption_accuracy(model, subset_loader, list(cfg.eval.corruptions),
-                                       list(cfg.eval.severities), run.autocast, cfg.seed))
-    if not (cfg.eval.plots or run.eval_sets["shift"] or run.eval_sets["ood"]):
-        return results
-    loader = make_loader(run.data.test, cfg.eval.batch_size, run.device, cfg.seed, train=False,
-                         dataset_cfg=cfg.dataset)
-    predicted, confidence, labels = predictions(model, loader, run.autocast)
-    results.update(evaluate_shift_and_ood(model, run.data, run.eval_sets, confidence, run.device,
-                                          cfg.eval.batch_size, run.autocast, cfg.seed))
-    if cfg.eval.plots:
-        bins = calibration_bins(confidence, predicted == labels, cfg.eval.calibration_bins)
-        plots = {"plots/reliability": reliability_diagram(bins, run_dir / "plots" /
-                                                          "reliability.png")}
-        curve = robustness_curve({**run.results, **results}, run_dir / "plots" / "robustness.png")
-        if curve is not None:
-            plots["plots/robustness"] = curve
-        run.sink.images(plots)
-    return results
+def load_inputs(run: Run) -> tuple[ImageData, dict]:
+    """The data set and the evaluation's shift/OOD sets (read up front: a missing one stops
+    the run in seconds, not after training)."""
+    with distributed.main_first():  # one download or decoding cache, then shared
+        return (load_dataset(run.cfg.dataset, run.cfg.cache_dir),
+                load_eval_sets(run.cfg.eval, run.cfg.dataset, run.cfg.cache_dir))
+
+
+def build_run_method(run: Run, data: ImageData) -> Method:
+    """The method with its networks (the teacher resolved, trained first if need be)."""
+    cfg = run.cfg
+    needs_teacher = METHODS.get(cfg.method.name).needs_teacher
+    teacher = resolve_teacher(run, data) if needs_teacher else None
+    seed_everything(cfg.seed)
+    make_model = functools.partial(build_model, num_classes=cfg.dataset.num_classes,
+                                   mean=cfg.dataset.mean, std=cfg.dataset.std,
+                                   drop_rate=cfg.student.drop_rate)
+    method = build_method(cfg.method, Networks(make_model(cfg.student.arch), teacher,
+                                               make_model, cfg.teacher.corruption))
+    if distributed.world_size() > 1:  # the ranks' noise and dropout draws differ
+        seed_everything(cfg.seed + 1_000_003 * distributed.rank())
+    return prepare(method, run)  # where work between stages runs
 
 
 def train(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
@@ -119,85 +88,68 @@ def train(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
     """One whole training run; returns the flat results that also land in results.json.
     Under torch.distributed every rank trains; rank 0 alone evaluates beyond the clean test
     set and writes the results."""
-    with run_session(cfg, run_dir, sweep_group, run_name) as run:
-        needs_teacher = METHODS.get(cfg.method.name).needs_teacher
-        teacher = resolve_teacher(cfg, run.data, run.device, run.sink) if needs_teacher else None
-        seed_everything(cfg.seed)
-        make_model = functools.partial(build_model, num_classes=cfg.dataset.num_classes,
-                                       mean=cfg.dataset.mean, std=cfg.dataset.std,
-                                       drop_rate=cfg.student.drop_rate)
-        method = build_method(cfg.method, make_model(cfg.student.arch), teacher,
-                              cfg.teacher.corruption, make_model)
-        if distributed.world_size() > 1:  # the ranks' noise and dropout draws differ
-            seed_everything(cfg.seed + 1_000_003 * distributed.rank())
-        layout = memory_format(cfg.trainer.channels_last)
-        method.to(run.device, memory_format=layout)  # where work between stages runs
-        context = StageContext(run_dir, run.device, run.autocast, layout,
-                               cfg.dataset.image_size, cfg.seed, run.sink.log, run.sink.images,
-                               run.results, functools.partial(_load_named, cfg),
-                               functools.partial(make_loader, device=run.device, seed=cfg.seed,
-                                                 train=False, dataset_cfg=cfg.dataset,
-                                                 shard=True))
-        for stage in method.stages(run.data, cfg.epochs, context):
-            run.results.update(train_stage(cfg, run, run_dir, method, stage))
+    with start_run(cfg, run_dir, sweep_group, run_name) as run:
+        data, eval_sets = load_inputs(run)
+        results = run_info(run)
+        method = build_run_method(run, data)
+        for stage in method.stages(data, cfg.epochs, run):
+            results.update(stage.metrics)
+            results.update(train_stage(run, method, stage))
         if not distributed.is_main():
-            return run.results
+            return results
         student = method.eval_model()
-        run.results["meta/student_arch"] = student.arch
+        results["meta/student_arch"] = student.arch
         if method.teacher is not None:
-            run.results["meta/teacher_arch"] = method.teacher.arch
-        run.results.update(evaluate_beyond_clean(student, run, cfg, run_dir))
-        checkpoint.save_model(student, run_dir / "checkpoints" / "student.pt",
-                              meta={"test/acc": run.results["test/acc"]})
+            results["meta/teacher_arch"] = method.teacher.arch
+        results.update(evaluate_beyond_clean(student, data, eval_sets, run, results))
+        save_model(student, run_dir / "checkpoints" / "student.pt",
+                   meta={"test/acc": results["test/acc"]})
         for name, peer in method.peer_models().items():
-            checkpoint.save_model(peer, run_dir / "checkpoints" / f"{name}.pt",
-                                  meta={"test/acc": run.results[f"{name}/test/acc"]})
-        run.sink.results(run.results)
-    return run.results
+            save_model(peer, run_dir / "checkpoints" / f"{name}.pt",
+                       meta={"test/acc": results[f"{name}/test/acc"]})
+        run.sink.results(results)
+    return results
 
 
-def train_stage(cfg: DictConfig, run: Session, run_dir: Path, method, stage) -> dict[str, Any]:
+def train_stage(run: Run, method: Method, stage: Stage) -> dict[str, Any]:
     """One stage's training. A multi-stage method's stages each keep their checkpoints and
     their test metrics under the stage's name (round1/test/acc, checkpoints/round1.pt)."""
+    cfg = run.cfg
     single = stage.name == "train"
-    trainer = Trainer(cfg.trainer, run.device, run_dir, run.sink, cfg.seed, cfg.dataset,
-                      resume=cfg.trainer.resume, label="" if single else f"{stage.name} ",
-                      calibration_bins=cfg.eval.calibration_bins,
+    trainer = Trainer(run, label="" if single else f"{stage.name} ",
                       checkpoint_name="last.pt" if single else f"last-{stage.name}.pt")
     results = trainer.fit(method, stage.data, Recipe(stage.epochs, cfg.trainer.batch_size,
-                                                     cfg.optim, cfg.sched))
+                                                     cfg.optim, cfg.sched), stage.augment)
     if not single:
-        checkpoint.save_model(method.eval_model(), run_dir / "checkpoints" / f"{stage.name}.pt",
-                              meta={"test/acc": results["test/acc"]})
+        save_model(method.eval_model(), run.dir / "checkpoints" / f"{stage.name}.pt",
+                   meta={"test/acc": results["test/acc"]})
         results.update({f"{stage.name}/{k}": v for k, v in results.items()
                         if k.startswith(("test/", "teacher/test/acc"))})
     return results
 
 
-def _load_named(cfg: DictConfig, name: str, root: str | None) -> ImageData:
-    return load_dataset(named_dataset_cfg(name, root, cfg.dataset), cfg.cache_dir)
-
-
 def evaluate_checkpoint(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
                         run_name: str | None = None) -> dict[str, Any]:
-    """`mode=eval`: the evaluation suite on a saved model (`checkpoint=PATH`), no training."""
-    with run_session(cfg, run_dir, sweep_group, run_name) as run:
-        model = checkpoint.load_classifier(Path(cfg.checkpoint).expanduser(),
-                                           cfg.dataset.num_classes, cfg.dataset.mean,
-                                           cfg.dataset.std).to(run.device)
-        loader = make_loader(run.data.test, cfg.trainer.eval_batch_size, run.device, cfg.seed,
-                             train=False, dataset_cfg=cfg.dataset)
-        run.results.update(evaluate(model, loader, run.autocast, bins=cfg.eval.calibration_bins))
-        run.results.update(evaluate_beyond_clean(model, run, cfg, run_dir))
-        run.sink.results(run.results)
-    return run.results
+    """`mode=eval`: the evaluation suite on a saved model (`checkpoint=PATH`), no training; the
+    model is prepared as a training run prepares its student."""
+    with start_run(cfg, run_dir, sweep_group, run_name) as run:
+        data, eval_sets = load_inputs(run)
+        results = run_info(run)
+        model = prepare(load_classifier(Path(cfg.checkpoint).expanduser(),
+                                        cfg.dataset.num_classes, cfg.dataset.mean,
+                                        cfg.dataset.std), run)
+        loader = make_loader(data.test, cfg.trainer.eval_batch_size, run, train=False)
+        results.update(evaluate(model, loader, run.autocast, bins=cfg.eval.calibration_bins))
+        results.update(evaluate_beyond_clean(model, data, eval_sets, run, results))
+        run.sink.results(results)
+    return results
 
 
-def run_info(device: torch.device, precision) -> dict[str, str]:
-    dtype = resolve_precision(choice(precision), device)
-    return {"meta/git_commit": git_commit(), "meta/device": str(device),
-            "meta/precision": "fp32" if dtype is None else "bf16", "meta/torch": torch.__version__,
-            "meta/processes": distributed.world_size()}
+def run_info(run: Run) -> dict[str, Any]:
+    """Provenance, first in results.json; the metrics are added to it."""
+    return {"meta/git_commit": git_commit(), "meta/device": str(run.device),
+            "meta/precision": "fp32" if run.precision is None else "bf16",
+            "meta/torch": torch.__version__, "meta/processes": distributed.world_size()}
 
 
 def git_commit() -> str:

@@ -12,8 +12,3 @@ class ConfigError(KdrunError):
 class DataNotFoundError(KdrunError):
     """A data set is not where the config says."""
 
-
-def require(ok: bool, key: str, value, allowed: str) -> None:
-    """Raise the one-line ConfigError that names the key, its value and what is allowed."""
-    if not ok:
-        raise ConfigError(f"{key}={value} is not allowed: {allowed}")

@@ -1,9 +1,14 @@
-"""Name -> builder tables. The registry key, the YAML file name and the config's `name` are one
-string, so a test parametrised over a registry covers every entry added later."""
+"""Name -> entry tables filled by discovery: every module of a folder is imported and what it
+defines is registered, so adding a method, a data set or a model touches no list elsewhere. The
+registry key, the YAML file name and the config's `name` are one string, so a test
+parametrised over a registry covers every entry added later."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+import pkgutil
+from collections.abc import Iterable
+from types import ModuleType
 from typing import Generic, TypeVar
 
 from kdrun.errors import ConfigError
@@ -16,14 +21,10 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, T] = {}
 
-    def register(self, name: str) -> Callable[[T], T]:
-        def add(entry: T) -> T:
-            if name in self._entries:
-                raise ValueError(f"{self.kind} {name!r} is registered twice")
-            self._entries[name] = entry
-            return entry
-
-        return add
+    def add(self, name: str, entry: T) -> None:
+        if name in self._entries:
+            raise ValueError(f"{self.kind} {name!r} is defined twice")
+        self._entries[name] = entry
 
     def get(self, name: str, key: str = "name") -> T:
         if name not in self._entries:
@@ -34,5 +35,10 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._entries)
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._entries
+
+def discover(package: str, path: Iterable[str]) -> list[ModuleType]:
+    """Every module of a package folder, imported, in name order; modules whose name starts
+    with an underscore are helpers and are left out."""
+    return [importlib.import_module(f"{package}.{info.name}")
+            for info in sorted(pkgutil.iter_modules(path), key=lambda i: i.name)
+            if not info.name.startswith("_")]

@@ -36,25 +36,20 @@ from torchvision import datasets
 from torchvision import transforms as T
 
 from kdrun.cli import expand_home
-from kdrun.config import choice, validate
 from kdrun.data import load_dataset, make_loader
 from kdrun.data.types import subset
-from kdrun.engine.optimizers import Optimizers
-from kdrun.engine.runtime import (
-    autocast,
-    compile_networks,
-    memory_format,
-    resolve_device,
-    resolve_precision,
-    synchronize,
-)
-from kdrun.engine.trainer import train_step
 from kdrun.errors import KdrunError
 from kdrun.evaluation.attacks import robust_accuracy
 from kdrun.evaluation.corruptions import corruption_accuracy
-from kdrun.methods import METHODS, build_method
+from kdrun.methods import METHODS, Networks, build_method
 from kdrun.methods.losses import distillation_kl
 from kdrun.models import build_model, build_network
+from kdrun.models.prepare import prepare
+from kdrun.runtime.device import synchronize
+from kdrun.runtime.run import Run
+from kdrun.training.optimizers import Optimizers
+from kdrun.training.trainer import train_step
+from kdrun.validate import validate
 
 BENCH_DEFAULTS = {"steps": 20, "warmup": 5, "compile": "auto", "reference": True, "workers": 2,
                   "eval_images": 0, "out": "bench.json"}
@@ -102,30 +97,26 @@ def timed(step, stream, warmup: int, steps: int, batch_size: int, device) -> flo
     return steps * batch_size / (time.perf_counter() - start)
 
 
-def kdrun_throughput(cfg, data, device, bench: dict, compiled: bool) -> float:
+def kdrun_throughput(run: Run, data, bench: dict, compiled: bool) -> float:
     """kdrun's own training step: device-resident batches, bf16 autocast, channels_last."""
+    cfg, run = run.cfg, run.replace(compile=compiled)
     torch.manual_seed(cfg.seed)
     method_cls = METHODS.get(cfg.method.name)
     make_model = functools.partial(build_model, num_classes=cfg.dataset.num_classes,
                                    mean=cfg.dataset.mean, std=cfg.dataset.std)
     teacher = make_model(cfg.teacher.arch) if method_cls.needs_teacher else None
-    method = build_method(cfg.method, make_model(cfg.student.arch), teacher, make_model=make_model)
-    layout = memory_format(cfg.trainer.channels_last)
-    method.to(device, memory_format=layout)
-    if compiled:
-        compile_networks(method)
-    loader = make_loader(data.train, cfg.trainer.batch_size, device, cfg.seed, train=True,
-                         dataset_cfg=cfg.dataset, augment=not method.augments_batches)
+    method = build_method(cfg.method, Networks(make_model(cfg.student.arch), teacher, make_model))
+    prepare(method, run)
+    loader = make_loader(data.train, cfg.trainer.batch_size, run, train=True,
+                         augment=not method.augments_batches)
     optimizers = Optimizers(method, cfg.optim, cfg.sched, len(loader), cfg.epochs)
-    precision = resolve_precision(choice(cfg.trainer.precision), device)
     method.train()
 
     def step(images, labels):
-        train_step(method, optimizers, images, labels,
-                   lambda: autocast(device, precision), layout)
+        train_step(method, optimizers, images, labels, run)
 
     return timed(step, batches(loader), bench["warmup"], bench["steps"],
-                 cfg.trainer.batch_size, device)
+                 cfg.trainer.batch_size, run.device)
 
 
 def reference_dataset(cfg):
@@ -162,7 +153,6 @@ def reference_throughput(cfg, device, bench: dict) -> float:
                         pin_memory=device.type == "cuda",
                         persistent_workers=bench["workers"] > 0)
     alpha, temperature = cfg.alpha, cfg.T
-    losses = []
 
     def step(images, labels):
         images, labels = images.to(device), labels.to(device)
@@ -176,31 +166,30 @@ def reference_throughput(cfg, device, bench: dict) -> float:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(loss.item())
+        loss.item()  # what an ordinary loop reads for its progress line
 
     return timed(step, batches(loader), bench["warmup"], bench["steps"],
                  cfg.trainer.batch_size, device)
 
 
-def evaluation_times(cfg, data, device, bench: dict) -> dict[str, float]:
+def evaluation_times(run: Run, data, bench: dict) -> dict[str, float]:
     """Wall time of PGD-20 (L-inf 8/255) and of the configured corruption suite on
     `bench.eval_images` test images, with the student."""
+    cfg, device = run.cfg, run.device
     model = build_model(cfg.student.arch, cfg.dataset.num_classes, cfg.dataset.mean,
                         cfg.dataset.std).to(device).eval()
     images = subset(data.test, bench["eval_images"], cfg.seed)
-    loader = make_loader(images, cfg.eval.batch_size, device, cfg.seed, train=False,
-                         dataset_cfg=cfg.dataset)
+    loader = make_loader(images, cfg.eval.batch_size, run, train=False)
     attack = cfg.eval.copy()
     attack.pgd_linf.eps, attack.pgd_linf.steps = [8], 20
     attack.pgd_l2.eps, attack.fgsm.eps = [], []
-    precision = resolve_precision(choice(cfg.trainer.precision), device)
     start = time.perf_counter()
     robust_accuracy(model, loader, attack)
     synchronize(device)
     pgd = time.perf_counter() - start
     start = time.perf_counter()
     corruption_accuracy(model, loader, list(cfg.eval.corruptions), list(cfg.eval.severities),
-                        lambda: autocast(device, precision), cfg.seed)
+                        run.autocast, cfg.seed)
     synchronize(device)
     return {"eval_images": len(images.labels), "pgd20_s": pgd,
             "corruptions_s": time.perf_counter() - start,
@@ -212,13 +201,14 @@ def main(args: list[str]) -> dict:
     with initialize_config_module("kdrun.conf", version_base="1.3"):
         cfg = compose("config", overrides=["logger=none", *overrides])
     validate(cfg)
-    device = resolve_device(cfg.trainer.device)
+    run = Run.start(cfg, Path("."), sink=None)
+    device = run.device
     data = load_dataset(cfg.dataset, cfg.cache_dir)
     compile_too = bench["compile"] == "true" or (bench["compile"] == "auto"
                                                  and device.type == "cuda")
-    rows = {"ours": kdrun_throughput(cfg, data, device, bench, compiled=False)}
+    rows = {"ours": kdrun_throughput(run, data, bench, compiled=False)}
     if compile_too:
-        rows["ours_compiled"] = kdrun_throughput(cfg, data, device, bench, compiled=True)
+        rows["ours_compiled"] = kdrun_throughput(run, data, bench, compiled=True)
     if bench["reference"]:
         rows["ref"] = reference_throughput(cfg, device, bench)
     result = {f"{name}_img_s": value for name, value in rows.items()}
@@ -226,14 +216,14 @@ def main(args: list[str]) -> dict:
         result.update({"ratio" if name == "ours" else f"ratio_{name.removeprefix('ours_')}":
                        value / rows["ref"] for name, value in rows.items() if name != "ref"})
     if bench["eval_images"]:
-        result.update(evaluation_times(cfg, data, device, bench))
+        result.update(evaluation_times(run, data, bench))
     result.update({
         "method": cfg.method.name, "teacher": cfg.teacher.arch, "student": cfg.student.arch,
         "dataset": cfg.dataset.name, "batch_size": cfg.trainer.batch_size,
         "steps": bench["steps"], "warmup": bench["warmup"], "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "precision": "fp32" if resolve_precision(choice(cfg.trainer.precision), device) is None
-        else "bf16", "threads": torch.get_num_threads(), "torch": torch.__version__})
+        "precision": "fp32" if run.precision is None else "bf16",
+        "threads": torch.get_num_threads(), "torch": torch.__version__})
     Path(bench["out"]).write_text(json.dumps(result, indent=2) + "\n")
     print(table(result, rows))
     return result

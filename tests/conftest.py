@@ -59,3 +59,27 @@ def read_results(run_dir: Path) -> dict:
     import json
 
     return json.loads((run_dir / "results.json").read_text())
+
+
+class MemorySink:
+    """A sink that keeps what it is given, for tests that call a layer directly."""
+
+    def __init__(self):
+        self.rows, self.pictures, self.final = [], {}, {}
+
+    def log(self, metrics):
+        self.rows.append(metrics)
+
+    def images(self, images):
+        self.pictures.update(images)
+
+    def results(self, results):
+        self.final = results
+
+
+def make_run(*overrides: str, run_dir: Path | None = None):
+    """The Run object of the tiny config (fp32, contiguous memory), as the CLI builds it."""
+    from kdrun.runtime.run import Run
+
+    cfg = compose_config("trainer.precision=fp32", "trainer.channels_last=false", *overrides)
+    return Run.start(cfg, run_dir or Path("."), MemorySink())

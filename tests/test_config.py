@@ -9,8 +9,8 @@ from hydra.core.config_store import ConfigStore
 from hydra.errors import ConfigCompositionException
 
 import kdrun
-from kdrun.config import validate
 from kdrun.errors import ConfigError
+from kdrun.validate import validate
 
 from conftest import compose_config
 
@@ -121,6 +121,16 @@ def test_quickstart_keeps_the_method_free():
     ("teacher.arch=timm/not_a_model", "teacher.arch=timm/not_a_model is not a timm model"),
     ("dataset.name=mnist", "dataset.name=mnist is not a known data set"),
     ("+method.beta=1", "method.beta is not a setting of method kd: its settings are T, alpha"),
+    ("method.alpha=1.5", "method.alpha=1.5 is not allowed: it must lie in [0, 1]"),
+    ("method.alpha=abc", "method.alpha=abc is not allowed: it must be of type float"),
+    ("method.T=-1", "method.T=-1.0 is not allowed: the temperature must be > 0"),
+    ("method=dml method.peers=abc",
+     "method.peers=abc is not allowed: it must be of type list[str]"),
+    ("method=afd method.disc_every=0", "method.disc_every=0 is not allowed"),
+    ("method=deepinversion method.pool_size=0", "method.pool_size=0 is not allowed: use >= 1"),
+    ("dataset.image_size=abc", "dataset.image_size=abc is not allowed: it must be of type int"),
+    ("+dataset.fold=1", "dataset.fold is not a setting of data set synthetic: its settings are"),
+    ("dataset.test_set=mnist", "dataset.test_set=mnist is not a known data set"),
     ("teacher.checkpoint=/no/such/file.pt", "teacher.checkpoint=/no/such/file.pt does not exist"),
     ("teacher.checkpoint=pretrained", "pretrained weights exist only for timm models"),
     ("trainer.device=tpu", "trainer.device=tpu is not allowed"),
@@ -135,9 +145,9 @@ def test_quickstart_keeps_the_method_free():
     ("~method.T", "method kd needs method.T: add it to conf/method/kd.yaml"),
     ("method=soft_randomization method.noise_space=hsv",
      "method.noise_space=hsv is not allowed: choose one of pixel, normalized"),
-    ("method=fickle_teacher method.dropout=1", "method.dropout=1 is not allowed"),
+    ("method=fickle_teacher method.dropout=1", "method.dropout=1.0 is not allowed"),
     ("method=fickle_teacher method.placement=head", "method.placement=head is not allowed"),
-    ("method=messy_collaboration method.label_noise=2", "method.label_noise=2 is not allowed"),
+    ("method=messy_collaboration method.label_noise=2", "method.label_noise=2.0 is not allowed"),
 ])
 def test_impossible_values_name_key_value_and_what_is_allowed(override, message):
     cfg = compose_config(*override.split())

@@ -16,7 +16,7 @@ from kdrun.data.augment import random_crop_flip
 from kdrun.data.device_loader import DeviceLoader
 from kdrun.errors import ConfigError, DataNotFoundError
 
-from conftest import compose_config
+from conftest import compose_config, make_run
 
 RNG = np.random.default_rng(0)
 
@@ -117,7 +117,9 @@ def test_imagenet_goes_through_the_dataloader_path(tmp_path):
     cfg = dataset_cfg("imagenet", tmp_path, "dataset.num_classes=2", "dataset.image_size=32",
                       "dataset.num_workers=0")
     data = load_dataset(cfg, str(tmp_path / "cache"))
-    loader = make_loader(data.train, 2, torch.device("cpu"), seed=0, train=True, dataset_cfg=cfg)
+    run = make_run("dataset=imagenet", f"dataset.root={tmp_path}", "dataset.num_classes=2",
+                   "dataset.image_size=32", "dataset.num_workers=0")
+    loader = make_loader(data.train, 2, run, train=True)
     images, labels = next(iter(loader))
     assert images.shape == (2, 3, 32, 32) and images.dtype == torch.float32
     assert 0 <= images.min() and images.max() <= 1 and len(loader) == 3

@@ -3,7 +3,7 @@ and both stages through the real CLI."""
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import subprocess
 
 import pytest
@@ -23,11 +23,11 @@ from kdrun.methods.inversion import (
 )
 from kdrun.models import build_model
 
-from conftest import TINY, read_results
+from conftest import TINY, make_run, read_results
 
-SETTINGS = SynthesisSettings(iterations=1, lr=0.05, bn_weight=10.0, first_bn_weight=1.0,
-                             tv_weight=2.5e-5, l2_weight=1e-4, jitter=0, flip=False,
-                             multi_resolution=False)
+SETTINGS = SynthesisSettings(name="deepinversion", pool_size=8, batch_size=8, iterations=1,
+                             lr=0.05, bn_weight=10.0, first_bn_weight=1.0, tv_weight=2.5e-5,
+                             l2_weight=1e-4, jitter=0, flip=False, multi_resolution=False)
 
 
 def test_bn_statistics_loss_is_zero_at_the_running_statistics_and_falls_when_optimised():
@@ -75,7 +75,7 @@ def test_priors_are_zero_for_a_flat_image_and_larger_for_rougher_ones():
 def test_one_synthesis_step_lowers_the_total_loss():
     torch.manual_seed(0)
     teacher = build_model("resnet8", 4, [0.5] * 3, [0.25] * 3).eval()
-    synthesizer = Synthesizer(teacher, SETTINGS, contextlib.nullcontext)
+    synthesizer = Synthesizer(teacher, SETTINGS, make_run())
     labels = torch.arange(8) % 4
     x = torch.randn(8, 3, 16, 16, requires_grad=True)
     bn = BatchNormStatistics(teacher.net)
@@ -108,9 +108,9 @@ def test_a_synthesised_batch_is_uint8_images_at_the_asked_size_and_multi_resolut
     teacher = build_model("resnet8", 4, [0.5] * 3, [0.25] * 3).eval()
     g = torch.Generator().manual_seed(0)
     for multi in (False, True):
-        settings = SynthesisSettings(**{**SETTINGS.__dict__, "iterations": 2,
-                                        "multi_resolution": multi, "jitter": 1, "flip": True})
-        images = Synthesizer(teacher, settings, contextlib.nullcontext).batch(
+        settings = dataclasses.replace(SETTINGS, iterations=2, multi_resolution=multi, jitter=1,
+                                       flip=True)
+        images = Synthesizer(teacher, settings, make_run()).batch(
             torch.arange(4), 16, g)
         assert images.dtype == torch.uint8 and images.shape == (4, 3, 16, 16)
 

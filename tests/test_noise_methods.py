@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from kdrun.cli import train
 from kdrun.data.noise import gaussian_noise, random_labels, shuffle_outputs
-from kdrun.methods import build_method
+from kdrun.methods import Networks, build_method
 from kdrun.models import build_model
 
 from conftest import compose_config
@@ -24,7 +24,7 @@ def method(name: str, corruption: float = 0.0, **settings):
     distills = name != "gaussian_aug"
     cfg = OmegaConf.create({"name": name, **({"alpha": 0.9, "T": 4.0} if distills else {}),
                             **settings})
-    return build_method(cfg, student, teacher, corruption).train()
+    return build_method(cfg, Networks(student, teacher, teacher_corruption=corruption)).train()
 
 
 def record_inputs(module):
@@ -128,7 +128,7 @@ PRESETS = ["arani_baselines", "arani_sigma", "arani_fickle", "arani_messy", "ara
 def test_paper_presets_sweep_valid_values_in_the_paper_setting(preset):
     from hydra import compose, initialize_config_module
 
-    from kdrun.config import validate
+    from kdrun.validate import validate
 
     with initialize_config_module("kdrun.conf", version_base="1.3"):
         cfg = compose("config", overrides=[f"experiment={preset}"], return_hydra_config=True)

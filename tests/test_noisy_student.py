@@ -8,25 +8,21 @@ import subprocess
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from kdrun.data import ImageData, TensorSplit, make_loader
 from kdrun.data.augment import rand_augment
-from kdrun.methods.base import StageContext
 from kdrun.methods.pseudo_labels import predict, select
 from kdrun.models import build_model
 
-from conftest import TINY, read_results
+from conftest import TINY, make_run, read_results
 from test_data import write_image_folder
-from test_methods import NS_SETTINGS, make_method
+from test_methods import make_method
 
 CPU = torch.device("cpu")
 
 
 def eval_loader(split, batch_size):
-    return make_loader(split, batch_size, CPU, seed=0, train=False,
-                       dataset_cfg=OmegaConf.create({"crop_padding": 4, "hflip": True,
-                                                   "num_workers": 0}))
+    return make_loader(split, batch_size, make_run("dataset.num_workers=0"), train=False)
 
 
 def test_pseudo_labels_come_from_the_teacher_in_eval_mode():
@@ -55,29 +51,23 @@ def test_balancing_keeps_the_most_confident_and_repeats_rare_classes():
     assert torch.bincount(predicted[default], minlength=3).tolist() == [2, 2, 2]  # 7 kept / 3
 
 
-def stage_context(results: dict) -> StageContext:
-    return StageContext(run_dir=None, device=CPU, autocast=contextlib.nullcontext,
-                        memory_format=torch.contiguous_format, image_size=16, seed=0,
-                        log=lambda row: None, images=lambda files: None, results=results,
-                        load_dataset=None, eval_loader=eval_loader)
-
-
 def test_noise_is_on_for_the_student_and_off_for_the_teacher():
-    method = make_method("noisy_student", **NS_SETTINGS)
+    method = make_method("noisy_student", threshold=0.0)
     g = torch.Generator().manual_seed(0)
     train = TensorSplit(torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8, generator=g),
                         torch.arange(32) % 4)
     data = ImageData(train, train, ["a", "b", "c", "d"])
-    results = {}
-    stages = method.stages(data, 1, stage_context(results))
+    stages = method.stages(data, 1, make_run("dataset.num_workers=0"))
     round0 = next(stages)
     assert len(round0.data.train) == 8 and not method.noisy  # 25 % labelled
+    assert not round0.augment  # in-memory data: the method crops, flips and noises it
     assert method.student.net.drop.p == 0.0
     round1 = next(stages)
-    assert method.noisy and results["round1/pseudo_labelled"] > 0
-    assert len(round1.data.train) == 8 + results["round1/pseudo_labelled"]
+    kept = round1.metrics["round1/pseudo_labelled"]
+    assert method.noisy and kept > 0
+    assert len(round1.data.train) == 8 + kept
     assert (round1.data.train.labels[8:] >= 4).all()  # pseudo-labels, marked
-    assert len(method.pseudo_targets) == results["round1/pseudo_labelled"]
+    assert len(method.pseudo_targets) == kept
     assert not method.teacher.training and method.student.net.drop.p == 0.2
     assert all(not p.requires_grad for p in method.teacher.parameters())
     method.train()
@@ -135,13 +125,13 @@ def test_large_images_are_noised_per_image_in_the_dataloader_workers(tmp_path):
     write_image_folder(tmp_path / "train", ["a", "b", "c", "d"], 4, size=24)
     train = ImageFolder(str(tmp_path / "train"), transform=resized_crop_transform(16, True))
     test = ImageFolder(str(tmp_path / "train"), transform=center_crop_transform(16))
-    method = make_method("noisy_student", **{**NS_SETTINGS, "threshold": 0.0, "balance": False})
-    results = {}
-    stages = method.stages(ImageData(train, test, train.classes), 1, stage_context(results))
+    method = make_method("noisy_student", threshold=0.0, balance=False)
+    stages = method.stages(ImageData(train, test, train.classes), 1,
+                           make_run("dataset.num_workers=0", "dataset.image_size=16"))
     round0 = next(stages)
-    assert not method.augments_batches and len(round0.data.train) == 4  # 25 % of 16
+    assert round0.augment and len(round0.data.train) == 4  # 25 % of 16; the loader noises
     round1 = next(stages)
-    assert results["round1/pseudo_labelled"] == 12  # every unlabelled image, kept
+    assert round1.metrics["round1/pseudo_labelled"] == 12  # every unlabelled image, kept
     labelled, pseudo = round1.data.train.datasets
     for part in (labelled, pseudo):
         folder = part.dataset.dataset if hasattr(part.dataset, "dataset") else part.dataset

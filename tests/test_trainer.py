@@ -12,26 +12,13 @@ from omegaconf import OmegaConf
 from kdrun.cli import git_commit, train
 from kdrun.data import load_dataset
 from kdrun.data.device_loader import num_batches
-from kdrun.engine.runtime import compile_networks, resolve_compile
-from kdrun.engine.schedule import lr_factor
-from kdrun.engine.teachers import cache_entry, resolve_teacher
+from kdrun.models.prepare import prepare
+from kdrun.runtime.device import resolve_compile
+from kdrun.training.schedule import lr_factor
+from kdrun.training.teachers import cache_entry, resolve_teacher
 
-from conftest import compose_config, read_results
-from test_methods import DML_SETTINGS, make_method
-
-
-class ListSink:
-    def __init__(self):
-        self.rows = []
-
-    def log(self, metrics):
-        self.rows.append(metrics)
-
-    def results(self, results):
-        pass
-
-    def close(self):
-        pass
+from conftest import compose_config, make_run, read_results
+from test_methods import make_method
 
 
 def sched(name, **kw):
@@ -140,13 +127,13 @@ def test_resume_after_interruption_gives_the_same_final_metrics(tmp_path):
 
 
 def test_teacher_is_trained_once_then_read_from_the_cache(tmp_path):
-    cfg = compose_config(f"cache_dir={tmp_path}")
+    first, second = make_run(f"cache_dir={tmp_path}"), make_run(f"cache_dir={tmp_path}")
+    cfg = first.cfg
     data = load_dataset(cfg.dataset, cfg.cache_dir)
-    first, second = ListSink(), ListSink()
-    a = resolve_teacher(cfg, data, torch.device("cpu"), first)
-    b = resolve_teacher(cfg, data, torch.device("cpu"), second)
-    assert any("teacher/train/loss" in row for row in first.rows)
-    assert second.rows == []
+    a = resolve_teacher(first, data)
+    b = resolve_teacher(second, data)
+    assert any("teacher/train/loss" in row for row in first.sink.rows)
+    assert second.sink.rows == []
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert (cache_entry(cfg) / "teacher.pt").is_file()
 
@@ -187,8 +174,8 @@ def test_a_missing_evaluation_set_fails_before_training(tmp_path):
 
 
 def test_a_checkpoint_with_another_class_count_is_refused(tmp_path):
-    from kdrun.engine.checkpoint import load_classifier
     from kdrun.errors import ConfigError
+    from kdrun.models.files import load_classifier
 
     train(compose_config("method=vanilla"), tmp_path)  # synthetic: 4 classes
     with pytest.raises(ConfigError, match="does not fit resnet8 \\(different class count"):
@@ -199,11 +186,12 @@ def test_compile_is_off_on_cpu_by_default_and_compiles_every_network_in_place():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert not resolve_compile(None, cpu) and resolve_compile(True, cpu)
     assert resolve_compile(None, cuda)
-    method = make_method("dml", **DML_SETTINGS)
+    method = make_method("dml")
     keys = list(method.state_dict())
-    compile_networks(method)
+    run = make_run().replace(compile=True)
+    prepare(method, run)
     compiled = [net._compiled_call_impl for net in method.networks]
     assert all(c is not None for c in compiled)
-    compile_networks(method)  # a later stage: nothing is compiled twice
+    prepare(method, run)  # a later stage: nothing is compiled twice
     assert [net._compiled_call_impl for net in method.networks] == compiled
     assert list(method.state_dict()) == keys  # checkpoints stay loadable uncompiled

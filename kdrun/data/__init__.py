@@ -1,7 +1,10 @@
-"""Data sets (read from their official on-disk formats) and the loaders that batch them."""
+"""Data sets (kdrun/data/sets/, one module each, read from their official on-disk formats) and
+the loaders that batch them."""
 
-from kdrun.data.datasets import DATASETS, load_dataset
+from kdrun.data.datasets import dataset_settings, load_dataset, named_dataset_cfg
 from kdrun.data.device_loader import make_loader
+from kdrun.data.sets import DATASETS
 from kdrun.data.types import ImageData, TensorSplit
 
-__all__ = ["DATASETS", "ImageData", "TensorSplit", "load_dataset", "make_loader"]
+__all__ = ["DATASETS", "ImageData", "TensorSplit", "dataset_settings", "load_dataset",
+           "make_loader", "named_dataset_cfg"]

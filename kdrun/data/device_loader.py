@@ -15,8 +15,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from kdrun.data.augment import random_crop_flip
 from kdrun.data.types import TensorSplit, take
-from kdrun.engine import distributed
 from kdrun.errors import ConfigError
+from kdrun.runtime import distributed
+from kdrun.runtime.run import Run
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -115,22 +116,24 @@ class DatasetLoader(EpochBatches):
                    labels.to(self.device, non_blocking=True))
 
 
-def make_loader(split: TensorSplit | Dataset, batch_size: int, device: torch.device, seed: int,
-                train: bool, dataset_cfg, augment: bool = True,
-                shard: bool = False) -> DeviceLoader | DatasetLoader:
-    """`augment=False`: training batches without the data set's crop/flip, for methods that
-    distort batches themselves. `shard=True`: this rank's part under torch.distributed
-    (`batch_size` stays the global batch when training)."""
+def make_loader(split: TensorSplit | Dataset, batch_size: int, run: Run, train: bool,
+                augment: bool = True, shard: bool = False) -> DeviceLoader | DatasetLoader:
+    """Batches on the run's device, in an order seeded by the run's seed. `augment=False`:
+    training batches without the data set's crop/flip, for methods that distort batches
+    themselves. `shard=True`: this rank's part under torch.distributed (`batch_size` stays the
+    global batch when training)."""
+    dataset_cfg = run.cfg.dataset
     sharded = shard and distributed.world_size() > 1
     ranks = (distributed.rank(), distributed.world_size()) if sharded and train else (0, 1)
     if sharded and not train:
         split = take(split, distributed.shard_indices(len(split)))
     if isinstance(split, TensorSplit):
-        return DeviceLoader(split, batch_size, device, seed, train,
+        return DeviceLoader(split, batch_size, run.device, run.seed, train,
                             crop_padding=dataset_cfg.crop_padding if augment else 0,
                             hflip=dataset_cfg.hflip and augment, ranks=ranks)
     if not augment:
         raise ConfigError(f"this method distorts its own batches, which needs an in-memory data "
                           f"set (cifar10, cifar100, svhn, cinic10, digits), not "
                           f"{dataset_cfg.name}: choose one of those")
-    return DatasetLoader(split, batch_size, device, seed, train, dataset_cfg.num_workers, ranks)
+    return DatasetLoader(split, batch_size, run.device, run.seed, train, dataset_cfg.num_workers,
+                         ranks)

@@ -10,9 +10,9 @@ import torch
 from torchvision.utils import save_image
 
 from kdrun.data.types import TensorSplit
-from kdrun.engine import distributed
-from kdrun.engine.checkpoint import load, save_atomic
 from kdrun.errors import DataNotFoundError
+from kdrun.runtime import distributed
+from kdrun.runtime.checkpoint import load, save_atomic
 
 GRID_IMAGES = 64
 

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdrun.engine import distributed
 from kdrun.evaluation.calibration import calibration_bins
+from kdrun.runtime import distributed
 
 
 class _Tally:

@@ -12,9 +12,9 @@ from omegaconf import DictConfig
 from sklearn.metrics import roc_auc_score, roc_curve
 from torch import nn
 
-from kdrun.data import ImageData, load_dataset, make_loader
-from kdrun.data.datasets import named_dataset_cfg
+from kdrun.data import ImageData, load_dataset, make_loader, named_dataset_cfg
 from kdrun.errors import ConfigError
+from kdrun.runtime.run import Run
 
 
 def load_eval_sets(eval_cfg: DictConfig, dataset_cfg: DictConfig, cache_dir: str
@@ -65,22 +65,21 @@ def ood_detection(in_scores: torch.Tensor, out_scores: torch.Tensor) -> dict[str
 
 
 def evaluate_shift_and_ood(model: nn.Module, data: ImageData, eval_sets, in_scores: torch.Tensor,
-                           device: torch.device, batch_size: int, autocast_ctx,
-                           seed: int) -> dict[str, float]:
+                           run: Run) -> dict[str, float]:
     """ood/<set>/acc per shift set; ood/<set>/auroc and fpr95 per far-OOD set, against the
     test set's maximum softmax probabilities `in_scores`."""
     results = {}
 
-    def run(split, cfg):
-        return predictions(model, make_loader(split, batch_size, device, seed, train=False,
-                                              dataset_cfg=cfg), autocast_ctx)
+    def predict(split):
+        loader = make_loader(split, run.cfg.eval.batch_size, run, train=False)
+        return predictions(model, loader, run.autocast)
 
-    for name, (shifted, cfg) in eval_sets["shift"].items():
-        mapping = class_mapping(shifted.classes, data.classes, name).to(device)
-        predicted, _, labels = run(shifted.test, cfg)
+    for name, (shifted, _) in eval_sets["shift"].items():
+        mapping = class_mapping(shifted.classes, data.classes, name).to(run.device)
+        predicted, _, labels = predict(shifted.test)
         results[f"ood/{name}/acc"] = 100 * (predicted == mapping[labels]).float().mean().item()
-    for name, (far, cfg) in eval_sets["ood"].items():
-        _, out_scores, _ = run(far.test, cfg)
+    for name, (far, _) in eval_sets["ood"].items():
+        _, out_scores, _ = predict(far.test)
         for metric, value in ood_detection(in_scores, out_scores).items():
             results[f"ood/{name}/{metric}"] = value
     return results

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from omegaconf import MISSING
 from torch import nn
 
-from kdrun.config import check_optim
-from kdrun.errors import require
-from kdrun.methods.base import METHODS, OptimizerGroup
-from kdrun.methods.dml import DML
+from kdrun.checks import check_optim, require
+from kdrun.methods.base import Networks, OptimizerGroup
+from kdrun.methods.dml import DML, DMLSettings
 
 PAIRINGS = ("cyclic", "mutual")
 FEATURE_LOSSES = ("adversarial", "l1")
@@ -43,7 +44,27 @@ def match_size(features: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return F.adaptive_avg_pool2d(features, like.shape[-2:])
 
 
-@METHODS.register("afd")
+@dataclass
+class AFDSettings(DMLSettings):
+    pairing: str = MISSING  # cyclic | mutual
+    feature_loss: str = MISSING  # adversarial | l1
+    feature_weight: float = MISSING
+    disc_optim: dict[str, Any] = MISSING  # the discriminators' partial optimiser config
+    disc_every: int = MISSING  # discriminator update every N steps
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.pairing in PAIRINGS, "method.pairing", self.pairing,
+                f"choose from {', '.join(PAIRINGS)}")
+        require(self.feature_loss in FEATURE_LOSSES, "method.feature_loss", self.feature_loss,
+                f"choose from {', '.join(FEATURE_LOSSES)}")
+        require(self.feature_weight >= 0, "method.feature_weight", self.feature_weight,
+                "use >= 0")
+        require(self.disc_every >= 1, "method.disc_every", self.disc_every,
+                "update the discriminators every N >= 1 steps")
+        check_optim(self.disc_optim, "method.disc_optim")
+
+
 class AFD(DML):
     """Feature-map-level Online Adversarial Knowledge Distillation (Chung, Park, Kim, Kwak;
     arXiv 2002.01775): mutual learning on the logits, plus, for every pair (k learns from j), a
@@ -53,45 +74,29 @@ class AFD(DML):
     `mutual` K(K-1). `feature_loss=l1` aligns the maps directly instead (the paper's
     comparison)."""
 
-    def __init__(self, student, make_model, peers: list[str], T: float, kl_weight: float,
-                 student_peer: int, pairing: str, feature_loss: str, feature_weight: float,
-                 disc_optim: Any, disc_every: int):
-        super().__init__(student, make_model, peers, T, kl_weight, student_peer)
-        self.pairing = pairing
+    Settings = AFDSettings
+
+    def __init__(self, settings: AFDSettings, networks: Networks):
+        super().__init__(settings, networks)
         self.pairs = [(k, j) for k in range(len(self.networks)) for j in self.sources(k)]
         channels = [net.feature_info[-1]["num_chs"] for net in self.networks]
         self.transfers = nn.ModuleList(transfer_layer(channels[k], channels[j])
                                        for k, j in self.pairs)
-        self.adversarial = feature_loss == "adversarial"
+        self.adversarial = settings.feature_loss == "adversarial"
         self.discriminators = nn.ModuleList(
             discriminator(channels[j]) for k, j in self.pairs if self.adversarial)
-        self.feature_weight = feature_weight
-        self.disc_optim = disc_optim
-        self.disc_every = disc_every
         self.steps = 0  # training steps taken, for disc_every (kept in checkpoints)
 
-    @classmethod
-    def check_settings(cls, settings) -> None:
-        super().check_settings(settings)
-        require(settings.pairing in PAIRINGS, "method.pairing", settings.pairing,
-                f"choose from {', '.join(PAIRINGS)}")
-        require(settings.feature_loss in FEATURE_LOSSES, "method.feature_loss",
-                settings.feature_loss, f"choose from {', '.join(FEATURE_LOSSES)}")
-        require(settings.feature_weight >= 0, "method.feature_weight", settings.feature_weight,
-                "use >= 0")
-        require(settings.disc_every >= 1, "method.disc_every", settings.disc_every,
-                "update the discriminators every N >= 1 steps")
-        check_optim(settings.disc_optim, "method.disc_optim")
-
     def sources(self, k: int) -> list[int]:
-        if self.pairing == "cyclic":
+        if self.settings.pairing == "cyclic":
             return [(k - 1) % len(self.networks)]
         return super().sources(k)
 
     def optimizer_groups(self) -> dict[str, OptimizerGroup]:
         if not self.adversarial:
             return {}
-        return {"disc": OptimizerGroup(list(self.discriminators.parameters()), self.disc_optim)}
+        return {"disc": OptimizerGroup(list(self.discriminators.parameters()),
+                                       self.settings.disc_optim)}
 
     def get_extra_state(self) -> dict[str, int]:
         return {"steps": self.steps}
@@ -104,7 +109,7 @@ class AFD(DML):
         logits = [out[0] for out in outputs]
         features = [out[1][-1] for out in outputs]
         ce, kl = self.logit_losses(logits, labels)
-        update_disc = self.adversarial and self.steps % self.disc_every == 0
+        update_disc = self.adversarial and self.steps % self.settings.disc_every == 0
         if self.training:
             self.steps += 1
         feature_loss, disc_loss = 0, 0
@@ -119,8 +124,9 @@ class AFD(DML):
             if update_disc:
                 disc_loss += ((judge(real).float() - 1).pow(2).mean()
                               + judge(fake.detach()).float().pow(2).mean())
-        loss = ce + self.kl_weight * kl + self.feature_weight * feature_loss
-        out = {"loss": loss, "logits": logits[self.student_peer], "ce": ce, "kl": kl,
+        s = self.settings
+        loss = ce + s.kl_weight * kl + s.feature_weight * feature_loss
+        out = {"loss": loss, "logits": logits[s.student_peer], "ce": ce, "kl": kl,
                "feature": feature_loss}
         if update_disc:
             out["loss/disc"] = disc_loss

@@ -1,23 +1,43 @@
 """The method protocol: a method owns the networks it trains and says how one batch becomes
-losses; the trainer does the backward pass and steps the optimiser. A new method is one file
-here plus one YAML in conf/method/."""
+losses; the trainer does the backward pass and steps the optimiser. A new method is one module
+in this folder (its name is the method's name) plus conf/method/<name>.yaml, and nothing else:
+the module defines one Method subclass whose `Settings` dataclass types its YAML."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import MISSING
 from torch import nn
 
 from kdrun.data import ImageData
 from kdrun.data.noise import shuffle_outputs
-from kdrun.registry import Registry
+from kdrun.models import Classifier
+from kdrun.runtime.run import Run
 
-METHODS: Registry[type[Method]] = Registry("method")
+
+@dataclass
+class MethodSettings:
+    """A method's YAML, typed. A method's own settings subclass this (related methods inherit
+    each other's) and check their ranges in `__post_init__`, calling super()'s first; a
+    wrong key, type or value is one line before any data is read."""
+    name: str = MISSING
+
+    def __post_init__(self) -> None:
+        pass
+
+
+@dataclass
+class Networks:
+    """What kdrun builds for a method besides its settings."""
+    student: Classifier
+    teacher: Classifier | None = None  # given when the method's class says needs_teacher
+    make_model: Callable[..., Classifier] | None = None  # (arch, drop_rate=..., drop_path_rate=...)
+                                                         # -> a network built like the student
+    teacher_corruption: float = 0.0  # teacher.corruption: share of teacher outputs shuffled
 
 
 @dataclass
@@ -25,33 +45,20 @@ class OptimizerGroup:
     """Parameters a method trains with an optimiser of their own (AFD's discriminators): they
     minimise the step's 'loss/<group name>', never 'loss'."""
     params: list[nn.Parameter]
-    optim: DictConfig  # a partial optimiser config (`_target_`, `_partial_: true`, lr, ...)
+    optim: Any  # a partial optimiser config (`_target_`, `_partial_: true`, lr, ...)
 
 
 @dataclass
 class Stage:
     """A stretch of training on one data set. Most methods have one; data-free methods first
-    make the data they train on."""
+    make the data they train on. `augment`: the loader applies the data set's crop and flip
+    (False when the method distorts its batches itself); `metrics`: figures from the work that
+    prepared this stage (synthesis, pseudo-labelling), for results.json."""
     name: str
     data: ImageData
     epochs: int
-
-
-@dataclass
-class StageContext:
-    """What a method may use between stages, without knowing the run's back-ends."""
-    run_dir: Path
-    device: torch.device
-    autocast: Callable
-    memory_format: torch.memory_format
-    image_size: int
-    seed: int
-    log: Callable[[dict[str, Any]], None]  # a row of metrics
-    images: Callable[[dict[str, Path]], None]  # PNG files by key
-    results: dict[str, Any]  # figures for results.json
-    load_dataset: Callable[[str, str | None], ImageData]  # another data set by name (and root)
-    eval_loader: Callable[[Any, int], Any]  # (split, batch size) -> un-augmented batches, in
-                                            # order; under torch.distributed this rank's part
+    augment: bool = True
+    metrics: dict[str, Any] = field(default_factory=dict)
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -62,21 +69,19 @@ def freeze(model: nn.Module) -> nn.Module:
 
 
 class Method(nn.Module):
+    Settings: ClassVar[type[MethodSettings]] = MethodSettings
     needs_teacher: ClassVar[bool] = False
     # True: the method distorts its training batches itself (e.g. two views per image), so the
     # loader hands it un-augmented ones
     augments_batches: ClassVar[bool] = False
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None = None):
+    def __init__(self, settings: MethodSettings, networks: Networks):
         super().__init__()
-        self.student = student
-        self.teacher = freeze(teacher) if teacher is not None else None
-        # Share of each batch's teacher outputs shuffled across classes (teacher.corruption).
-        self.teacher_corruption = 0.0
-
-    @classmethod
-    def check_settings(cls, settings: Any) -> None:
-        """Reject impossible method settings (ConfigError) before any data is loaded."""
+        self.settings = settings
+        self.student = networks.student
+        given = networks.teacher if self.needs_teacher else None
+        self.teacher = freeze(given) if given is not None else None
+        self.teacher_corruption = networks.teacher_corruption
 
     def training_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Returns 'loss' (what the trainer minimises), 'logits' (the student's, for train
@@ -87,12 +92,13 @@ class Method(nn.Module):
         """The network that evaluation measures."""
         return self.student
 
-    def stages(self, data: ImageData, epochs: int, context: StageContext) -> Iterator[Stage]:
+    def stages(self, data: ImageData, epochs: int, run: Run) -> Iterator[Stage]:
         """The run's training stages, in order. Work between stages (synthesis) happens when
-        the next one is asked for, with the networks as the previous stage left them. Under
-        torch.distributed every rank runs it and must arrive at the same data: share the work
-        out (`context.eval_loader` gives each rank its part) and gather the results."""
-        yield Stage("train", data, epochs)
+        the next one is asked for, with the networks as the previous stage left them; its
+        figures go in the stage's `metrics`. Under torch.distributed every rank runs it and
+        must arrive at the same data: share the work out (a sharded evaluation loader gives
+        each rank its part) and gather the results."""
+        yield Stage("train", data, epochs, augment=not self.augments_batches)
 
     def peer_models(self) -> dict[str, nn.Module]:
         """Other trained networks worth evaluating and keeping (online methods' peers), by name;
@@ -118,5 +124,10 @@ class Method(nn.Module):
         return images
 
     def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
+        """The teacher's logits for `images`, the contract every loss may rely on: an ordinary
+        tensor that carries no gradient into the teacher (computed under no_grad, not
+        inference_mode), so a loss may use it any way it likes - KL, MSE, in-place
+        arithmetic - and autograd may save it for the backward pass. `teacher.corruption`
+        shuffles a share of its rows."""
+        with torch.no_grad():
             return shuffle_outputs(self.teacher(images), self.teacher_corruption)

@@ -2,16 +2,37 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+from omegaconf import MISSING
 
+from kdrun.checks import require
 from kdrun.data.augment import color_jitter, random_crop_flip
-from kdrun.errors import require
-from kdrun.methods.base import METHODS, Method
+from kdrun.methods.base import Method, MethodSettings
 from kdrun.methods.losses import distillation_kl, linear_mmd
 
 
-@METHODS.register("ddgsd")
+@dataclass
+class DDGSDSettings(MethodSettings):
+    kl_weight: float = MISSING  # lambda
+    mmd_weight: float = MISSING  # mu
+    crop_padding: int = MISSING  # each view's random crop (pixels of zero padding)
+    hflip: bool = MISSING
+    brightness: float = MISSING  # colour jitter strengths
+    contrast: float = MISSING
+    saturation: float = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("kl_weight", "mmd_weight", "crop_padding"):
+            require(getattr(self, key) >= 0, f"method.{key}", getattr(self, key), "use >= 0")
+        for key in ("brightness", "contrast", "saturation"):
+            require(0 <= getattr(self, key) <= 1, f"method.{key}", getattr(self, key),
+                    "a jitter strength s draws factors from [1 - s, 1 + s]: use 0..1")
+
+
 class DDGSD(Method):
     """Data-Distortion Guided Self-Distillation (Xu & Liu, AAAI 2019): one network sees two
     independently distorted views of each image; loss = CE on both views + kl_weight * (KL(p_a ||
@@ -19,29 +40,14 @@ class DDGSD(Method):
     mmd_weight * MMD between the views' penultimate features (linear kernel: the squared
     distance of the batch means)."""
 
+    Settings = DDGSDSettings
     augments_batches = True
-
-    def __init__(self, student, kl_weight: float, mmd_weight: float, crop_padding: int,
-                 hflip: bool, brightness: float, contrast: float, saturation: float):
-        super().__init__(student)
-        self.kl_weight = kl_weight
-        self.mmd_weight = mmd_weight
-        self.crop_padding = crop_padding
-        self.hflip = hflip
-        self.jitter = (brightness, contrast, saturation)
-
-    @classmethod
-    def check_settings(cls, settings) -> None:
-        for key in ("kl_weight", "mmd_weight", "crop_padding"):
-            require(settings[key] >= 0, f"method.{key}", settings[key], "use >= 0")
-        for key in ("brightness", "contrast", "saturation"):
-            require(0 <= settings[key] <= 1, f"method.{key}", settings[key],
-                    "a jitter strength s draws factors from [1 - s, 1 + s]: use 0..1")
 
     def distort(self, images: torch.Tensor) -> torch.Tensor:
         """One random view of a batch: crop, flip, then colour jitter, per image."""
-        view = random_crop_flip(images, self.crop_padding, self.hflip)
-        return color_jitter(view, *self.jitter)
+        s = self.settings
+        view = random_crop_flip(images, s.crop_padding, s.hflip)
+        return color_jitter(view, s.brightness, s.contrast, s.saturation)
 
     def training_step(self, images, labels):
         views = torch.cat([self.distort(images), self.distort(images)])
@@ -53,6 +59,7 @@ class DDGSD(Method):
         kl_ab = distillation_kl(logits_b, logits_a.detach(), 1.0)  # KL(p_a || p_b)
         kl_ba = distillation_kl(logits_a, logits_b.detach(), 1.0)  # KL(p_b || p_a)
         mmd = linear_mmd(features_a, features_b)
-        loss = ce_a + ce_b + self.kl_weight * (kl_ab + kl_ba) + self.mmd_weight * mmd
+        s = self.settings
+        loss = ce_a + ce_b + s.kl_weight * (kl_ab + kl_ba) + s.mmd_weight * mmd
         return {"loss": loss, "logits": logits_a, "ce_a": ce_a, "ce_b": ce_b, "kl_ab": kl_ab,
                 "kl_ba": kl_ba, "mmd": mmd}

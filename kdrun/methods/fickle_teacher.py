@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from omegaconf import MISSING
 
-from kdrun.errors import require
-from kdrun.methods.base import METHODS
-from kdrun.methods.kd import KD
+from kdrun.checks import require
+from kdrun.methods.kd import KD, KDSettings
 from kdrun.models import Classifier
 
 PLACEMENTS = ("classifier", "stages")
@@ -35,25 +36,27 @@ def active_dropout(model: Classifier, p: float, placement: str):
             handle.remove()
 
 
-@METHODS.register("fickle_teacher")
+@dataclass
+class FickleTeacherSettings(KDSettings):
+    dropout: float = MISSING  # the teacher's dropout rate while it distils
+    placement: str = MISSING  # classifier | stages
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(0 <= self.dropout < 1, "method.dropout", self.dropout,
+                "the teacher's dropout rate must lie in [0, 1)")
+        require(self.placement in PLACEMENTS, "method.placement", self.placement,
+                f"choose one of {', '.join(PLACEMENTS)}")
+
+
 class FickleTeacher(KD):
     """Fickle Teacher (Arani, Sarfraz, Zonooz; arXiv 1910.05057): the teacher's soft targets
     come from a stochastic forward pass with dropout active, so every batch meets a slightly
     different teacher; the student learns with the KD loss. The teacher is trained without
     dropout; only its distillation passes are noised."""
 
-    def __init__(self, student, teacher, alpha: float, T: float, dropout: float, placement: str):
-        super().__init__(student, teacher, alpha, T)
-        self.dropout = dropout
-        self.placement = placement
-
-    @classmethod
-    def check_settings(cls, settings) -> None:
-        require(0 <= settings.dropout < 1, "method.dropout", settings.dropout,
-                "the teacher's dropout rate must lie in [0, 1)")
-        require(settings.placement in PLACEMENTS, "method.placement", settings.placement,
-                f"choose one of {', '.join(PLACEMENTS)}")
+    Settings = FickleTeacherSettings
 
     def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
-        with active_dropout(self.teacher, self.dropout, self.placement):
+        with active_dropout(self.teacher, self.settings.dropout, self.settings.placement):
             return super().teacher_logits(images)

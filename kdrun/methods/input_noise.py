@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
 
+import torch
+from omegaconf import MISSING
+
+from kdrun.checks import require
 from kdrun.data.noise import NOISE_SPACES, gaussian_noise
-from kdrun.errors import require
+from kdrun.methods.base import MethodSettings
+
+
+@dataclass
+class NoiseSettings(MethodSettings):
+    sigma: float = MISSING  # noise std
+    noise_space: str = MISSING  # pixel | normalized
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.noise_space in NOISE_SPACES, "method.noise_space", self.noise_space,
+                f"choose one of {', '.join(NOISE_SPACES)}")
+        require(self.sigma >= 0, "method.sigma", self.sigma, "the noise std must be >= 0")
 
 
 class GaussianInputNoise:
     """The student sees x + N(0, sigma^2): in pixel space [0, 1] (`noise_space=pixel`, before
     the model's normalisation) or in the normalised space the network sees (`normalized`)."""
 
-    sigma: float
-    noise_space: str
-
-    @classmethod
-    def check_settings(cls, settings) -> None:
-        require(settings.noise_space in NOISE_SPACES, "method.noise_space", settings.noise_space,
-                f"choose one of {', '.join(NOISE_SPACES)}")
-        require(settings.sigma >= 0, "sigma", settings.sigma, "the noise std must be >= 0")
-
     def student_input(self, images: torch.Tensor) -> torch.Tensor:
-        return gaussian_noise(images, self.sigma, self.noise_space, self.student.std)
+        s = self.settings
+        return gaussian_noise(images, s.sigma, s.noise_space, self.student.std)

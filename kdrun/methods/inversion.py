@@ -7,14 +7,17 @@ can be tested; `Synthesizer` runs the loop."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from omegaconf import MISSING
 from torch import nn
 
+from kdrun.checks import require
+from kdrun.methods.base import MethodSettings
 from kdrun.models import Classifier
+from kdrun.runtime.run import Run
 
 
 class BatchNormStatistics:
@@ -80,31 +83,47 @@ def balanced_labels(n: int, num_classes: int, generator: torch.Generator) -> tor
 
 
 @dataclass
-class SynthesisSettings:
-    iterations: int
-    lr: float
-    bn_weight: float  # alpha_f; 0 gives DeepDream
-    first_bn_weight: float
-    tv_weight: float
-    l2_weight: float
-    jitter: int  # pixels of random roll per iteration
-    flip: bool
-    multi_resolution: bool  # optimise at half resolution for the first half of the iterations
-    competition_weight: float = 0.0  # alpha_c (Adaptive DeepInversion)
-    competition_T: float = 3.0
+class SynthesisSettings(MethodSettings):
+    """How a data-free method makes its pool (conf/method/deepinversion.yaml explains each)."""
+    pool_size: int = MISSING  # images synthesised
+    batch_size: int = MISSING  # images optimised together
+    iterations: int = MISSING  # Adam steps per batch
+    lr: float = MISSING
+    bn_weight: float = MISSING  # alpha_f; 0 gives DeepDream
+    first_bn_weight: float = MISSING
+    tv_weight: float = MISSING
+    l2_weight: float = MISSING
+    jitter: int = MISSING  # pixels of random roll per iteration
+    flip: bool = MISSING
+    multi_resolution: bool = MISSING  # half resolution for the first half of the iterations
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("pool_size", "batch_size"):
+            require(getattr(self, key) >= 1, f"method.{key}", getattr(self, key), "use >= 1")
+        require(self.iterations >= 0, "method.iterations", self.iterations,
+                "use >= 0 (0: the pool is the starting noise, a baseline)")
+        require(self.lr > 0, "method.lr", self.lr, "the learning rate must be > 0")
+        for key in ("bn_weight", "first_bn_weight", "tv_weight", "l2_weight", "jitter"):
+            require(getattr(self, key) >= 0, f"method.{key}", getattr(self, key), "use >= 0")
+
+
+@dataclass
+class Competition:
+    """Adaptive DeepInversion's term: weight alpha_c of 1 - JS at temperature T."""
+    weight: float
+    T: float
 
 
 class Synthesizer:
     """Optimises image batches against a frozen teacher (and, for ADI, a student)."""
 
-    def __init__(self, teacher: Classifier, settings: SynthesisSettings, autocast_ctx: Callable,
-                 log: Callable[[dict[str, float]], None] = lambda row: None,
-                 memory_format: torch.memory_format = torch.contiguous_format):
+    def __init__(self, teacher: Classifier, settings: SynthesisSettings, run: Run,
+                 competition: Competition | None = None):
         self.teacher = teacher
         self.settings = settings
-        self.autocast = autocast_ctx
-        self.log = log  # receives each batch's final loss terms
-        self.memory_format = memory_format  # the networks' (channels_last on the trainer's)
+        self.run = run  # autocast, the networks' memory format, and the sink for loss terms
+        self.competition = competition
 
     def pixel_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The normalised-space values of pixel 0 and pixel 1, per channel."""
@@ -114,17 +133,17 @@ class Synthesizer:
     def losses(self, x: torch.Tensor, labels: torch.Tensor, bn: BatchNormStatistics,
                student: Classifier | None) -> dict[str, torch.Tensor]:
         s = self.settings
-        with self.autocast():
+        with self.run.autocast():
             logits = self.teacher.net(x)
         terms = {"ce": F.cross_entropy(logits.float(), labels), "bn": bn.loss(),
                  "tv": total_variation(x), "l2": x.pow(2).sum() / len(x)}
         loss = (terms["ce"] + s.bn_weight * terms["bn"] + s.tv_weight * terms["tv"]
                 + s.l2_weight * terms["l2"])
-        if student is not None and s.competition_weight:
-            with self.autocast():
+        if student is not None and self.competition is not None:
+            with self.run.autocast():
                 student_logits = student.net(x)
-            terms["competition"] = competition(logits, student_logits, s.competition_T)
-            loss = loss + s.competition_weight * terms["competition"]
+            terms["competition"] = competition(logits, student_logits, self.competition.T)
+            loss = loss + self.competition.weight * terms["competition"]
         terms["loss"] = loss
         return terms
 
@@ -161,7 +180,7 @@ class Synthesizer:
                         x.copy_(torch.maximum(torch.minimum(x, high), low))
         finally:
             bn.remove()
-        self.log({f"synth/{k}": v.item() for k, v in terms.items()})
+        self.run.sink.log({f"synth/{k}": v.item() for k, v in terms.items()})
         pixels = x.detach() * self.teacher.std + self.teacher.mean
         return (pixels.clamp(0, 1) * 255).round().to(torch.uint8)
 
@@ -173,4 +192,4 @@ class Synthesizer:
             x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
         if s.flip and torch.rand((), generator=generator).item() < 0.5:
             x = x.flip(3)
-        return x.contiguous(memory_format=self.memory_format)
+        return x.contiguous(memory_format=self.run.memory_format)

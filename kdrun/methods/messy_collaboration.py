@@ -2,29 +2,33 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+from omegaconf import MISSING
 
+from kdrun.checks import require
 from kdrun.data.noise import random_labels
-from kdrun.errors import require
-from kdrun.methods.base import METHODS
-from kdrun.methods.kd import KD
+from kdrun.methods.kd import KD, KDSettings
 
 
-@METHODS.register("messy_collaboration")
+@dataclass
+class MessyCollaborationSettings(KDSettings):
+    label_noise: float = MISSING  # probability a label is redrawn
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(0 <= self.label_noise <= 1, "method.label_noise", self.label_noise,
+                "it is a probability, in [0, 1]")
+
+
 class MessyCollaboration(KD):
     """Messy Collaboration (Arani, Sarfraz, Zonooz; arXiv 1910.05057): while distilling, each
     training label is replaced with probability `label_noise` by a uniformly drawn class
     (afresh every batch); the KD loss's cross-entropy uses the corrupted label, so the
     teacher's soft targets carry the student through the label noise."""
 
-    def __init__(self, student, teacher, alpha: float, T: float, label_noise: float):
-        super().__init__(student, teacher, alpha, T)
-        self.label_noise = label_noise
-
-    @classmethod
-    def check_settings(cls, settings) -> None:
-        require(0 <= settings.label_noise <= 1, "method.label_noise", settings.label_noise,
-                "it is a probability, in [0, 1]")
+    Settings = MessyCollaborationSettings
 
     def training_labels(self, labels: torch.Tensor) -> torch.Tensor:
-        return random_labels(labels, self.label_noise, self.student.num_classes)
+        return random_labels(labels, self.settings.label_noise, self.student.num_classes)

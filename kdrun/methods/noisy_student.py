@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from omegaconf import MISSING
 from torch.utils.data import ConcatDataset
 
-from kdrun.data import ImageData, TensorSplit
+from kdrun.checks import require
+from kdrun.data import ImageData, TensorSplit, load_dataset, make_loader, named_dataset_cfg
 from kdrun.data.augment import (
     center_crop_transform,
     rand_augment,
@@ -18,15 +21,60 @@ from kdrun.data.augment import (
 from kdrun.data.image_folder import ImageFiles, list_image_files, read_images
 from kdrun.data.types import seeded_permutation, take
 from kdrun.data.views import Relabelled, with_transform
-from kdrun.errors import ConfigError, require
-from kdrun.methods.base import METHODS, Method, Stage, StageContext, freeze
+from kdrun.errors import ConfigError
+from kdrun.methods.base import Method, MethodSettings, Networks, Stage, freeze
 from kdrun.methods.pseudo_labels import predict, select
+from kdrun.models import check_arch
+from kdrun.models.prepare import prepare
+from kdrun.runtime.run import Run
 
 PREDICT_BATCH = 512
 FOLDER = "folder"  # method.unlabelled=folder: every image under method.unlabelled_root
 
 
-@METHODS.register("noisy_student")
+@dataclass
+class NoisyStudentSettings(MethodSettings):
+    rounds: int = MISSING  # student rounds after the first teacher
+    archs: list[str] = MISSING  # one architecture per round, round 0's first ([]: student=)
+    labelled_fraction: float = MISSING
+    unlabelled: str | None = MISSING  # a data set's name | folder | null: the rest
+    unlabelled_root: str | None = MISSING
+    split_seed: int = MISSING
+    soft: bool = MISSING  # soft pseudo-labels (the teacher's probabilities)
+    threshold: float = MISSING  # confidence below which unlabelled images are dropped
+    balance: bool = MISSING
+    per_class: int | None = MISSING
+    randaugment_ops: int = MISSING  # input noise: RandAugment N
+    randaugment_magnitude: int = MISSING  # and M
+    dropout: float = MISSING  # model noise: dropout before the classifier
+    survival: float = MISSING  # stochastic depth: survival of the last residual block
+    crop_padding: int = MISSING  # the data set's own augmentation, every round
+    hflip: bool = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.rounds >= 1, "method.rounds", self.rounds, "use >= 1")
+        if self.archs:
+            require(len(self.archs) == self.rounds + 1, "method.archs", self.archs,
+                    f"give rounds + 1 = {self.rounds + 1} architectures (round 0's teacher "
+                    "first), or [] for student= throughout")
+            for arch in self.archs:
+                check_arch(arch, key="method.archs")
+        require(0 < self.labelled_fraction <= 1, "method.labelled_fraction",
+                self.labelled_fraction, "the share of the training set kept labelled, (0, 1]")
+        if self.labelled_fraction == 1 and self.unlabelled is None:
+            raise ConfigError("method.labelled_fraction=1 leaves no unlabelled images: lower it, "
+                              "or name a data set as method.unlabelled")
+        if self.unlabelled == FOLDER:
+            require(self.unlabelled_root is not None, "method.unlabelled_root", None,
+                    "method.unlabelled=folder reads the images under this folder: set it")
+        require(0 <= self.threshold < 1, "method.threshold", self.threshold,
+                "a confidence in [0, 1)")
+        require(0 < self.survival <= 1, "method.survival", self.survival,
+                "the last block's survival probability, (0, 1]")
+        require(0 <= self.dropout < 1, "method.dropout", self.dropout, "use [0, 1)")
+
+
 class NoisyStudent(Method):
     """Self-training with Noisy Student (Xie, Luong, Hovy, Le; CVPR 2020, arXiv 1911.04252):
     round 0 trains a teacher on the labelled images without noise; each later round
@@ -38,121 +86,89 @@ class NoisyStudent(Method):
     noised in batches on the device; large-image ones (ImageNet) per image in the DataLoader
     workers."""
 
+    Settings = NoisyStudentSettings
     augments_batches = True  # in-memory data; a DataLoader data set is noised by its transform
 
-    def __init__(self, student, make_model, rounds: int, archs: list[str],
-                 labelled_fraction: float, unlabelled: str | None, unlabelled_root: str | None,
-                 split_seed: int, soft: bool, threshold: float, balance: bool,
-                 per_class: int | None, randaugment_ops: int, randaugment_magnitude: int,
-                 dropout: float, survival: float, crop_padding: int, hflip: bool):
-        super().__init__(student)
-        self.make_model = make_model
-        self.archs = list(archs) or [student.arch] * (rounds + 1)
-        self.rounds = rounds
-        self.labelled_fraction = labelled_fraction
-        self.unlabelled = unlabelled
-        self.unlabelled_root = unlabelled_root
-        self.split_seed = split_seed
-        self.soft = soft
-        self.threshold = threshold
-        self.balance = balance
-        self.per_class = per_class
-        self.randaugment = (randaugment_ops, randaugment_magnitude)
-        self.dropout = dropout
-        self.drop_path = 1 - survival
-        self.crop = (crop_padding, hflip)
+    def __init__(self, settings: NoisyStudentSettings, networks: Networks):
+        super().__init__(settings, networks)
+        self.make_model = networks.make_model
+        self.archs = list(settings.archs) or [self.student.arch] * (settings.rounds + 1)
+        self.num_classes = self.student.num_classes
         self.noisy = False  # round 0 trains the first teacher without noise
-        self.num_classes = student.num_classes
+        self.in_memory = True  # in-memory data is noised here; set by stages()
         self.pseudo_targets = torch.zeros(0, self.num_classes)  # set each round
 
-    @classmethod
-    def check_settings(cls, settings) -> None:
-        from kdrun.models import check_arch
-
-        require(settings.rounds >= 1, "method.rounds", settings.rounds, "use >= 1")
-        if settings.archs:
-            require(len(settings.archs) == settings.rounds + 1, "method.archs",
-                    list(settings.archs), f"give rounds + 1 = {settings.rounds + 1} "
-                    "architectures (round 0's teacher first), or [] for student= throughout")
-            for arch in settings.archs:
-                check_arch(arch, key="method.archs")
-        require(0 < settings.labelled_fraction <= 1, "method.labelled_fraction",
-                settings.labelled_fraction, "the share of the training set kept labelled, (0, 1]")
-        if settings.labelled_fraction == 1 and settings.unlabelled is None:
-            raise ConfigError("method.labelled_fraction=1 leaves no unlabelled images: lower it, "
-                              "or name a data set as method.unlabelled")
-        if settings.unlabelled == FOLDER:
-            require(settings.unlabelled_root is not None, "method.unlabelled_root", None,
-                    "method.unlabelled=folder reads the images under this folder: set it")
-        require(0 <= settings.threshold < 1, "method.threshold", settings.threshold,
-                "a confidence in [0, 1)")
-        require(0 < settings.survival <= 1, "method.survival", settings.survival,
-                "the last block's survival probability, (0, 1]")
-        require(0 <= settings.dropout < 1, "method.dropout", settings.dropout, "use [0, 1)")
-
-    def stages(self, data: ImageData, epochs: int, context: StageContext):
-        labelled, unlabelled = self.split(data, context)
-        self.augments_batches = isinstance(labelled, TensorSplit)
-        self.student = self.make_model(self.archs[0], drop_rate=0.0).to(
-            context.device, memory_format=context.memory_format)
-        yield Stage("round0", ImageData(labelled, data.test, data.classes), epochs)
-        for r in range(1, self.rounds + 1):
+    def stages(self, data: ImageData, epochs: int, run: Run):
+        s = self.settings
+        labelled, unlabelled = self.split(data, run)
+        self.in_memory = isinstance(labelled, TensorSplit)
+        augment = not self.in_memory  # the loader noises only what this method cannot
+        self.student = prepare(self.make_model(self.archs[0], drop_rate=0.0), run)
+        yield Stage("round0", ImageData(labelled, data.test, data.classes), epochs,
+                    augment=augment)
+        for r in range(1, s.rounds + 1):
             self.teacher = freeze(self.student).eval()
-            train = self.with_pseudo_labels(labelled, unlabelled, context, round_=r)
-            self.student = self.make_model(self.archs[r], drop_rate=self.dropout,
-                                           drop_path_rate=self.drop_path).to(
-                context.device, memory_format=context.memory_format)
+            train, kept = self.with_pseudo_labels(labelled, unlabelled, run)
+            self.student = prepare(self.make_model(self.archs[r], drop_rate=s.dropout,
+                                                   drop_path_rate=1 - s.survival), run)
             self.noisy = True
-            yield Stage(f"round{r}", ImageData(train, data.test, data.classes), epochs)
+            yield Stage(f"round{r}", ImageData(train, data.test, data.classes), epochs,
+                        augment=augment, metrics={f"round{r}/pseudo_labelled": kept})
 
-    def split(self, data: ImageData, context: StageContext):
+    def split(self, data: ImageData, run: Run):
         """The labelled share of the training set (seeded), and the unlabelled images: the rest
         of it, or the training images of `unlabelled` (their labels are never read)."""
-        order = seeded_permutation(len(data.train), self.split_seed)
-        n = max(1, round(self.labelled_fraction * len(order)))
+        s = self.settings
+        order = seeded_permutation(len(data.train), s.split_seed)
+        n = max(1, round(s.labelled_fraction * len(order)))
         labelled = take(data.train, order[:n])
-        if self.unlabelled is None:
+        if s.unlabelled is None:
             return labelled, take(data.train, order[n:])
-        if self.unlabelled == FOLDER:
-            files = list_image_files(Path(self.unlabelled_root).expanduser())
+        if s.unlabelled == FOLDER:
+            files = list_image_files(Path(s.unlabelled_root).expanduser())
             if isinstance(labelled, TensorSplit):
-                return labelled, read_images(files, context.image_size)
+                return labelled, read_images(files, run.cfg.dataset.image_size)
             return labelled, ImageFiles(files)
-        unlabelled = context.load_dataset(self.unlabelled, self.unlabelled_root).train
+        named = named_dataset_cfg(s.unlabelled, s.unlabelled_root, run.cfg.dataset)
+        unlabelled = load_dataset(named, run.cfg.cache_dir).train
         if isinstance(unlabelled, TensorSplit) != isinstance(labelled, TensorSplit):
-            raise ConfigError(f"method.unlabelled={self.unlabelled} and the labelled data set "
+            raise ConfigError(f"method.unlabelled={s.unlabelled} and the labelled data set "
                               "must both be small-image (in-memory) or both large-image "
                               "(DataLoader) data sets: choose one of the same kind")
         return labelled, unlabelled
 
-    def with_pseudo_labels(self, labelled, unlabelled, context: StageContext, round_: int):
-        """Labelled + kept pseudo-labelled images. A pseudo-labelled image's label is the
-        class count plus its row in `self.pseudo_targets` (the teacher's probabilities), so a
-        training step tells it from a true label."""
-        in_memory = isinstance(unlabelled, TensorSplit)
-        scored = unlabelled if in_memory else with_transform(
-            unlabelled, center_crop_transform(context.image_size))
-        probabilities = predict(self.teacher, context.eval_loader(scored, PREDICT_BATCH),
-                                context.autocast)
+    def with_pseudo_labels(self, labelled, unlabelled, run: Run):
+        """Labelled + kept pseudo-labelled images, and how many were kept. A pseudo-labelled
+        image's label is the class count plus its row in `self.pseudo_targets` (the teacher's
+        probabilities), so a training step tells it from a true label."""
+        s = self.settings
+        image_size = run.cfg.dataset.image_size
+        scored = unlabelled if self.in_memory else with_transform(
+            unlabelled, center_crop_transform(image_size))
+        probabilities = predict(self.teacher, make_loader(scored, PREDICT_BATCH, run,
+                                                          train=False, shard=True),
+                                run.autocast)
         confidence, predicted = probabilities.float().max(dim=1)
-        index = select(predicted, confidence, self.num_classes, self.threshold, self.balance,
-                       self.per_class)
-        context.results[f"round{round_}/pseudo_labelled"] = len(index)
-        self.pseudo_targets = probabilities[index].float().to(context.device)
+        index = select(predicted, confidence, self.num_classes, s.threshold, s.balance,
+                       s.per_class)
+        self.pseudo_targets = probabilities[index].float().to(run.device)
         marks = self.num_classes + torch.arange(len(index))
-        if in_memory:
+        if self.in_memory:
             return TensorSplit(torch.cat([labelled.images, unlabelled.images[index]]),
-                               torch.cat([labelled.labels, marks]))
-        noised = resized_crop_transform(context.image_size, self.crop[1], self.randaugment)
+                               torch.cat([labelled.labels, marks])), len(index)
+        noised = resized_crop_transform(image_size, s.hflip,
+                                        (s.randaugment_ops, s.randaugment_magnitude))
         return ConcatDataset([with_transform(labelled, noised),
-                              Relabelled(with_transform(unlabelled, noised), index, marks)])
+                              Relabelled(with_transform(unlabelled, noised), index, marks)]
+                             ), len(index)
 
     def training_step(self, images, labels):
+        s = self.settings
         inputs = images
-        if self.augments_batches:  # in-memory data: crop, flip and noise the batch here
-            inputs = random_crop_flip(images, *self.crop)
+        if self.in_memory:  # crop, flip and noise the batch here
+            inputs = random_crop_flip(images, s.crop_padding, s.hflip)
             if self.noisy:
-                inputs = rand_augment(inputs, *self.randaugment)
+                inputs = rand_augment(inputs, s.randaugment_ops, s.randaugment_magnitude)
         logits = self.student(inputs)
         if not self.noisy:  # round 0: labelled images only
             ce = F.cross_entropy(logits.float(), labels)
@@ -162,7 +178,7 @@ class NoisyStudent(Method):
         teacher_probabilities = self.pseudo_targets[rows]
         targets = torch.where(is_pseudo, teacher_probabilities.argmax(dim=1), labels)
         ce = F.cross_entropy(logits.float(), targets, reduction="none")
-        if self.soft:
+        if s.soft:
             soft_ce = -(teacher_probabilities * F.log_softmax(logits.float(), dim=1)).sum(dim=1)
             ce = torch.where(is_pseudo, soft_ce, ce)
         return {"loss": ce.mean(), "logits": logits, "labels": targets,

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from kdrun.engine import distributed
+from kdrun.runtime import distributed
 
 
 @torch.inference_mode()

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from kdrun.methods.base import METHODS
-from kdrun.methods.input_noise import GaussianInputNoise
-from kdrun.methods.kd import KD
+from dataclasses import dataclass
+
+from kdrun.methods.input_noise import GaussianInputNoise, NoiseSettings
+from kdrun.methods.kd import KD, KDSettings
 
 
-@METHODS.register("soft_randomization")
+@dataclass
+class SoftRandomizationSettings(NoiseSettings, KDSettings):
+    pass
+
+
 class SoftRandomization(GaussianInputNoise, KD):
     """Soft Randomization (Arani, Sarfraz, Zonooz; arXiv 1910.05057): the teacher sees the
     clean input x, the student x + N(0, sigma^2); loss = (1 - alpha) * CE(S(x + d), y)
     + alpha * T^2 * KL(T_T(x) || S_T(x + d)). Trains compact models that resist noise and
     adversarial perturbations."""
 
-    def __init__(self, student, teacher, alpha: float, T: float, sigma: float, noise_space: str):
-        super().__init__(student, teacher, alpha, T)
-        self.sigma = sigma
-        self.noise_space = noise_space
+    Settings = SoftRandomizationSettings

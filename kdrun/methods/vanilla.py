@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from kdrun.methods.base import METHODS, Method
+from kdrun.methods.base import Method
 
 
-@METHODS.register("vanilla")
 class Vanilla(Method):
     """Cross-entropy on the labels; no teacher."""
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from kdrun.engine import distributed
+from kdrun.runtime import distributed
 from kdrun.sinks.local import LocalSink
 
 log = logging.getLogger(__name__)

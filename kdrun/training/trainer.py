@@ -1,12 +1,11 @@
 """The training loop. It knows the method protocol only: batches go to `training_step`, the
 returned 'loss' is minimised, scalar extras are logged. Metrics accumulate on the device and
 are read once per log interval, so the step has no host sync. Under torch.distributed each
-rank trains on its share of the global batch (see engine/distributed.py); metrics are summed
+rank trains on its share of the global batch (see runtime/distributed.py); metrics are summed
 over ranks and only rank 0 writes."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import time
@@ -18,30 +17,24 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from kdrun.config import choice
 from kdrun.data import ImageData, make_loader
-from kdrun.engine import checkpoint, distributed
-from kdrun.engine.optimizers import Optimizers
-from kdrun.engine.runtime import (
-    autocast,
-    compile_networks,
-    memory_format,
-    resolve_compile,
-    resolve_precision,
-    synchronize,
-)
 from kdrun.evaluation.accuracy import evaluate
 from kdrun.methods import Method
+from kdrun.models.prepare import prepare
+from kdrun.runtime import checkpoint, distributed
+from kdrun.runtime.device import synchronize
+from kdrun.runtime.run import Run
+from kdrun.training.optimizers import Optimizers
 
 log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "last.pt"
 
 
 def train_step(method: Method, optimizers: Optimizers, images: torch.Tensor,
-               labels: torch.Tensor, autocast_ctx, memory_format: torch.memory_format) -> dict:
+               labels: torch.Tensor, run: Run) -> dict:
     """One optimisation step, as every run (and scripts/bench.py) takes it."""
-    images = images.contiguous(memory_format=memory_format)
-    with autocast_ctx():
+    images = images.contiguous(memory_format=run.memory_format)
+    with run.autocast():
         out = method.training_step(images, labels)
     optimizers.step(out)
     return out
@@ -64,42 +57,36 @@ class _Progress:
 
 
 class Trainer:
-    def __init__(self, cfg: DictConfig, device: torch.device, run_dir: Path, sink, seed: int,
-                 dataset_cfg: DictConfig, resume: bool, label: str = "",
-                 calibration_bins: int = 15, checkpoint_name: str = CHECKPOINT_NAME):
-        self.cfg = cfg
-        self.device = device
-        self.run_dir = run_dir
-        self.sink = sink
-        self.seed = seed
-        self.dataset_cfg = dataset_cfg
-        self.resume = resume  # continue from run_dir/checkpoints/last.pt when it exists
-        self.label = label  # shown in the progress bar, e.g. "teacher "
-        self.calibration_bins = calibration_bins
-        self.checkpoint_name = checkpoint_name  # one per stage of a multi-stage method
-        self.autocast = functools.partial(autocast, device,
-                                          resolve_precision(choice(cfg.precision), device))
-        self.memory_format = memory_format(cfg.channels_last)
-        self.compile = resolve_compile(cfg.compile, device)
+    """Trains a method for the run `run` (its settings under trainer.*, its device, precision,
+    directory, seed and sink). `label` prefixes progress lines ("teacher "); each stage of a
+    multi-stage method keeps its own checkpoint file; `resume` defaults to trainer.resume."""
+
+    def __init__(self, run: Run, label: str = "", checkpoint_name: str = CHECKPOINT_NAME,
+                 resume: bool | None = None):
+        self.run = run
+        self.cfg = run.cfg.trainer
+        self.label = label
+        self.checkpoint_name = checkpoint_name
+        self.resume = self.cfg.resume if resume is None else resume
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.run_dir / "checkpoints" / self.checkpoint_name
+        return self.run.dir / "checkpoints" / self.checkpoint_name
 
-    def fit(self, method: Method, data: ImageData, recipe: Recipe) -> dict[str, float]:
+    def fit(self, method: Method, data: ImageData, recipe: Recipe,
+            augment: bool = True) -> dict[str, float]:
         """Trains `method`, evaluating every `eval_every` epochs and at the end; returns the
-        final metrics (test/*, teacher/test/* when the method has a teacher, train/*)."""
-        train_loader = make_loader(data.train, recipe.batch_size, self.device, self.seed,
-                                   train=True, dataset_cfg=self.dataset_cfg,
-                                   augment=not method.augments_batches, shard=True)
-        test_loader = make_loader(data.test, self.cfg.eval_batch_size, self.device, self.seed,
-                                  train=False, dataset_cfg=self.dataset_cfg, shard=True)
+        final metrics (test/*, teacher/test/* when the method has a teacher, train/*).
+        `augment`: the loader applies the data set's crop and flip."""
+        run = self.run
+        train_loader = make_loader(data.train, recipe.batch_size, run, train=True,
+                                   augment=augment, shard=True)
+        test_loader = make_loader(data.test, self.cfg.eval_batch_size, run, train=False,
+                                  shard=True)
         if self.cfg.sync_bn:
             distributed.synchronise_batchnorm(method)
-        method.to(self.device, memory_format=self.memory_format)
+        prepare(method, run)
         distributed.copy_from_main(method)  # networks a stage built start equal on every rank
-        if self.compile:
-            compile_networks(method)
         optimizers = Optimizers(method, recipe.optim, recipe.sched, len(train_loader),
                                 recipe.epochs)
         progress = _Progress()
@@ -114,7 +101,7 @@ class Trainer:
             start = time.perf_counter()
             last, complete = self._train_epoch(method, train_loader, optimizers, progress,
                                                recipe.epochs, max_steps)
-            synchronize(self.device)
+            synchronize(run.device)
             distributed.average_buffers(method)
             train_time += time.perf_counter() - start
             images_seen += last.pop("images")
@@ -125,7 +112,7 @@ class Trainer:
                 evaluated = self._evaluate(method, test_loader, with_teacher=finished)
                 test_metrics = evaluated
                 progress.best_acc = max(progress.best_acc, evaluated["test/acc"])
-            self.sink.log({"epoch": progress.epoch, "step": progress.step, **last, **evaluated})
+            run.sink.log({"epoch": progress.epoch, "step": progress.step, **last, **evaluated})
             log.info("%sepoch %d/%d  loss %.4f  train acc %.2f  test acc %s", self.label,
                      progress.epoch, recipe.epochs, last["train/loss"], last["train/acc"],
                      f"{evaluated['test/acc']:.2f}" if evaluated else "-")
@@ -142,10 +129,10 @@ class Trainer:
         """The evaluated model's test metrics (and its teacher's, at the end), plus every peer's
         under its name."""
         teacher = method.teacher if with_teacher else None
-        results = evaluate(method.eval_model(), loader, self.autocast, teacher,
-                           self.calibration_bins)
+        bins = self.run.cfg.eval.calibration_bins
+        results = evaluate(method.eval_model(), loader, self.run.autocast, teacher, bins)
         for name, model in method.peer_models().items():
-            peer = evaluate(model, loader, self.autocast, bins=self.calibration_bins)
+            peer = evaluate(model, loader, self.run.autocast, bins=bins)
             results.update({f"{name}/{key}": value for key, value in peer.items()})
         return results
 
@@ -156,7 +143,8 @@ class Trainer:
         epoch = progress.epoch
         totals: dict[str, torch.Tensor] = {}  # image-weighted sums of the logged loss terms
         counts: dict[str, int] = {}  # images behind each (a group's loss may skip steps)
-        correct = torch.zeros((), device=self.device)
+        device = self.run.device
+        correct = torch.zeros((), device=device)
         seen, batches, interval_start, interval_images = 0, 0, time.perf_counter(), 0
         world = distributed.world_size()
         bar = tqdm(total=len(loader), desc=f"{self.label}epoch {epoch + 1}/{epochs}",
@@ -164,8 +152,7 @@ class Trainer:
                    leave=False)
         with logging_redirect_tqdm():
             for images, labels in loader:
-                out = train_step(method, optimizers, images, labels, self.autocast,
-                                 self.memory_format)
+                out = train_step(method, optimizers, images, labels, self.run)
                 progress.step += 1
                 n = len(labels)
                 seen += n
@@ -183,7 +170,7 @@ class Trainer:
                     row = {"step": progress.step, "train/lr": optimizers.lr,
                            "train/loss": out["loss"].item(),
                            "train/img_s_interval": interval_images / elapsed}
-                    self.sink.log(row)
+                    self.run.sink.log(row)
                     bar.set_postfix(loss=f"{row['train/loss']:.3f}",
                                     acc=f"{100 * correct.item() / seen:.1f}",
                                     img_s=f"{row['train/img_s_interval']:.0f}")
@@ -195,8 +182,8 @@ class Trainer:
         keys = list(totals)  # the same on every rank: the method's step decides them
         sums = distributed.sum_across_ranks(torch.stack(
             [totals[k] for k in keys]
-            + [torch.tensor(float(counts[k]), device=self.device) for k in keys]
-            + [correct.float(), torch.tensor(float(seen), device=self.device)])).tolist()
+            + [torch.tensor(float(counts[k]), device=device) for k in keys]
+            + [correct.float(), torch.tensor(float(seen), device=device)])).tolist()
         metrics = {f"train/{k}": sums[i] / sums[len(keys) + i] for i, k in enumerate(keys)}
         metrics["train/acc"] = 100 * sums[-2] / sums[-1]
         metrics["images"] = int(sums[-1])
@@ -205,8 +192,8 @@ class Trainer:
     def _save(self, method, optimizers: Optimizers, progress: _Progress) -> None:
         """Every rank's random state is kept (each draws its own noise), written by rank 0."""
         rng = {"torch": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.run.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.run.device)
         state = {"epoch": progress.epoch, "step": progress.step, "best_acc": progress.best_acc,
                  "method": method.state_dict(), "optimizers": optimizers.state_dict(),
                  "rng": distributed.every_rank(rng)}
@@ -222,7 +209,7 @@ class Trainer:
         optimizers.load_state_dict(state["optimizers"])
         rng = state["rng"][distributed.rank() % len(state["rng"])]  # N may have changed
         torch.set_rng_state(rng["torch"].cpu())
-        if "cuda" in rng and self.device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)
+        if "cuda" in rng and self.run.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"].cpu(), self.run.device)
         log.info("resumed from %s at epoch %d (step %d)", path, state["epoch"], state["step"])
         return _Progress(state["epoch"], state["step"], state["best_acc"])

@@ -14,22 +14,27 @@ import logging
 import re
 from pathlib import Path
 
-import torch
 from filelock import FileLock
 from omegaconf import DictConfig
 
 from kdrun.config import to_dict
 from kdrun.data import ImageData
-from kdrun.engine import checkpoint, distributed
-from kdrun.engine.runtime import seed_everything
-from kdrun.engine.trainer import Recipe, Trainer
+from kdrun.methods import Networks
+from kdrun.methods.base import MethodSettings
 from kdrun.methods.vanilla import Vanilla
 from kdrun.models import Classifier, build_model
+from kdrun.models.files import load_model, save_model
+from kdrun.runtime import distributed
+from kdrun.runtime.device import seed_everything
+from kdrun.runtime.run import Run
 from kdrun.sinks import PrefixedSink
+from kdrun.training.trainer import Recipe, Trainer
 
 log = logging.getLogger(__name__)
 # Data-set settings that change how data is read, not what it is: left out of the cache key.
 RUNTIME_ONLY_DATASET_KEYS = ("download", "num_workers")
+# Keys every data set had when the key was first defined: kept in it, so caches stay valid.
+KEY_DEFAULTS = {"path": None, "test_set": None}
 
 
 def build_teacher(cfg: DictConfig) -> Classifier:
@@ -45,7 +50,8 @@ def teacher_recipe(cfg: DictConfig) -> Recipe:
 
 def cache_entry(cfg: DictConfig) -> Path:
     """The cache folder of the teacher `cfg` asks for: the same recipe, the same folder."""
-    dataset = {k: v for k, v in to_dict(cfg.dataset).items() if k not in RUNTIME_ONLY_DATASET_KEYS}
+    dataset = {k: v for k, v in {**KEY_DEFAULTS, **to_dict(cfg.dataset)}.items()
+               if k not in RUNTIME_ONLY_DATASET_KEYS}
     dataset["root"] = str(Path(dataset["root"]).expanduser().resolve())
     t = to_dict(cfg.teacher)
     recipe = {"dataset": dataset, "arch": t["arch"], "drop_rate": t["drop_rate"],
@@ -57,23 +63,25 @@ def cache_entry(cfg: DictConfig) -> Path:
     return Path(t["cache_dir"]).expanduser() / name
 
 
-def resolve_teacher(cfg: DictConfig, data: ImageData, device: torch.device, sink) -> Classifier:
+def resolve_teacher(run: Run, data: ImageData) -> Classifier:
     """The run's teacher, with its weights loaded (training and caching it if need be)."""
+    cfg = run.cfg
     teacher = build_teacher(cfg)
     source = cfg.teacher.checkpoint
     if source == "pretrained":
         log.info("teacher: timm pretrained %s", cfg.teacher.arch)
         distributed.copy_from_main(teacher)
         return teacher
-    path = Path(source).expanduser() if source != "auto" else _cached(cfg, data, device, sink)
-    meta = distributed.from_main(lambda: checkpoint.load_model(teacher, path))
+    path = Path(source).expanduser() if source != "auto" else _cached(run, data)
+    meta = distributed.from_main(lambda: load_model(teacher, path))
     distributed.copy_from_main(teacher)
     log.info("teacher: %s from %s%s", cfg.teacher.arch, path,
              f" (test acc {meta['test/acc']:.2f}% when trained)" if "test/acc" in meta else "")
     return teacher
 
 
-def _cached(cfg: DictConfig, data: ImageData, device: torch.device, sink) -> Path:
+def _cached(run: Run, data: ImageData) -> Path:
+    cfg = run.cfg
     entry = cache_entry(cfg)
     path = entry / "teacher.pt"
     entry.parent.mkdir(parents=True, exist_ok=True)
@@ -85,10 +93,12 @@ def _cached(cfg: DictConfig, data: ImageData, device: torch.device, sink) -> Pat
                  cfg.teacher.arch, entry)
         seed_everything(cfg.teacher.seed)
         teacher = build_teacher(cfg)
-        trainer = Trainer(cfg.trainer, device, entry, PrefixedSink(sink, "teacher/"),
-                          seed=cfg.teacher.seed, dataset_cfg=cfg.dataset, label="teacher ",
+        teacher_run = run.replace(dir=entry, sink=PrefixedSink(run.sink, "teacher/"),
+                                  seed=cfg.teacher.seed)
+        trainer = Trainer(teacher_run, label="teacher ",
                           resume=True)  # a teacher killed mid-training continues here
-        metrics = trainer.fit(Vanilla(teacher), data, teacher_recipe(cfg))
-        checkpoint.save_model(teacher.cpu(), path, meta={
+        method = Vanilla(MethodSettings("vanilla"), Networks(teacher))
+        metrics = trainer.fit(method, data, teacher_recipe(cfg))
+        save_model(teacher.cpu(), path, meta={
             "test/acc": metrics["test/acc"], "recipe": to_dict(cfg.teacher)})
     return path

@@ -9,9 +9,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from kdrun.engine import distributed
-from kdrun.engine.schedule import build_scheduler
 from kdrun.methods import Method
+from kdrun.runtime import distributed
+from kdrun.training.schedule import build_scheduler
 
 MAIN = "main"
 

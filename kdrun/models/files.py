@@ -1,35 +1,17 @@
-"""Checkpoint files: written atomically (a crash never leaves half a file), read with
-weights_only=True (a checkpoint cannot run code). Under torch.distributed only rank 0 writes:
-every rank holds the same weights."""
+"""Model files: architecture, class count and weights in one checkpoint (teachers, final
+students), read back into the architecture they name."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from kdrun.engine import distributed
 from kdrun.errors import ConfigError
 from kdrun.models import Classifier, build_model
-
-
-def save_atomic(obj: dict[str, Any], path: Path) -> None:
-    if not distributed.is_main():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def load(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    return torch.load(path, map_location=device, weights_only=True)
+from kdrun.runtime.checkpoint import load, save_atomic
 
 
 def save_model(model: Classifier, path: Path, meta: dict[str, Any]) -> None:
-    """A model checkpoint: architecture, class count and weights (teachers, final students)."""
     save_atomic({"arch": model.arch, "num_classes": model.num_classes,
                  "state_dict": model.net.state_dict(), "meta": meta}, path)
 

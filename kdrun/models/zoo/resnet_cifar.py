@@ -4,11 +4,13 @@ ResNet-18/34 with a 3x3 stem and no max-pool (the DeepInversion CIFAR setting)."
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdrun.models.staged import StagedNet, conv3x3, drop_path_rates, residual_drop
+from kdrun.models.zoo.staged import StagedNet, conv3x3, drop_path_rates, residual_drop
 
 
 class BasicBlock(nn.Module):
@@ -58,3 +60,12 @@ def imagenet_style_resnet(blocks: list[int], num_classes: int, drop_rate: float 
                           drop_path_rate: float = 0.0):
     return resnet(64, [64, 128, 256, 512], blocks, [1, 2, 2, 2], num_classes, drop_rate,
                   drop_path_rate)
+
+
+ARCHITECTURES = {
+    **{f"resnet{depth}": partial(cifar_resnet, depth, [16, 16, 32, 64])
+       for depth in (8, 14, 20, 32, 44, 56, 110)},
+    **{f"resnet{depth}x4": partial(cifar_resnet, depth, [32, 64, 128, 256]) for depth in (8, 32)},
+    "resnet18": partial(imagenet_style_resnet, [2, 2, 2, 2]),
+    "resnet34": partial(imagenet_style_resnet, [3, 4, 6, 3]),
+}

@@ -1,19 +1,14 @@
-"""Where and how numbers are computed: device, autocast precision, compilation, seeds."""
+"""Where and how numbers are computed: device, autocast precision, memory format, whether to
+compile, seeds."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 import random
 
 import numpy as np
 import torch
-from torch import nn
-
-from kdrun.models.classifier import Classifier
-
-log = logging.getLogger(__name__)
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -70,11 +65,3 @@ def resolve_compile(setting: bool | None, device: torch.device) -> bool:
     tens of seconds, more than the short runs CPUs are used for save (long ones gain: see
     scripts/bench.py)."""
     return device.type == "cuda" if setting is None else setting
-
-
-def compile_networks(module: nn.Module) -> None:
-    """Compiles every network inside `module` in place, so state_dict keys do not change.
-    Networks compiled by an earlier stage or run (a cached teacher) are left as they are."""
-    for network in module.modules():
-        if isinstance(network, Classifier) and network._compiled_call_impl is None:
-            network.compile()

@@ -3,11 +3,13 @@ WRN-d-k has (d-4)/6 pre-activation blocks per stage and widths 16k, 32k, 64k."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdrun.models.staged import StagedNet, conv3x3, drop_path_rates, residual_drop
+from kdrun.models.zoo.staged import StagedNet, conv3x3, drop_path_rates, residual_drop
 
 
 class PreActBlock(nn.Module):
@@ -45,3 +47,8 @@ def wide_resnet(depth: int, widen: int, num_classes: int, drop_rate: float = 0.0
         cin = width
     head_norm = nn.Sequential(nn.BatchNorm2d(widths[-1]), nn.ReLU(inplace=True))
     return StagedNet(conv3x3(3, 16), stages, widths, [1, 2, 4], head_norm, num_classes, drop_rate)
+
+
+ARCHITECTURES = {f"wrn_{depth}_{widen}": partial(wide_resnet, depth, widen)
+                 for depth, widen in [(16, 1), (16, 2), (16, 4), (16, 8), (28, 2), (28, 4),
+                                      (28, 10), (40, 1), (40, 2), (40, 4)]}

@@ -1,0 +1,61 @@
+"""The run object: what every layer needs from the run it works for (the validated config, the
+run directory, device, precision, memory format, seed and where metrics go), built once by the
+CLI and handed down instead of threaded arguments."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from omegaconf import DictConfig
+
+from kdrun.config import choice
+from kdrun.runtime import distributed
+from kdrun.runtime.device import (
+    autocast,
+    memory_format,
+    resolve_compile,
+    resolve_device,
+    resolve_precision,
+)
+
+
+class Recorder(Protocol):
+    """Where a run's metrics go (kdrun.sinks implements it)."""
+
+    def log(self, metrics: dict[str, Any]) -> None: ...
+
+    def images(self, images: dict[str, Path]) -> None: ...
+
+    def results(self, results: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Run:
+    cfg: DictConfig  # the validated config
+    dir: Path
+    device: torch.device
+    precision: torch.dtype | None  # autocast dtype; None: fp32
+    memory_format: torch.memory_format
+    compile: bool  # torch.compile the networks
+    seed: int  # the seed of what is being trained (the teacher's while a teacher trains)
+    sink: Recorder
+
+    @classmethod
+    def start(cls, cfg: DictConfig, run_dir: Path, sink: Recorder) -> Run:
+        device = distributed.device_for(resolve_device(cfg.trainer.device))
+        return cls(cfg, run_dir, device, resolve_precision(choice(cfg.trainer.precision), device),
+                   memory_format(cfg.trainer.channels_last),
+                   resolve_compile(cfg.trainer.compile, device), cfg.seed, sink)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return autocast(self.device, self.precision)
+
+    def replace(self, **changes) -> Run:
+        """The same run with some parts changed (a teacher trains in its cache folder, with its
+        own seed, logging under teacher/)."""
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,126 @@
+"""Checks a composed config before any data is read: every key's range, every name against
+the registries (data sets, architectures, methods, corruptions), each method's and data set's
+settings against its own typed Settings class. One line per problem, naming the key, the value
+and what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from kdrun.checks import check_optim, require
+from kdrun.config import choice
+from kdrun.data import dataset_settings
+from kdrun.errors import ConfigError
+from kdrun.evaluation.corruptions import CORRUPTIONS
+from kdrun.methods import METHODS, method_settings
+from kdrun.models import check_arch
+from kdrun.runtime import distributed
+
+
+def validate(cfg: DictConfig) -> None:
+    """Reject impossible values and unknown names with a message naming key, value and fix."""
+    require(0.0 <= cfg.alpha <= 1.0, "alpha", cfg.alpha, "it must lie in [0, 1]")
+    require(cfg.T > 0, "T", cfg.T, "the temperature must be > 0")
+    require(cfg.sigma >= 0, "sigma", cfg.sigma, "the noise std must be >= 0")
+    require(cfg.epochs >= 1, "epochs", cfg.epochs, "train for at least 1 epoch")
+    require(cfg.seed >= 0, "seed", cfg.seed, "seeds are integers >= 0")
+    require(cfg.trainer.batch_size >= 1, "trainer.batch_size", cfg.trainer.batch_size, "use >= 1")
+    require(cfg.trainer.eval_every >= 0, "trainer.eval_every", cfg.trainer.eval_every,
+            "epochs between test evaluations, >= 0 (0: only at the end)")
+    if cfg.trainer.max_steps is not None:
+        require(cfg.trainer.max_steps >= 1, "trainer.max_steps", cfg.trainer.max_steps,
+                "use >= 1, or null for no limit")
+    _check_device(cfg.trainer.device)
+    _check_distributed(cfg)
+    _check_eval(cfg.eval)
+    if choice(cfg.mode) == "eval":
+        require(cfg.checkpoint is not None and Path(cfg.checkpoint).expanduser().is_file(),
+                "checkpoint", cfg.checkpoint, "mode=eval needs checkpoint=PATH of a model file "
+                "(e.g. <run dir>/checkpoints/student.pt)")
+
+    dataset_settings(cfg.dataset)
+
+    check_arch(cfg.student.arch, key="student.arch")
+    for section in ("student", "teacher"):
+        rate = cfg[section].drop_rate
+        require(0 <= rate < 1, f"{section}.drop_rate", rate, "it must lie in [0, 1)")
+    check_optim(cfg.optim, "optim")
+    _check_sched(cfg.sched, "sched")
+
+    method_settings(cfg.method)
+    if METHODS.get(cfg.method.name).needs_teacher:
+        check_arch(cfg.teacher.arch, key="teacher.arch")
+        _check_teacher(cfg.teacher)
+        if cfg.dataset.name == "synthetic_pool" and cfg.teacher.checkpoint == "auto":
+            raise ConfigError("teacher.checkpoint=auto would train a teacher on the synthetic "
+                              "pool: give the teacher that made it, teacher.checkpoint=FILE")
+
+
+def _check_eval(ev: DictConfig) -> None:
+    require(ev.calibration_bins >= 1, "eval.calibration_bins", ev.calibration_bins, "use >= 1")
+    require(ev.batch_size >= 1, "eval.batch_size", ev.batch_size, "use >= 1")
+    if ev.subset is not None:
+        require(ev.subset >= 1, "eval.subset", ev.subset, "use >= 1, or null for the test set")
+    for name in ("pgd_linf", "pgd_l2", "fgsm"):
+        for eps in ev[name].eps:
+            require(eps > 0, f"eval.{name}.eps", list(ev[name].eps), "budgets must be > 0")
+    for name in ev.corruptions:
+        require(name in CORRUPTIONS, "eval.corruptions", name,
+                f"choose from {', '.join(CORRUPTIONS)}")
+    for severity in ev.severities:
+        require(1 <= severity <= 5, "eval.severities", list(ev.severities), "severities are 1..5")
+    for name in ("pgd_linf", "pgd_l2"):
+        require(ev[name].steps >= 1, f"eval.{name}.steps", ev[name].steps, "use >= 1")
+        require(ev[name].step_size > 0, f"eval.{name}.step_size", ev[name].step_size, "use > 0")
+
+
+def _check_device(device: str) -> None:
+    ok = device in ("auto", "cpu") or device == "cuda" or device.startswith("cuda:")
+    require(ok, "trainer.device", device, "use auto, cpu, cuda or cuda:N")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={device} but no CUDA device is available: "
+                          "use trainer.device=auto or cpu")
+
+
+def _check_distributed(cfg: DictConfig) -> None:
+    """What a run under torchrun (or a multi-task SLURM job) needs, checked on every rank."""
+    world = distributed.launched_world_size()
+    if world == 1:
+        require(not cfg.trainer.sync_bn, "trainer.sync_bn", True,
+                "synchronised BatchNorm needs several processes (torchrun); set it to false")
+        return
+    require(choice(cfg.mode) == "train", "mode", choice(cfg.mode),
+            "mode=eval runs in one process: start it without torchrun")
+    distributed.local_batch_size(cfg.trainer.batch_size, "trainer.batch_size")
+    distributed.local_batch_size(cfg.teacher.batch_size, "teacher.batch_size")
+    if cfg.trainer.sync_bn:
+        require(cfg.trainer.device != "cpu" and torch.cuda.is_available(), "trainer.sync_bn", True,
+                "torch's SyncBatchNorm runs on CUDA only: set it to false on CPUs")
+
+
+def _check_sched(sched: DictConfig, key: str) -> None:
+    for m in sched.milestones:
+        require(0 < m < 1, f"{key}.milestones", list(sched.milestones),
+                "milestones are fractions of the epochs, each in (0, 1)")
+    require(sched.warmup_epochs >= 0, f"{key}.warmup_epochs", sched.warmup_epochs, "use >= 0")
+
+
+def _check_teacher(teacher: DictConfig) -> None:
+    require(0 <= teacher.corruption <= 1, "teacher.corruption", teacher.corruption,
+            "it is the share of teacher outputs shuffled, in [0, 1]")
+    ckpt = teacher.checkpoint
+    if ckpt in ("auto", "pretrained"):
+        if ckpt == "auto":
+            require(teacher.epochs >= 1, "teacher.epochs", teacher.epochs, "use >= 1")
+            check_optim(teacher.optim, "teacher.optim")
+            _check_sched(teacher.sched, "teacher.sched")
+        else:
+            require(teacher.arch.startswith("timm/"), "teacher.checkpoint", ckpt,
+                    "pretrained weights exist only for timm models (teacher.arch=timm/NAME)")
+        return
+    if not Path(ckpt).expanduser().is_file():
+        raise ConfigError(f"teacher.checkpoint={ckpt} does not exist: give the path of a "
+                          "checkpoint file, or teacher.checkpoint=auto to train and cache one")
