@@ -63,3 +63,10 @@ def test_classifier_dropout_is_active_in_training_only():
     assert not torch.equal(model(x), model(x))
     model.eval()
     assert torch.equal(model(x), model(x))
+
+
+def test_networks_without_residual_blocks_refuse_stochastic_depth_in_one_line():
+    from kdrun.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="vgg8 has no residual blocks"):
+        build_model("vgg8", 10, MEAN, STD, drop_path_rate=0.2)
