@@ -64,18 +64,36 @@ def test_cifar100_reads_fine_labels(tmp_path):
     assert len(data.classes) == 100 and data.train.labels.max().item() == 99
 
 
-def test_svhn_reads_the_mat_files_and_maps_label_10_to_digit_0(tmp_path):
+def write_svhn(root: Path, sizes: dict[str, int]) -> dict[str, np.ndarray]:
     from scipy.io import savemat
 
     raw = {}
-    for split, n in (("train", 8), ("test", 4)):
+    for split, n in sizes.items():
         raw[split] = RNG.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)  # X[h, w, c, n]
         y = np.array([[10], [1], [2], [3], [4], [5], [6], [7]][:n], dtype=np.uint8)
-        savemat(tmp_path / f"{split}_32x32.mat", {"X": raw[split], "y": y})
+        savemat(root / f"{split}_32x32.mat", {"X": raw[split], "y": y})
+    return raw
+
+
+def test_svhn_reads_the_mat_files_and_maps_label_10_to_digit_0(tmp_path):
+    raw = write_svhn(tmp_path, {"train": 8, "test": 4})
     data = load_dataset(dataset_cfg("svhn", tmp_path), "/tmp/unused")
     assert data.train.labels.tolist() == [0, 1, 2, 3, 4, 5, 6, 7]
     assert data.train.images.shape == (8, 3, 32, 32)
     assert data.train.images[3, 1, 5, 7].item() == raw["train"][5, 7, 1, 3]
+
+
+def test_svhn_extra_adds_its_images_to_training_a_setting_of_its_own(tmp_path):
+    from kdrun.data import dataset_settings
+
+    write_svhn(tmp_path, {"train": 8, "test": 4, "extra": 5})
+    cfg = dataset_cfg("svhn", tmp_path, "dataset.extra=true")
+    assert dataset_settings(cfg).extra is True
+    data = load_dataset(cfg, "/tmp/unused")
+    assert len(data.train) == 8 + 5 and len(data.test) == 4
+    assert data.train.labels[8:].tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(ConfigError, match="dataset.extra is not a setting of data set cifar10"):
+        dataset_settings(dataset_cfg("cifar10", tmp_path, "+dataset.extra=true"))
 
 
 def write_image_folder(root: Path, classes: list[str], per_class: int, size: int = 32,
