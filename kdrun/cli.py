@@ -4,6 +4,7 @@ results, each one call here."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -92,6 +93,7 @@ def train(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
         data, eval_sets = load_inputs(run)
         results = run_info(run)
         method = build_run_method(run, data)
+        results.update(recorded_settings(method))
         for stage in method.stages(data, cfg.epochs, run):
             results.update(stage.metrics)
             results.update(train_stage(run, method, stage))
@@ -109,6 +111,13 @@ def train(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
                        meta={"test/acc": results[f"{name}/test/acc"]})
         run.sink.results(results)
     return results
+
+
+def recorded_settings(method: Method) -> dict[str, Any]:
+    """The method's settings as the run used them (a default filled in included), as
+    method/<key> in results.json."""
+    return {f"method/{key}": value for key, value in dataclasses.asdict(method.settings).items()
+            if isinstance(value, (bool, int, float, str))}
 
 
 def train_stage(run: Run, method: Method, stage: Stage) -> dict[str, Any]:

@@ -123,7 +123,7 @@ class SynthesisConfig:
 class KdrunConfig:
     alpha: float = MISSING
     T: float = MISSING
-    sigma: float = MISSING
+    sigma: float | None = MISSING  # null: the noise methods' default
     seed: int = MISSING
     epochs: int = MISSING
     mode: Mode = MISSING

@@ -24,7 +24,8 @@ def validate(cfg: DictConfig) -> None:
     """Reject impossible values and unknown names with a message naming key, value and fix."""
     require(0.0 <= cfg.alpha <= 1.0, "alpha", cfg.alpha, "it must lie in [0, 1]")
     require(cfg.T > 0, "T", cfg.T, "the temperature must be > 0")
-    require(cfg.sigma >= 0, "sigma", cfg.sigma, "the noise std must be >= 0")
+    require(cfg.sigma is None or cfg.sigma >= 0, "sigma", cfg.sigma,
+            "the noise std must be >= 0 (null: the noise methods' default)")
     require(cfg.epochs >= 1, "epochs", cfg.epochs, "train for at least 1 epoch")
     require(cfg.seed >= 0, "seed", cfg.seed, "seeds are integers >= 0")
     require(cfg.trainer.batch_size >= 1, "trainer.batch_size", cfg.trainer.batch_size, "use >= 1")

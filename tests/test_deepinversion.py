@@ -27,7 +27,8 @@ from conftest import TINY, make_run, read_results
 
 SETTINGS = SynthesisSettings(name="deepinversion", pool_size=8, batch_size=8, iterations=1,
                              lr=0.05, bn_weight=10.0, first_bn_weight=1.0, tv_weight=2.5e-5,
-                             l2_weight=1e-4, jitter=0, flip=False, multi_resolution=False)
+                             l2_weight=1e-4, jitter=0, flip=False, multi_resolution=False,
+                             clamp=False)
 
 
 def test_bn_statistics_loss_is_zero_at_the_running_statistics_and_falls_when_optimised():
@@ -113,6 +114,21 @@ def test_a_synthesised_batch_is_uint8_images_at_the_asked_size_and_multi_resolut
         images = Synthesizer(teacher, settings, make_run()).batch(
             torch.arange(4), 16, g)
         assert images.dtype == torch.uint8 and images.shape == (4, 3, 16, 16)
+
+
+def test_images_move_freely_while_optimised_and_are_clamped_once_at_the_end():
+    torch.manual_seed(0)
+    teacher = build_model("resnet8", 4, [0.5] * 3, [0.25] * 3).eval()
+    low, high = (0 - 0.5) / 0.25, (1 - 0.5) / 0.25
+    reach = {}
+    for clamp in (False, True):
+        settings = dataclasses.replace(SETTINGS, iterations=5, lr=1.0, clamp=clamp)
+        x = Synthesizer(teacher, settings, make_run()).optimise(
+            torch.arange(8) % 4, 16, torch.Generator().manual_seed(0))
+        reach[clamp] = ((x < low) | (x > high)).float().mean().item()
+    assert reach[False] > 0.05  # NVlabs' CIFAR-10 loop: no clamp while optimising
+    assert reach[True] == 0  # the clamped loop stays inside [0, 1] in pixels
+    assert make_run("method=deepinversion").cfg.method.clamp is False
 
 
 def test_the_pool_file_round_trips_with_a_png_grid(tmp_path):

@@ -74,6 +74,21 @@ def test_ddgsd_views_differ_and_all_five_terms_are_present_and_finite():
     assert out["loss"].item() == pytest.approx(total.item(), rel=1e-5)
 
 
+def test_ddgsd_symmetric_kl_carries_gradient_into_both_views_unless_detached():
+    grads, values = {}, {}
+    for detach in (False, True):
+        method = make_method("ddgsd", detach_targets=detach).train()
+        torch.manual_seed(4)  # the same views both times
+        out = method.training_step(IMAGES, LABELS)
+        params = [p for p in method.student.parameters() if p.requires_grad]
+        grads[detach] = torch.cat([g.flatten() for g in torch.autograd.grad(
+            out["kl_ab"] + out["kl_ba"], params)])
+        values[detach] = (out["kl_ab"] + out["kl_ba"]).item()
+    assert values[False] == pytest.approx(values[True], rel=1e-6)  # the same loss value
+    assert not torch.allclose(grads[False], grads[True])  # the targets' side adds gradient
+    assert make_method("ddgsd").settings.detach_targets is False  # the paper's form by default
+
+
 def test_mmd_is_zero_for_identical_features_and_the_squared_mean_shift_otherwise():
     features = torch.randn(32, 8)
     assert linear_mmd(features, features).item() == 0

@@ -20,13 +20,14 @@ def gaussian_noise(images: torch.Tensor, sigma: float, space: str,
     return images + noise
 
 
-def random_labels(labels: torch.Tensor, rate: float, num_classes: int) -> torch.Tensor:
-    """Each label replaced, with probability `rate`, by a class drawn uniformly from all
-    `num_classes` (so it may draw its own class): which labels and what they become are both
-    random, per batch."""
-    replace = torch.rand(labels.shape, device=labels.device) < rate
-    drawn = torch.randint(0, num_classes, labels.shape, device=labels.device)
-    return torch.where(replace, drawn, labels)
+def flip_labels(labels: torch.Tensor, rate: float, num_classes: int) -> torch.Tensor:
+    """Each label changed, with probability `rate`, to one of the other `num_classes - 1`
+    classes, drawn uniformly: `rate` is the share of labels that change (Messy Collaboration's
+    corrupted label is a wrong one). Which labels flip and what they become are drawn afresh
+    for every batch."""
+    flip = torch.rand(labels.shape, device=labels.device) < rate
+    offset = torch.randint(1, num_classes, labels.shape, device=labels.device)
+    return torch.where(flip, (labels + offset) % num_classes, labels)
 
 
 def shuffle_outputs(logits: torch.Tensor, rate: float) -> torch.Tensor:

@@ -23,6 +23,7 @@ class DDGSDSettings(MethodSettings):
     brightness: float = MISSING  # colour jitter strengths
     contrast: float = MISSING
     saturation: float = MISSING
+    detach_targets: bool = MISSING  # each view's prediction a fixed target of the other
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -36,9 +37,11 @@ class DDGSDSettings(MethodSettings):
 class DDGSD(Method):
     """Data-Distortion Guided Self-Distillation (Xu & Liu, AAAI 2019): one network sees two
     independently distorted views of each image; loss = CE on both views + kl_weight * (KL(p_a ||
-    p_b) + KL(p_b || p_a)), each view's prediction the fixed target of the other, +
-    mmd_weight * MMD between the views' penultimate features (linear kernel: the squared
-    distance of the batch means)."""
+    p_b) + KL(p_b || p_a)) + mmd_weight * MMD between the views' penultimate features (linear
+    kernel: the squared distance of the batch means). Both directions of the symmetric KL carry
+    gradient into both views, as the paper's objective reads and its reference implementation
+    (youngerous/ddgsd-pytorch) does; `detach_targets` makes each view's prediction a fixed
+    target of the other instead (half the gradient near agreement)."""
 
     Settings = DDGSDSettings
     augments_batches = True
@@ -56,10 +59,12 @@ class DDGSD(Method):
         features_a, features_b = features.float().chunk(2)
         ce_a = F.cross_entropy(logits_a.float(), labels)
         ce_b = F.cross_entropy(logits_b.float(), labels)
-        kl_ab = distillation_kl(logits_b, logits_a.detach(), 1.0)  # KL(p_a || p_b)
-        kl_ba = distillation_kl(logits_a, logits_b.detach(), 1.0)  # KL(p_b || p_a)
-        mmd = linear_mmd(features_a, features_b)
         s = self.settings
+        target_a, target_b = ((logits_a.detach(), logits_b.detach()) if s.detach_targets
+                              else (logits_a, logits_b))
+        kl_ab = distillation_kl(logits_b, target_a, 1.0)  # KL(p_a || p_b)
+        kl_ba = distillation_kl(logits_a, target_b, 1.0)  # KL(p_b || p_a)
+        mmd = linear_mmd(features_a, features_b)
         loss = ce_a + ce_b + s.kl_weight * (kl_ab + kl_ba) + s.mmd_weight * mmd
         return {"loss": loss, "logits": logits_a, "ce_a": ce_a, "ce_b": ce_b, "kl_ab": kl_ab,
                 "kl_ba": kl_ba, "mmd": mmd}

@@ -96,6 +96,7 @@ class SynthesisSettings(MethodSettings):
     jitter: int = MISSING  # pixels of random roll per iteration
     flip: bool = MISSING
     multi_resolution: bool = MISSING  # half resolution for the first half of the iterations
+    clamp: bool = MISSING  # clamp to the pixel range after every step (else once at the end)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -150,7 +151,16 @@ class Synthesizer:
     def batch(self, labels: torch.Tensor, image_size: int, generator: torch.Generator,
               student: Classifier | None = None) -> torch.Tensor:
         """One batch of uint8 images for `labels` (`generator`: a CPU generator for the start
-        and the jitter). With 0 iterations the batch is the starting noise (a baseline)."""
+        and the jitter), clamped to [0, 1] and quantised once, at the end. With 0 iterations
+        the batch is the starting noise (a baseline)."""
+        pixels = self.optimise(labels, image_size, generator, student) * self.teacher.std
+        return ((pixels + self.teacher.mean).clamp(0, 1) * 255).round().to(torch.uint8)
+
+    def optimise(self, labels: torch.Tensor, image_size: int, generator: torch.Generator,
+                 student: Classifier | None = None) -> torch.Tensor:
+        """The optimised batch in the network's normalised input space. With `clamp` it is
+        kept inside the pixel range after every Adam step (NVlabs' ImageNet code); without,
+        as NVlabs' CIFAR-10 code does, it moves freely until `batch` clamps it."""
         s = self.settings
         device = labels.device
         channels = self.teacher.mean.shape[1]
@@ -176,13 +186,13 @@ class Synthesizer:
                     optimizer.zero_grad(set_to_none=True)
                     terms["loss"].backward()
                     optimizer.step()
-                    with torch.no_grad():
-                        x.copy_(torch.maximum(torch.minimum(x, high), low))
+                    if s.clamp:
+                        with torch.no_grad():
+                            x.copy_(torch.maximum(torch.minimum(x, high), low))
         finally:
             bn.remove()
         self.run.sink.log({f"synth/{k}": v.item() for k, v in terms.items()})
-        pixels = x.detach() * self.teacher.std + self.teacher.mean
-        return (pixels.clamp(0, 1) * 255).round().to(torch.uint8)
+        return x.detach()
 
     def jittered(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """A random roll of up to `jitter` pixels and, optionally, a random flip."""

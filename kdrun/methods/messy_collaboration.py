@@ -8,13 +8,13 @@ import torch
 from omegaconf import MISSING
 
 from kdrun.checks import require
-from kdrun.data.noise import random_labels
+from kdrun.data.noise import flip_labels
 from kdrun.methods.kd import KD, KDSettings
 
 
 @dataclass
 class MessyCollaborationSettings(KDSettings):
-    label_noise: float = MISSING  # probability a label is redrawn
+    label_noise: float = MISSING  # share of labels changed to another class
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -24,11 +24,12 @@ class MessyCollaborationSettings(KDSettings):
 
 class MessyCollaboration(KD):
     """Messy Collaboration (Arani, Sarfraz, Zonooz; arXiv 1910.05057): while distilling, each
-    training label is replaced with probability `label_noise` by a uniformly drawn class
-    (afresh every batch); the KD loss's cross-entropy uses the corrupted label, so the
-    teacher's soft targets carry the student through the label noise."""
+    training label is changed with probability `label_noise` to another class, drawn
+    uniformly from the other K - 1 (afresh every batch); the KD loss's cross-entropy uses the
+    corrupted label, so the teacher's soft targets carry the student through the label
+    noise."""
 
     Settings = MessyCollaborationSettings
 
     def training_labels(self, labels: torch.Tensor) -> torch.Tensor:
-        return random_labels(labels, self.settings.label_noise, self.student.num_classes)
+        return flip_labels(labels, self.settings.label_noise, self.student.num_classes)
