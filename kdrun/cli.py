@@ -78,7 +78,7 @@ def build_run_method(run: Run, data: ImageData) -> Method:
                                    mean=cfg.dataset.mean, std=cfg.dataset.std,
                                    drop_rate=cfg.student.drop_rate)
     method = build_method(cfg.method, Networks(make_model(cfg.student.arch), teacher,
-                                               make_model, cfg.teacher.corruption))
+                                               make_model, cfg.teacher.output_shuffle))
     if distributed.world_size() > 1:  # the ranks' noise and dropout draws differ
         seed_everything(cfg.seed + 1_000_003 * distributed.rank())
     return prepare(method, run)  # where work between stages runs

@@ -49,7 +49,8 @@ class ModelConfig:
 @dataclass
 class TeacherConfig(ModelConfig):
     checkpoint: str = MISSING
-    corruption: float = MISSING
+    label_noise: float = MISSING
+    output_shuffle: float = MISSING
     seed: int = MISSING
     epochs: int = MISSING
     batch_size: int = MISSING

@@ -24,7 +24,8 @@ PUBLISHED = Path(__file__).with_name("published.yaml")
 DEFAULT_METRICS = ["test/acc", "test/best_acc"]
 UNGROUPED = ("seed",)  # what the rows average over
 PLOTTED_SETTINGS = {"sigma": "sigma (input noise std)",
-                    "method.label_noise": "label noise rate"}
+                    "method.label_noise": "student label noise rate",
+                    "teacher.label_noise": "teacher label noise rate"}
 
 
 @dataclass

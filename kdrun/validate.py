@@ -110,7 +110,9 @@ def _check_sched(sched: DictConfig, key: str) -> None:
 
 
 def _check_teacher(teacher: DictConfig) -> None:
-    require(0 <= teacher.corruption <= 1, "teacher.corruption", teacher.corruption,
+    require(0 <= teacher.label_noise <= 1, "teacher.label_noise", teacher.label_noise,
+            "it is the share of the teacher's training labels changed, in [0, 1]")
+    require(0 <= teacher.output_shuffle <= 1, "teacher.output_shuffle", teacher.output_shuffle,
             "it is the share of teacher outputs shuffled, in [0, 1]")
     ckpt = teacher.checkpoint
     if ckpt in ("auto", "pretrained"):

@@ -17,14 +17,15 @@ from conftest import compose_config
 MEAN, STD = [0.5, 0.5, 0.5], [0.1, 0.2, 0.4]
 
 
-def method(name: str, corruption: float = 0.0, **settings):
+def method(name: str, shuffle: float = 0.0, **settings):
     torch.manual_seed(0)
     student = build_model("resnet8", 10, MEAN, STD)
     teacher = build_model("resnet8", 10, MEAN, STD)
     distills = name != "gaussian_aug"
     cfg = OmegaConf.create({"name": name, **({"alpha": 0.9, "T": 4.0} if distills else {}),
                             **settings})
-    return build_method(cfg, Networks(student, teacher, teacher_corruption=corruption)).train()
+    return build_method(cfg, Networks(student, teacher,
+                                      teacher_output_shuffle=shuffle)).train()
 
 
 def record_inputs(module):
@@ -108,7 +109,7 @@ def test_teacher_output_corruption_shuffles_the_configured_share_of_rows():
     changed = (shuffled != logits).any(dim=1)
     assert changed.float().mean().item() == pytest.approx(0.4, abs=0.02)
     assert torch.equal(shuffled.sort(dim=1).values, logits.sort(dim=1).values)
-    m = method("kd", corruption=1.0)
+    m = method("kd", shuffle=1.0)
     images = torch.rand(8, 3, 16, 16)
     assert not torch.equal(m.teacher_logits(images), m.teacher(images))
 
@@ -116,7 +117,7 @@ def test_teacher_output_corruption_shuffles_the_configured_share_of_rows():
 @pytest.mark.parametrize("name", ["soft_randomization", "fickle_teacher", "messy_collaboration",
                                   "gaussian_aug"])
 def test_a_seeded_run_repeats_exactly(tmp_path, name):
-    overrides = (f"method={name}", "sigma=0.1", "teacher.corruption=0.2")
+    overrides = (f"method={name}", "sigma=0.1", "teacher.output_shuffle=0.2")
     a = train(compose_config(*overrides), tmp_path / "a")
     b = train(compose_config(*overrides), tmp_path / "b")
     assert (a["test/acc"], a["train/loss"]) == (b["test/acc"], b["train/loss"])

@@ -142,8 +142,28 @@ def test_cache_key_follows_the_teacher_recipe_not_the_student_settings():
     base = cache_entry(compose_config())
     assert cache_entry(compose_config("alpha=0.1", "optim.lr=0.01", "seed=7", "epochs=9")) == base
     for change in ("teacher.epochs=3", "teacher.seed=1", "teacher.optim.lr=0.2",
-                   "teacher=resnet14", "dataset.train_subset=10", "trainer.max_steps=5"):
+                   "teacher=resnet14", "dataset.train_subset=10", "trainer.max_steps=5",
+                   "teacher.label_noise=0.2"):
         assert cache_entry(compose_config(change)) != base, change
+    assert cache_entry(compose_config("teacher.output_shuffle=0.5")) == base  # not a recipe
+
+
+def test_a_corrupted_teacher_learns_from_a_fixed_seeded_flip_of_its_training_labels(tmp_path):
+    from kdrun.training.teachers import with_label_noise
+
+    run = make_run(f"cache_dir={tmp_path}", "teacher.label_noise=0.5")
+    data = load_dataset(run.cfg.dataset, run.cfg.cache_dir)
+    noisy = with_label_noise(data, run.cfg)
+    changed = noisy.train.labels != data.train.labels
+    assert changed.float().mean().item() == pytest.approx(0.5, abs=0.1)  # 192 images
+    assert torch.equal(noisy.train.images, data.train.images) and noisy.test is data.test
+    assert torch.equal(with_label_noise(data, run.cfg).train.labels, noisy.train.labels)  # fixed
+    teacher = resolve_teacher(run, data)
+    clean = resolve_teacher(make_run(f"cache_dir={tmp_path}"), data)
+    assert not all(torch.equal(x, y) for x, y in
+                   zip(teacher.state_dict().values(), clean.state_dict().values()))
+    stored = torch.load(cache_entry(run.cfg) / "teacher.pt", weights_only=True)
+    assert stored["meta"]["recipe"]["label_noise"] == 0.5
 
 
 def test_a_teacher_checkpoint_of_another_architecture_is_refused(tmp_path):

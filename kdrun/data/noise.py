@@ -20,13 +20,16 @@ def gaussian_noise(images: torch.Tensor, sigma: float, space: str,
     return images + noise
 
 
-def flip_labels(labels: torch.Tensor, rate: float, num_classes: int) -> torch.Tensor:
+def flip_labels(labels: torch.Tensor, rate: float, num_classes: int,
+                generator: torch.Generator | None = None) -> torch.Tensor:
     """Each label changed, with probability `rate`, to one of the other `num_classes - 1`
     classes, drawn uniformly: `rate` is the share of labels that change (Messy Collaboration's
-    corrupted label is a wrong one). Which labels flip and what they become are drawn afresh
-    for every batch."""
-    flip = torch.rand(labels.shape, device=labels.device) < rate
-    offset = torch.randint(1, num_classes, labels.shape, device=labels.device)
+    corrupted label is a wrong one). Which labels flip and what they become come from
+    `generator` (a fixed corruption of a data set) or from torch's seeded default one (afresh
+    for every batch)."""
+    flip = torch.rand(labels.shape, device=labels.device, generator=generator) < rate
+    offset = torch.randint(1, num_classes, labels.shape, device=labels.device,
+                           generator=generator)
     return torch.where(flip, (labels + offset) % num_classes, labels)
 
 

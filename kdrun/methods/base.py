@@ -37,7 +37,7 @@ class Networks:
     teacher: Classifier | None = None  # given when the method's class says needs_teacher
     make_model: Callable[..., Classifier] | None = None  # (arch, drop_rate=..., drop_path_rate=...)
                                                          # -> a network built like the student
-    teacher_corruption: float = 0.0  # teacher.corruption: share of teacher outputs shuffled
+    teacher_output_shuffle: float = 0.0  # teacher.output_shuffle: share of outputs shuffled
 
 
 @dataclass
@@ -81,7 +81,7 @@ class Method(nn.Module):
         self.student = networks.student
         given = networks.teacher if self.needs_teacher else None
         self.teacher = freeze(given) if given is not None else None
-        self.teacher_corruption = networks.teacher_corruption
+        self.teacher_output_shuffle = networks.teacher_output_shuffle
 
     def training_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Returns 'loss' (what the trainer minimises), 'logits' (the student's, for train
@@ -127,7 +127,7 @@ class Method(nn.Module):
         """The teacher's logits for `images`, the contract every loss may rely on: an ordinary
         tensor that carries no gradient into the teacher (computed under no_grad, not
         inference_mode), so a loss may use it any way it likes - KL, MSE, in-place
-        arithmetic - and autograd may save it for the backward pass. `teacher.corruption`
+        arithmetic - and autograd may save it for the backward pass. `teacher.output_shuffle`
         shuffles a share of its rows."""
         with torch.no_grad():
-            return shuffle_outputs(self.teacher(images), self.teacher_corruption)
+            return shuffle_outputs(self.teacher(images), self.teacher_output_shuffle)

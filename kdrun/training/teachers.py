@@ -14,11 +14,14 @@ import logging
 import re
 from pathlib import Path
 
+import torch
 from filelock import FileLock
 from omegaconf import DictConfig
 
 from kdrun.config import to_dict
-from kdrun.data import ImageData
+from kdrun.data import ImageData, TensorSplit
+from kdrun.data.noise import flip_labels
+from kdrun.errors import ConfigError
 from kdrun.methods import Networks
 from kdrun.methods.base import MethodSettings
 from kdrun.methods.vanilla import Vanilla
@@ -57,6 +60,8 @@ def cache_entry(cfg: DictConfig) -> Path:
     recipe = {"dataset": dataset, "arch": t["arch"], "drop_rate": t["drop_rate"],
               "seed": t["seed"], "epochs": t["epochs"], "batch_size": t["batch_size"],
               "optim": t["optim"], "sched": t["sched"], "max_steps": cfg.trainer.max_steps}
+    if t["label_noise"]:  # absent at 0, so the entries cached before the setting stay valid
+        recipe["label_noise"] = t["label_noise"]
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
     arch = re.sub(r"[^A-Za-z0-9_.-]", "-", t["arch"])
     name = f"{cfg.dataset.name}-{arch}-seed{t['seed']}-{digest}"
@@ -80,6 +85,22 @@ def resolve_teacher(run: Run, data: ImageData) -> Classifier:
     return teacher
 
 
+def with_label_noise(data: ImageData, cfg: DictConfig) -> ImageData:
+    """The teacher's training set with `teacher.label_noise` of its labels changed to another
+    class, once and seeded by teacher.seed (Noise as a Resource trains a teacher on randomly
+    corrupted labels); the test set stays clean."""
+    rate = cfg.teacher.label_noise
+    if not rate:
+        return data
+    if not isinstance(data.train, TensorSplit):
+        raise ConfigError(f"teacher.label_noise={rate} needs an in-memory data set (cifar10, "
+                          f"cifar100, svhn, cinic10, digits), not {cfg.dataset.name}: set it "
+                          "to 0")
+    generator = torch.Generator().manual_seed(cfg.teacher.seed)
+    labels = flip_labels(data.train.labels, rate, len(data.classes), generator)
+    return ImageData(TensorSplit(data.train.images, labels), data.test, data.classes)
+
+
 def _cached(run: Run, data: ImageData) -> Path:
     cfg = run.cfg
     entry = cache_entry(cfg)
@@ -98,7 +119,7 @@ def _cached(run: Run, data: ImageData) -> Path:
         trainer = Trainer(teacher_run, label="teacher ",
                           resume=True)  # a teacher killed mid-training continues here
         method = Vanilla(MethodSettings("vanilla"), Networks(teacher))
-        metrics = trainer.fit(method, data, teacher_recipe(cfg))
+        metrics = trainer.fit(method, with_label_noise(data, cfg), teacher_recipe(cfg))
         save_model(teacher.cpu(), path, meta={
             "test/acc": metrics["test/acc"], "recipe": to_dict(cfg.teacher)})
     return path
