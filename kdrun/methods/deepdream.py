@@ -15,9 +15,9 @@ class DeepDreamSettings(DeepInversionSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(self.bn_weight == 0 and self.first_bn_weight == 0, "method.bn_weight",
-                self.bn_weight, "DeepDream has no BatchNorm-statistics term: use "
-                "method=deepinversion for one")
+        for key in ("bn_weight", "first_bn_weight"):
+            require(getattr(self, key) == 0, f"method.{key}", getattr(self, key),
+                    "DeepDream has no BatchNorm-statistics term: use method=deepinversion")
 
 
 class DeepDream(DeepInversion):
