@@ -37,6 +37,7 @@ from kdrun.runtime.device import seed_everything
 from kdrun.runtime.run import Run
 from kdrun.sinks import build_sinks
 from kdrun.sweep import SweepSummary
+from kdrun.training.optimizers import Optimizers
 from kdrun.training.teachers import resolve_teacher
 from kdrun.training.trainer import Recipe, Trainer
 from kdrun.validate import validate
@@ -94,9 +95,12 @@ def train(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
         results = run_info(run)
         method = build_run_method(run, data)
         results.update(recorded_settings(method))
+        optimizers = None
         for stage in method.stages(data, cfg.epochs, run):
             results.update(stage.metrics)
-            results.update(train_stage(run, method, stage))
+            stage_results, optimizers = train_stage(run, method, stage,
+                                                    optimizers if stage.continues else None)
+            results.update(stage_results)
         if not distributed.is_main():
             return results
         student = method.eval_model()
@@ -120,21 +124,24 @@ def recorded_settings(method: Method) -> dict[str, Any]:
             if isinstance(value, (bool, int, float, str))}
 
 
-def train_stage(run: Run, method: Method, stage: Stage) -> dict[str, Any]:
-    """One stage's training. A multi-stage method's stages each keep their checkpoints and
+def train_stage(run: Run, method: Method, stage: Stage,
+                optimizers: Optimizers | None) -> tuple[dict[str, Any], Optimizers]:
+    """One stage's training (going on with `optimizers` when given); returns its metrics and
+    the optimisers it stepped. A multi-stage method's stages each keep their checkpoints and
     their test metrics under the stage's name (round1/test/acc, checkpoints/round1.pt)."""
     cfg = run.cfg
     single = stage.name == "train"
     trainer = Trainer(run, label="" if single else f"{stage.name} ",
                       checkpoint_name="last.pt" if single else f"last-{stage.name}.pt")
-    results = trainer.fit(method, stage.data, Recipe(stage.epochs, cfg.trainer.batch_size,
-                                                     cfg.optim, cfg.sched), stage.augment)
+    recipe = Recipe(stage.epochs, cfg.trainer.batch_size, cfg.optim, cfg.sched, stage.mix,
+                    stage.schedule)
+    results = trainer.fit(method, stage.data, recipe, stage.augment, optimizers)
     if not single:
         save_model(method.eval_model(), run.dir / "checkpoints" / f"{stage.name}.pt",
                    meta={"test/acc": results["test/acc"]})
         results.update({f"{stage.name}/{k}": v for k, v in results.items()
                         if k.startswith(("test/", "teacher/test/acc"))})
-    return results
+    return results, trainer.optimizers
 
 
 def evaluate_checkpoint(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,

@@ -42,6 +42,7 @@ from kdrun.errors import KdrunError
 from kdrun.evaluation.attacks import robust_accuracy
 from kdrun.evaluation.corruptions import corruption_accuracy
 from kdrun.methods import METHODS, Networks, build_method
+from kdrun.methods.base import Schedule
 from kdrun.methods.losses import distillation_kl
 from kdrun.models import build_model, build_network
 from kdrun.models.prepare import prepare
@@ -109,7 +110,8 @@ def kdrun_throughput(run: Run, data, bench: dict, compiled: bool) -> float:
     prepare(method, run)
     loader = make_loader(data.train, cfg.trainer.batch_size, run, train=True,
                          augment=not method.augments_batches)
-    optimizers = Optimizers(method, cfg.optim, cfg.sched, len(loader), cfg.epochs)
+    optimizers = Optimizers(method, cfg.optim, cfg.sched,
+                            Schedule(len(loader) * cfg.epochs, len(loader)))
     method.train()
 
     def step(images, labels):

@@ -168,3 +168,27 @@ def test_both_stages_run_through_the_cli(tmp_path, cli_env):
         env=cli_env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 0 <= read_results(tmp_path / "stage2")["test/acc"] <= 100
+
+
+def test_adaptive_deepinversion_distils_as_long_as_deepinversion_on_one_schedule(tmp_path):
+    """Issue 19, item 4: ADI's rounds go on with one optimiser and one lr schedule, as long as
+    DeepInversion's (here 6 epochs of 6 batches = 36 steps), split equally between rounds."""
+    from kdrun.cli import train
+    from kdrun.runtime import checkpoint
+
+    from conftest import compose_config
+
+    train(compose_config("method=adaptive_deepinversion", "method.rounds=3",
+                         "synthesis.pool_size=48", "synthesis.batch_size=16",
+                         "synthesis.iterations=1", "trainer.batch_size=8", "epochs=6",
+                         "sched=cosine", "sched.min_lr=0"), tmp_path)
+    steps, lrs = [], []
+    for r in (1, 2, 3):
+        state = checkpoint.load(tmp_path / "checkpoints" / f"last-round{r}.pt")
+        main = state["optimizers"]["main"]
+        steps.append(main["scheduler"]["last_epoch"])
+        lrs.append(main["optimizer"]["param_groups"][0]["lr"])
+        assert state["epoch"] == (6, 3, 2)[r - 1]  # pools of 16, 32, 48: 12 steps a round
+    assert steps == [12, 24, 36]  # one schedule, counted on through the rounds
+    base = compose_config("sched=cosine").optim.lr
+    assert lrs == pytest.approx([0.75 * base, 0.25 * base, 0], abs=1e-6)  # cosine over 36

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 import kdrun
 from kdrun.methods import METHODS, Networks, build_method
+from kdrun.methods.base import Schedule
 from kdrun.methods.losses import distillation_kl
 from kdrun.models import build_model
 from kdrun.training.optimizers import Optimizers
@@ -63,7 +64,7 @@ def make_optimizers(method, lr: float = 0.05) -> Optimizers:
     optim = OmegaConf.create({"_target_": "torch.optim.SGD", "_partial_": True, "lr": lr})
     sched = OmegaConf.create({"name": "constant", "milestones": [], "gamma": 1.0,
                               "warmup_epochs": 0, "min_lr": 0.0})
-    return Optimizers(method, optim, sched, steps_per_epoch=10, epochs=1)
+    return Optimizers(method, optim, sched, Schedule(steps=10, steps_per_epoch=10))
 
 
 def test_every_method_has_its_yaml_named_like_it():

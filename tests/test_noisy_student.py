@@ -9,8 +9,9 @@ import subprocess
 import pytest
 import torch
 
-from kdrun.data import ImageData, TensorSplit, make_loader
+from kdrun.data import BatchMix, ImageData, TensorSplit, make_loader
 from kdrun.data.augment import rand_augment
+from kdrun.data.device_loader import batch_indices
 from kdrun.methods.pseudo_labels import predict, select
 from kdrun.models import build_model
 
@@ -51,21 +52,86 @@ def test_balancing_keeps_the_most_confident_and_repeats_rare_classes():
     assert torch.bincount(predicted[default], minlength=3).tolist() == [2, 2, 2]  # 7 kept / 3
 
 
-def test_noise_is_on_for_the_student_and_off_for_the_teacher():
-    method = make_method("noisy_student", threshold=0.0)
+def tiny_split(n: int = 32) -> TensorSplit:
     g = torch.Generator().manual_seed(0)
-    train = TensorSplit(torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8, generator=g),
-                        torch.arange(32) % 4)
+    return TensorSplit(torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8, generator=g),
+                       torch.arange(n) % 4)
+
+
+def test_the_first_teacher_is_noised_unless_told_otherwise():
+    """Issue 19, item 5: the paper's first teacher is its noised baseline."""
+    train = tiny_split()
+    data = ImageData(train, train, ["a", "b", "c", "d"])
+    run = make_run("dataset.num_workers=0")
+    noised = make_method("noisy_student", threshold=0.0)
+    next(noised.stages(data, 1, run))
+    assert noised.noisy and noised.student.net.drop.p == 0.2
+    assert noised.student.net.stages[-1][-1].drop_path.drop_prob == pytest.approx(0.2)
+    plain = make_method("noisy_student", threshold=0.0, noise_first_teacher=False)
+    next(plain.stages(data, 1, run))
+    assert not plain.noisy and plain.student.net.drop.p == 0.0
+
+
+def test_labels_are_smoothed_and_soft_pseudo_labels_are_not():
+    method = make_method("noisy_student", threshold=0.0, noise_first_teacher=False)
+    train = tiny_split()
+    stages = method.stages(ImageData(train, train, ["a", "b", "c", "d"]), 1,
+                           make_run("dataset.num_workers=0"))
+    round0 = next(stages)
+    method.eval()
+    torch.manual_seed(0)
+    images, labels = round0.data.train.images[:8].float() / 255, round0.data.train.labels[:8]
+    out = method.training_step(images, labels)
+    assert out["loss"].item() == pytest.approx(torch.nn.functional.cross_entropy(
+        out["logits"].float(), labels, label_smoothing=0.1).item(), rel=1e-5)
+    round1 = next(stages)
+    method.eval()
+    pseudo = round1.data.train.labels[round1.data.train.labels >= 4][:4]
+    torch.manual_seed(0)
+    out = method.training_step(round1.data.train.images[:4].float() / 255, pseudo)
+    targets = method.pseudo_targets[pseudo - 4]
+    expected = -(targets * out["logits"].float().log_softmax(dim=1)).sum(dim=1).mean()
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_each_batch_holds_pseudo_labels_at_the_unlabel_ratio():
+    """Issue 19, item 5: `unlabel_ratio` sets each batch's mix, not the two sets' sizes."""
+    labelled, pseudo = 10, 90
+    split = TensorSplit(torch.zeros(100, 3, 4, 4, dtype=torch.uint8),
+                        torch.cat([torch.zeros(labelled), torch.ones(pseudo)]).long())
+    run = make_run()
+    for ratio, per_batch in ((1.0, 8), (3.0, 12)):
+        loader = make_loader(split, 16, run, train=True, mix=BatchMix(labelled, ratio))
+        batches = [labels for _, labels in loader]
+        assert len(batches) == len(loader) == 6  # a pass over 100 images, batches of 16
+        assert all(int(b.sum()) == per_batch for b in batches)
+    plain = [labels for _, labels in make_loader(split, 16, run, train=True)]
+    assert sum(int(b.sum()) for b in plain) / (16 * len(plain)) > 0.8  # by the sizes
+
+
+def test_a_mixed_pass_reaches_every_labelled_image_and_repeats_none_too_soon():
+    g = torch.Generator().manual_seed(0)
+    batches = list(batch_indices(40, 8, True, g, BatchMix(first=4, ratio=1.0)))
+    labelled = torch.cat([b[b < 4] for b in batches])
+    assert len(labelled) == 5 * 4 and torch.bincount(labelled).tolist() == [5] * 4
+    pseudo = torch.cat([b[b >= 4] for b in batches])
+    assert len(set(pseudo.tolist())) == 20  # 20 draws from 36 images, none repeated
+
+
+def test_noise_is_on_for_the_student_and_off_for_the_teacher():
+    method = make_method("noisy_student", threshold=0.0, noise_first_teacher=False)
+    train = tiny_split()
     data = ImageData(train, train, ["a", "b", "c", "d"])
     stages = method.stages(data, 1, make_run("dataset.num_workers=0"))
     round0 = next(stages)
     assert len(round0.data.train) == 8 and not method.noisy  # 25 % labelled
     assert not round0.augment  # in-memory data: the method crops, flips and noises it
-    assert method.student.net.drop.p == 0.0
+    assert method.student.net.drop.p == 0.0 and round0.mix is None
     round1 = next(stages)
     kept = round1.metrics["round1/pseudo_labelled"]
     assert method.noisy and kept > 0
     assert len(round1.data.train) == 8 + kept
+    assert round1.mix == BatchMix(first=8, ratio=1.0)
     assert (round1.data.train.labels[8:] >= 4).all()  # pseudo-labels, marked
     assert len(method.pseudo_targets) == kept
     assert not method.teacher.training and method.student.net.drop.p == 0.2
@@ -104,7 +170,7 @@ def test_stochastic_depth_drops_residual_branches_in_training_only():
 @pytest.mark.slow
 def test_two_rounds_run_through_the_cli_and_log_each_round(tmp_path, cli_env):
     proc = subprocess.run(["kdrun", *TINY, "method=noisy_student", "method.rounds=2",
-                           "method.labelled_fraction=0.3", "epochs=2",
+                           "method.labelled_fraction=0.3", "method.threshold=0", "epochs=2",
                            f"hydra.run.dir={tmp_path}/run"], env=cli_env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -128,6 +194,9 @@ def test_large_images_are_noised_per_image_in_the_dataloader_workers(tmp_path):
     method = make_method("noisy_student", threshold=0.0, balance=False)
     stages = method.stages(ImageData(train, test, train.classes), 1,
                            make_run("dataset.num_workers=0", "dataset.image_size=16"))
+    def has_randaugment(dataset):
+        return any(isinstance(t, v2.RandAugment) for t in dataset.transform.transforms)
+
     round0 = next(stages)
     assert round0.augment and len(round0.data.train) == 4  # 25 % of 16; the loader noises
     round1 = next(stages)
@@ -135,10 +204,11 @@ def test_large_images_are_noised_per_image_in_the_dataloader_workers(tmp_path):
     labelled, pseudo = round1.data.train.datasets
     for part in (labelled, pseudo):
         folder = part.dataset.dataset if hasattr(part.dataset, "dataset") else part.dataset
-        assert any(isinstance(t, v2.RandAugment) for t in folder.transform.transforms)
+        assert has_randaugment(folder)
     image, label = pseudo[0]
     assert image.shape == (3, 16, 16) and label >= 4  # marked as a pseudo-label
-    assert train.transform is round0.data.train.dataset.transform  # the original is untouched
+    assert has_randaugment(round0.data.train.dataset)  # the first teacher is noised too
+    assert not has_randaugment(train)  # the original is untouched
     batch = torch.stack([pseudo[i][0] for i in range(4)])
     out = method.training_step(batch, torch.tensor([pseudo[i][1] for i in range(4)]))
     assert torch.isfinite(out["loss"]) and out["labels"].max() < 4

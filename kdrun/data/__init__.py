@@ -2,9 +2,9 @@
 the loaders that batch them."""
 
 from kdrun.data.datasets import dataset_settings, load_dataset, named_dataset_cfg
-from kdrun.data.device_loader import make_loader
+from kdrun.data.device_loader import BatchMix, make_loader
 from kdrun.data.sets import DATASETS
 from kdrun.data.types import ImageData, TensorSplit
 
-__all__ = ["DATASETS", "ImageData", "TensorSplit", "dataset_settings", "load_dataset",
+__all__ = ["DATASETS", "BatchMix", "ImageData", "TensorSplit", "dataset_settings", "load_dataset",
            "make_loader", "named_dataset_cfg"]

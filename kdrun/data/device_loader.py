@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -26,6 +27,51 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
+@dataclass(frozen=True)
+class BatchMix:
+    """Training batches drawn from two parts of a split at a fixed ratio, not in proportion to
+    their sizes: the split's first `first` examples and the rest, `ratio` of the rest for each
+    one of the first in every batch (Noisy Student's unlabel_ratio)."""
+    first: int
+    ratio: float
+
+    def shares(self, batch_size: int) -> tuple[int, int]:
+        """How many of each part a batch holds (at least one of each)."""
+        second = min(batch_size - 1, max(1, round(batch_size * self.ratio / (1 + self.ratio))))
+        return batch_size - second, second
+
+
+def batch_indices(n: int, batch_size: int, train: bool, generator: torch.Generator,
+                  mix: BatchMix | None = None) -> Iterator[torch.Tensor]:
+    """The indices of each batch of one pass: shuffled for training, in order otherwise. With a
+    mix, a pass is as many batches as the whole split makes; each part is drawn in its own
+    shuffled order, started again when it runs out, and each batch is shuffled (a mix with an
+    empty part, or of batches too small to hold both, is ignored)."""
+    device = generator.device
+    count = num_batches(n, batch_size, train)
+    if mix is None or not 0 < mix.first < n or batch_size < 2:
+        order = (torch.randperm(n, generator=generator, device=device) if train
+                 else torch.arange(n, device=device))
+        for i in range(count):
+            yield order[i * batch_size:(i + 1) * batch_size]
+        return
+    shares = mix.shares(batch_size)
+    parts = [_cycled(0, mix.first, count * shares[0], generator),
+             _cycled(mix.first, n, count * shares[1], generator)]
+    for i in range(count):
+        index = torch.cat([part[i * k:(i + 1) * k] for part, k in zip(parts, shares,
+                                                                    strict=True)])
+        yield index[torch.randperm(len(index), generator=generator, device=device)]
+
+
+def _cycled(start: int, stop: int, length: int, generator: torch.Generator) -> torch.Tensor:
+    """`length` indices from [start, stop): shuffled passes over the range, end to end."""
+    passes = -(-length // (stop - start))
+    return torch.cat([start + torch.randperm(stop - start, generator=generator,
+                                             device=generator.device)
+                      for _ in range(passes)])[:length]
+
+
 def drops_last(n: int, batch_size: int, train: bool) -> bool:
     """Training drops the ragged last batch (BN statistics), unless it is the only batch."""
     return train and n >= batch_size
@@ -38,11 +84,13 @@ def num_batches(n: int, batch_size: int, train: bool) -> int:
 class EpochBatches:
     """Batches of one pass over a split, in an order fixed by (seed, epoch)."""
 
-    def __init__(self, batch_size: int, device: torch.device, seed: int, train: bool):
+    def __init__(self, batch_size: int, device: torch.device, seed: int, train: bool,
+                 mix: BatchMix | None = None):
         self.batch_size = batch_size
         self.device = device
         self.seed = seed
         self.train = train
+        self.mix = mix
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -56,8 +104,8 @@ class DeviceLoader(EpochBatches):
 
     def __init__(self, split: TensorSplit, batch_size: int, device: torch.device, seed: int,
                  train: bool, crop_padding: int = 0, hflip: bool = False,
-                 ranks: tuple[int, int] = (0, 1)):
-        super().__init__(batch_size, device, seed, train)
+                 ranks: tuple[int, int] = (0, 1), mix: BatchMix | None = None):
+        super().__init__(batch_size, device, seed, train, mix)
         self.images = split.images.to(device)
         self.labels = split.labels.to(device)
         self.crop_padding = crop_padding
@@ -68,12 +116,8 @@ class DeviceLoader(EpochBatches):
         return num_batches(len(self.labels), self.batch_size, self.train)
 
     def __iter__(self) -> Iterator[Batch]:
-        n = len(self.labels)
         g = torch.Generator(device=self.device).manual_seed(epoch_seed(self.seed, self.epoch))
-        order = (torch.randperm(n, generator=g, device=self.device) if self.train
-                 else torch.arange(n, device=self.device))
-        for i in range(len(self)):
-            index = order[i * self.batch_size:(i + 1) * self.batch_size]
+        for index in batch_indices(len(self.labels), self.batch_size, self.train, g, self.mix):
             images = self.images[index]
             labels = self.labels[index]
             if self.train:
@@ -89,8 +133,9 @@ class DatasetLoader(EpochBatches):
     """The DataLoader path for large images, with the same interface as DeviceLoader."""
 
     def __init__(self, dataset: Dataset, batch_size: int, device: torch.device, seed: int,
-                 train: bool, num_workers: int, ranks: tuple[int, int] = (0, 1)):
-        super().__init__(batch_size, device, seed, train)
+                 train: bool, num_workers: int, ranks: tuple[int, int] = (0, 1),
+                 mix: BatchMix | None = None):
+        super().__init__(batch_size, device, seed, train, mix)
         self.dataset = dataset
         self.num_workers = num_workers
         self.rank, self.world = ranks
@@ -101,7 +146,14 @@ class DatasetLoader(EpochBatches):
     def __iter__(self) -> Iterator[Batch]:
         drop_last = drops_last(len(self.dataset), self.batch_size, self.train)
         seed = epoch_seed(self.seed, self.epoch)
-        if self.world > 1:  # rank r takes places r, r + world, ... of each global batch
+        if self.mix is not None:  # rank r takes its slice of each global batch
+            batches = batch_indices(len(self.dataset), self.batch_size, self.train,
+                                    torch.Generator().manual_seed(seed), self.mix)
+            share = self.batch_size // self.world
+            options = {"batch_sampler": [b[self.rank * share:(self.rank + 1) * share].tolist()
+                                         for b in batches]}
+            drop_last = False  # the batches are given
+        elif self.world > 1:  # rank r takes places r, r + world, ... of each global batch
             sampler = DistributedSampler(self.dataset, self.world, self.rank, shuffle=True,
                                          seed=seed, drop_last=True)
             options = {"sampler": sampler, "batch_size": self.batch_size // self.world}
@@ -117,11 +169,12 @@ class DatasetLoader(EpochBatches):
 
 
 def make_loader(split: TensorSplit | Dataset, batch_size: int, run: Run, train: bool,
-                augment: bool = True, shard: bool = False) -> DeviceLoader | DatasetLoader:
+                augment: bool = True, shard: bool = False,
+                mix: BatchMix | None = None) -> DeviceLoader | DatasetLoader:
     """Batches on the run's device, in an order seeded by the run's seed. `augment=False`:
     training batches without the data set's crop/flip, for methods that distort batches
     themselves. `shard=True`: this rank's part under torch.distributed (`batch_size` stays the
-    global batch when training)."""
+    global batch when training). `mix`: training batches drawn from two parts at a ratio."""
     dataset_cfg = run.cfg.dataset
     sharded = shard and distributed.world_size() > 1
     ranks = (distributed.rank(), distributed.world_size()) if sharded and train else (0, 1)
@@ -130,10 +183,10 @@ def make_loader(split: TensorSplit | Dataset, batch_size: int, run: Run, train: 
     if isinstance(split, TensorSplit):
         return DeviceLoader(split, batch_size, run.device, run.seed, train,
                             crop_padding=dataset_cfg.crop_padding if augment else 0,
-                            hflip=dataset_cfg.hflip and augment, ranks=ranks)
+                            hflip=dataset_cfg.hflip and augment, ranks=ranks, mix=mix)
     if not augment:
         raise ConfigError(f"this method distorts its own batches, which needs an in-memory data "
                           f"set (cifar10, cifar100, svhn, cinic10, digits), not "
                           f"{dataset_cfg.name}: choose one of those")
     return DatasetLoader(split, batch_size, run.device, run.seed, train, dataset_cfg.num_workers,
-                         ranks)
+                         ranks, mix)

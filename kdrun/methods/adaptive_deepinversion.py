@@ -10,8 +10,9 @@ from omegaconf import MISSING
 
 from kdrun.checks import require
 from kdrun.data import ImageData, TensorSplit
+from kdrun.data.device_loader import num_batches
 from kdrun.data.pool import save_pool
-from kdrun.methods.base import Stage
+from kdrun.methods.base import Schedule, Stage
 from kdrun.methods.deepinversion import POOL_FILE, DeepInversion, DeepInversionSettings
 from kdrun.methods.inversion import Competition
 from kdrun.runtime.run import Run
@@ -37,7 +38,13 @@ class AdaptiveDeepInversion(DeepInversion):
     competition_weight * (1 - JS(p_teacher, p_student)) at temperature competition_T, favouring
     images the current student gets wrong. The student is in the loop, so stages alternate:
     each of `rounds` rounds synthesises pool_size/rounds images with the current student, then
-    distils on the pool so far for epochs/rounds epochs."""
+    distils on the pool so far.
+
+    The distillation is DeepInversion's, cut into rounds: one optimiser and one learning-rate
+    schedule run through all of them, as long as DeepInversion's (`epochs` passes over
+    pool_size images), and each round takes an equal share of those steps, in whole epochs over
+    its pool (so the total lies within rounding of DeepInversion's). How the paper splits the
+    budget between rounds is not stated; equal shares are ours."""
 
     Settings = AdaptiveDeepInversionSettings
 
@@ -46,10 +53,16 @@ class AdaptiveDeepInversion(DeepInversion):
 
     def stages(self, data: ImageData, epochs: int, run: Run):
         s = self.settings
-        per_round = math.ceil(s.pool_size / s.rounds)
+        batch_size = run.cfg.trainer.batch_size
+        sizes = self.pool_sizes()
+        round_epochs = self.round_epochs(epochs, batch_size)
+        schedule = Schedule(
+            steps=sum(e * num_batches(n, batch_size, train=True)
+                      for n, e in zip(sizes, round_epochs, strict=True)),
+            steps_per_epoch=num_batches(s.pool_size, batch_size, train=True))
         pool: TensorSplit | None = None
         for r in range(1, s.rounds + 1):
-            new = self.synthesize(data.classes, per_round, f"pool-round{r}.pt", run,
+            new = self.synthesize(data.classes, sizes[0], f"pool-round{r}.pt", run,
                                   student=self.student)
             pool = new if pool is None else TensorSplit(torch.cat([pool.images, new.images]),
                                                         torch.cat([pool.labels, new.labels]))
@@ -57,4 +70,18 @@ class AdaptiveDeepInversion(DeepInversion):
                 save_pool(run.dir / "synthetic" / POOL_FILE, pool, data.classes,
                           meta={"method": type(self).__name__, "teacher": self.teacher.arch})
             yield Stage(f"round{r}", ImageData(pool, data.test, data.classes),
-                        max(1, epochs // s.rounds), metrics=self.synthesis_metrics(pool, run))
+                        round_epochs[r - 1], metrics=self.synthesis_metrics(pool, run),
+                        schedule=schedule if r == 1 else None, continues=r > 1)
+
+    def pool_sizes(self) -> list[int]:
+        """The pool's size in each round: pool_size/rounds images more every round."""
+        per_round = math.ceil(self.settings.pool_size / self.settings.rounds)
+        return [per_round * r for r in range(1, self.settings.rounds + 1)]
+
+    def round_epochs(self, epochs: int, batch_size: int) -> list[int]:
+        """Each round's epochs over its pool: a `rounds`-th of DeepInversion's steps
+        (`epochs` over pool_size images) each, rounded to whole epochs, at least one."""
+        s = self.settings
+        share = epochs * num_batches(s.pool_size, batch_size, train=True) / s.rounds
+        return [max(1, round(share / num_batches(n, batch_size, train=True)))
+                for n in self.pool_sizes()]

@@ -13,7 +13,7 @@ import torch
 from omegaconf import MISSING
 from torch import nn
 
-from kdrun.data import ImageData
+from kdrun.data import BatchMix, ImageData
 from kdrun.data.noise import shuffle_outputs
 from kdrun.models import Classifier
 from kdrun.runtime.run import Run
@@ -48,17 +48,33 @@ class OptimizerGroup:
     optim: Any  # a partial optimiser config (`_target_`, `_partial_: true`, lr, ...)
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """A learning-rate schedule that several stages share: `steps` optimiser steps in all, its
+    warm-up (sched.warmup_epochs) counted in epochs of `steps_per_epoch` steps."""
+    steps: int
+    steps_per_epoch: int
+
+
 @dataclass
 class Stage:
     """A stretch of training on one data set. Most methods have one; data-free methods first
     make the data they train on. `augment`: the loader applies the data set's crop and flip
     (False when the method distorts its batches itself); `metrics`: figures from the work that
-    prepared this stage (synthesis, pseudo-labelling), for results.json."""
+    prepared this stage (synthesis, pseudo-labelling), for results.json; `mix`: batches drawn
+    from two parts of the training split at a fixed ratio.
+
+    By default a stage starts a fresh optimiser whose schedule spans its own epochs. A stage
+    with a `schedule` starts one spanning that many steps instead, and a stage that `continues`
+    keeps the previous stage's optimiser and schedule going (the same networks train on)."""
     name: str
     data: ImageData
     epochs: int
     augment: bool = True
     metrics: dict[str, Any] = field(default_factory=dict)
+    mix: BatchMix | None = None
+    schedule: Schedule | None = None
+    continues: bool = False
 
 
 def freeze(model: nn.Module) -> nn.Module:

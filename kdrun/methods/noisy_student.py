@@ -11,7 +11,14 @@ from omegaconf import MISSING
 from torch.utils.data import ConcatDataset
 
 from kdrun.checks import require
-from kdrun.data import ImageData, TensorSplit, load_dataset, make_loader, named_dataset_cfg
+from kdrun.data import (
+    BatchMix,
+    ImageData,
+    TensorSplit,
+    load_dataset,
+    make_loader,
+    named_dataset_cfg,
+)
 from kdrun.data.augment import (
     center_crop_transform,
     rand_augment,
@@ -50,6 +57,9 @@ class NoisyStudentSettings(MethodSettings):
     survival: float = MISSING  # stochastic depth: survival of the last residual block
     crop_padding: int = MISSING  # the data set's own augmentation, every round
     hflip: bool = MISSING
+    noise_first_teacher: bool = MISSING  # round 0 trains with the students' noise
+    label_smoothing: float = MISSING  # on the cross-entropy to labels and hard pseudo-labels
+    unlabel_ratio: float | None = MISSING  # pseudo-labelled per labelled image in each batch
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -73,18 +83,28 @@ class NoisyStudentSettings(MethodSettings):
         require(0 < self.survival <= 1, "method.survival", self.survival,
                 "the last block's survival probability, (0, 1]")
         require(0 <= self.dropout < 1, "method.dropout", self.dropout, "use [0, 1)")
+        require(0 <= self.label_smoothing < 1, "method.label_smoothing", self.label_smoothing,
+                "use [0, 1)")
+        if self.unlabel_ratio is not None:
+            require(self.unlabel_ratio > 0, "method.unlabel_ratio", self.unlabel_ratio,
+                    "use > 0, or null to mix by the sizes of the two sets")
 
 
 class NoisyStudent(Method):
     """Self-training with Noisy Student (Xie, Luong, Hovy, Le; CVPR 2020, arXiv 1911.04252):
-    round 0 trains a teacher on the labelled images without noise; each later round
-    pseudo-labels the unlabelled images with the un-noised teacher (confidence threshold,
-    per-class balancing), trains a new, equal or larger student on labelled + pseudo-labelled
-    images with input noise (RandAugment) and model noise (classifier dropout, stochastic depth
-    with linear decay), and makes it the next teacher. Soft pseudo-labels are the teacher's
-    probabilities on the un-noised image, computed once per round. In-memory data sets are
-    noised in batches on the device; large-image ones (ImageNet) per image in the DataLoader
-    workers."""
+    round 0 trains a teacher on the labelled images, noised like the students (the paper's
+    baseline; `noise_first_teacher=false`: without noise); each later round pseudo-labels the
+    unlabelled images with the un-noised teacher (confidence threshold, per-class balancing),
+    trains a new, equal or larger student on labelled + pseudo-labelled images with input
+    noise (RandAugment) and model noise (classifier dropout, stochastic depth with linear
+    decay), and makes it the next teacher. As in the official code, every batch holds
+    `unlabel_ratio` pseudo-labelled images per labelled one, and the cross-entropy to labels
+    (and to hard pseudo-labels) is label-smoothed. Soft pseudo-labels are the teacher's
+    probabilities on the un-noised image, computed once per round. The loss is the batch's
+    mean (the official code sums the two parts' means weighted 1 : unlabel_ratio, which is
+    this times 1 + unlabel_ratio: a constant the learning rate absorbs). In-memory data sets
+    are noised in batches on the device; large-image ones (ImageNet) per image in the
+    DataLoader workers."""
 
     Settings = NoisyStudentSettings
     augments_batches = True  # in-memory data; a DataLoader data set is noised by its transform
@@ -94,7 +114,7 @@ class NoisyStudent(Method):
         self.make_model = networks.make_model
         self.archs = list(settings.archs) or [self.student.arch] * (settings.rounds + 1)
         self.num_classes = self.student.num_classes
-        self.noisy = False  # round 0 trains the first teacher without noise
+        self.noisy = False  # this round's student is noised; set by stages()
         self.in_memory = True  # in-memory data is noised here; set by stages()
         self.pseudo_targets = torch.zeros(0, self.num_classes)  # set each round
 
@@ -103,17 +123,33 @@ class NoisyStudent(Method):
         labelled, unlabelled = self.split(data, run)
         self.in_memory = isinstance(labelled, TensorSplit)
         augment = not self.in_memory  # the loader noises only what this method cannot
-        self.student = prepare(self.make_model(self.archs[0], drop_rate=0.0), run)
-        yield Stage("round0", ImageData(labelled, data.test, data.classes), epochs,
+        self.noisy = s.noise_first_teacher
+        self.student = prepare(self.build_student(self.archs[0]), run)
+        first = labelled if self.in_memory or not self.noisy else with_transform(
+            labelled, self.noised_transform(run))
+        yield Stage("round0", ImageData(first, data.test, data.classes), epochs,
                     augment=augment)
         for r in range(1, s.rounds + 1):
             self.teacher = freeze(self.student).eval()
             train, kept = self.with_pseudo_labels(labelled, unlabelled, run)
-            self.student = prepare(self.make_model(self.archs[r], drop_rate=s.dropout,
-                                                   drop_path_rate=1 - s.survival), run)
             self.noisy = True
+            self.student = prepare(self.build_student(self.archs[r]), run)
+            mix = None if s.unlabel_ratio is None else BatchMix(len(labelled), s.unlabel_ratio)
             yield Stage(f"round{r}", ImageData(train, data.test, data.classes), epochs,
-                        augment=augment, metrics={f"round{r}/pseudo_labelled": kept})
+                        augment=augment, mix=mix, metrics={f"round{r}/pseudo_labelled": kept})
+
+    def build_student(self, arch: str):
+        """A new network; with the model noise (dropout, stochastic depth) when noised."""
+        s = self.settings
+        if not self.noisy:
+            return self.make_model(arch, drop_rate=0.0)
+        return self.make_model(arch, drop_rate=s.dropout, drop_path_rate=1 - s.survival)
+
+    def noised_transform(self, run: Run):
+        """The input noise of the DataLoader path, per image: crop, flip and RandAugment."""
+        s = self.settings
+        return resized_crop_transform(run.cfg.dataset.image_size, s.hflip,
+                                      (s.randaugment_ops, s.randaugment_magnitude))
 
     def split(self, data: ImageData, run: Run):
         """The labelled share of the training set (seeded), and the unlabelled images: the rest
@@ -156,8 +192,7 @@ class NoisyStudent(Method):
         if self.in_memory:
             return TensorSplit(torch.cat([labelled.images, unlabelled.images[index]]),
                                torch.cat([labelled.labels, marks])), len(index)
-        noised = resized_crop_transform(image_size, s.hflip,
-                                        (s.randaugment_ops, s.randaugment_magnitude))
+        noised = self.noised_transform(run)
         return ConcatDataset([with_transform(labelled, noised),
                               Relabelled(with_transform(unlabelled, noised), index, marks)]
                              ), len(index)
@@ -170,14 +205,15 @@ class NoisyStudent(Method):
             if self.noisy:
                 inputs = rand_augment(inputs, s.randaugment_ops, s.randaugment_magnitude)
         logits = self.student(inputs)
-        if not self.noisy:  # round 0: labelled images only
-            ce = F.cross_entropy(logits.float(), labels)
+        if not len(self.pseudo_targets):  # round 0, or a teacher that kept none: labels only
+            ce = F.cross_entropy(logits.float(), labels, label_smoothing=s.label_smoothing)
             return {"loss": ce, "logits": logits}
         is_pseudo = labels >= self.num_classes
         rows = (labels - self.num_classes).clamp_min(0)
         teacher_probabilities = self.pseudo_targets[rows]
         targets = torch.where(is_pseudo, teacher_probabilities.argmax(dim=1), labels)
-        ce = F.cross_entropy(logits.float(), targets, reduction="none")
+        ce = F.cross_entropy(logits.float(), targets, reduction="none",
+                             label_smoothing=s.label_smoothing)
         if s.soft:
             soft_ce = -(teacher_probabilities * F.log_softmax(logits.float(), dim=1)).sum(dim=1)
             ce = torch.where(is_pseudo, soft_ce, ce)

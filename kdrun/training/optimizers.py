@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from kdrun.methods import Method
+from kdrun.methods.base import Schedule
 from kdrun.runtime import distributed
 from kdrun.training.schedule import build_scheduler
 
@@ -17,8 +18,7 @@ MAIN = "main"
 
 
 class Optimizers:
-    def __init__(self, method: Method, optim: DictConfig, sched: DictConfig,
-                 steps_per_epoch: int, epochs: int):
+    def __init__(self, method: Method, optim: DictConfig, sched: DictConfig, length: Schedule):
         groups = method.optimizer_groups()
         claimed = {id(p) for group in groups.values() for p in group.params}
         main = [p for p in method.parameters() if p.requires_grad and id(p) not in claimed]
@@ -27,7 +27,7 @@ class Optimizers:
         self.optimizers = {name: instantiate(configs[name])(params)
                            for name, params in self.params.items()}
         main_lr = self.optimizers[MAIN].param_groups[0]["lr"]
-        self.schedulers = {name: build_scheduler(sched, opt, steps_per_epoch, epochs, main_lr)
+        self.schedulers = {name: build_scheduler(sched, opt, length, main_lr)
                            for name, opt in self.optimizers.items()}
 
     def step(self, out: dict[str, torch.Tensor]) -> None:

@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 from torch.optim.lr_scheduler import LambdaLR
 
 from kdrun.config import choice
+from kdrun.methods.base import Schedule
 
 
 def lr_factor(step: int, sched: DictConfig, total_steps: int, warmup_steps: int,
@@ -26,11 +27,11 @@ def lr_factor(step: int, sched: DictConfig, total_steps: int, warmup_steps: int,
     return 1.0
 
 
-def build_scheduler(sched: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
-                    epochs: int, reference_lr: float | None = None) -> LambdaLR:
+def build_scheduler(sched: DictConfig, optimizer: torch.optim.Optimizer, length: Schedule,
+                    reference_lr: float | None = None) -> LambdaLR:
     """`reference_lr`: the learning rate `sched.min_lr` is relative to (the run's optimiser's),
     so further optimisers (discriminators) follow the same curve from their own lr."""
-    total = steps_per_epoch * epochs
-    warmup = round(sched.warmup_epochs * steps_per_epoch)
+    warmup = round(sched.warmup_epochs * length.steps_per_epoch)
     min_factor = sched.min_lr / (reference_lr or optimizer.param_groups[0]["lr"])
-    return LambdaLR(optimizer, lambda step: lr_factor(step, sched, total, warmup, min_factor))
+    return LambdaLR(optimizer,
+                    lambda step: lr_factor(step, sched, length.steps, warmup, min_factor))

@@ -17,9 +17,10 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from kdrun.data import ImageData, make_loader
+from kdrun.data import BatchMix, ImageData, make_loader
 from kdrun.evaluation.accuracy import evaluate
 from kdrun.methods import Method
+from kdrun.methods.base import Schedule
 from kdrun.models.prepare import prepare
 from kdrun.runtime import checkpoint, distributed
 from kdrun.runtime.device import synchronize
@@ -42,11 +43,15 @@ def train_step(method: Method, optimizers: Optimizers, images: torch.Tensor,
 
 @dataclass
 class Recipe:
-    """What a training run is: how long, in what batches, with which optimiser and schedule."""
+    """What a training run is: how long, in what batches, with which optimiser and schedule.
+    `mix`: batches drawn from two parts of the training split at a ratio; `schedule`: the
+    schedule's length when it is not these epochs (one shared by stages)."""
     epochs: int
     batch_size: int
     optim: DictConfig
     sched: DictConfig
+    mix: BatchMix | None = None
+    schedule: Schedule | None = None
 
 
 @dataclass
@@ -59,7 +64,8 @@ class _Progress:
 class Trainer:
     """Trains a method for the run `run` (its settings under trainer.*, its device, precision,
     directory, seed and sink). `label` prefixes progress lines ("teacher "); each stage of a
-    multi-stage method keeps its own checkpoint file; `resume` defaults to trainer.resume."""
+    multi-stage method keeps its own checkpoint file; `resume` defaults to trainer.resume.
+    After `fit`, `optimizers` holds the optimisers it stepped, for a stage that continues them."""
 
     def __init__(self, run: Run, label: str = "", checkpoint_name: str = CHECKPOINT_NAME,
                  resume: bool | None = None):
@@ -73,22 +79,26 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.run.dir / "checkpoints" / self.checkpoint_name
 
-    def fit(self, method: Method, data: ImageData, recipe: Recipe,
-            augment: bool = True) -> dict[str, float]:
+    def fit(self, method: Method, data: ImageData, recipe: Recipe, augment: bool = True,
+            optimizers: Optimizers | None = None) -> dict[str, float]:
         """Trains `method`, evaluating every `eval_every` epochs and at the end; returns the
         final metrics (test/*, teacher/test/* when the method has a teacher, train/*).
-        `augment`: the loader applies the data set's crop and flip."""
+        `augment`: the loader applies the data set's crop and flip; `optimizers`: go on with
+        these (and their schedule) instead of starting fresh ones from the recipe."""
         run = self.run
         train_loader = make_loader(data.train, recipe.batch_size, run, train=True,
-                                   augment=augment, shard=True)
+                                   augment=augment, shard=True, mix=recipe.mix)
         test_loader = make_loader(data.test, self.cfg.eval_batch_size, run, train=False,
                                   shard=True)
         if self.cfg.sync_bn:
             distributed.synchronise_batchnorm(method)
         prepare(method, run)
         distributed.copy_from_main(method)  # networks a stage built start equal on every rank
-        optimizers = Optimizers(method, recipe.optim, recipe.sched, len(train_loader),
-                                recipe.epochs)
+        if optimizers is None:
+            steps_per_epoch = len(train_loader)
+            length = recipe.schedule or Schedule(steps_per_epoch * recipe.epochs, steps_per_epoch)
+            optimizers = Optimizers(method, recipe.optim, recipe.sched, length)
+        self.optimizers = optimizers
         progress = _Progress()
         if self.resume:
             progress = self._resume(method, optimizers)
