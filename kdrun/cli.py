@@ -36,7 +36,7 @@ from kdrun.runtime import distributed
 from kdrun.runtime.device import seed_everything
 from kdrun.runtime.run import Run
 from kdrun.sinks import build_sinks
-from kdrun.sweep import SweepSummary
+from kdrun.sweep import SweepSummary, objective_key
 from kdrun.training.optimizers import Optimizers
 from kdrun.training.teachers import resolve_teacher
 from kdrun.training.trainer import Recipe, Trainer
@@ -140,7 +140,7 @@ def train_stage(run: Run, method: Method, stage: Stage,
         save_model(method.eval_model(), run.dir / "checkpoints" / f"{stage.name}.pt",
                    meta={"test/acc": results["test/acc"]})
         results.update({f"{stage.name}/{k}": v for k, v in results.items()
-                        if k.startswith(("test/", "teacher/test/acc"))})
+                        if k.startswith(("test/", "val/", "teacher/test/acc"))})
     return results, trainer.optimizers
 
 
@@ -196,6 +196,10 @@ def summary(cfg: DictConfig, results: dict[str, Any], run_dir: Path) -> str:
     best = f"  (best epoch {results['test/best_acc']:.2f} %)" if "test/best_acc" in results else ""
     who = "model" if choice(cfg.mode) == "eval" else f"student ({results['meta/student_arch']})"
     lines.append(f"  {who} test acc  {results['test/acc']:6.2f} %{best}")
+    if "test/acc_at_best_val" in results:
+        lines.append(f"  at the best validation epoch ({results['val/best_epoch']}): val acc "
+                     f"{results['val/best_acc']:.2f} %, test acc "
+                     f"{results['test/acc_at_best_val']:.2f} %")
     for key in sorted(k for k in results if k.startswith("peer") and k.endswith("/test/acc")):
         lines.append(f"  {key.removesuffix('/test/acc')} test acc  {results[key]:6.2f} %")
     if "test/agreement" in results:
@@ -288,11 +292,12 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 
 def objective(cfg: DictConfig, results: dict[str, Any]) -> float:
-    if cfg.objective not in results:
+    key = objective_key(cfg)
+    if key not in results:
         known = ", ".join(sorted(k for k in results if not k.startswith("meta/"))[:8])
-        raise KdrunError(f"objective={cfg.objective} is not a key of this run's results: "
+        raise KdrunError(f"objective={key} is not a key of this run's results: "
                          f"choose one of {known}, ...")
-    return float(results[cfg.objective])
+    return float(results[key])
 
 
 def record_error(run_dir: Path, text: str) -> None:

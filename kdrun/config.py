@@ -130,7 +130,7 @@ class KdrunConfig:
     mode: Mode = MISSING
     checkpoint: str | None = None
     cache_dir: str = MISSING
-    objective: str = MISSING
+    objective: str | None = MISSING  # null: val/acc with a validation split, else test/acc
     dataset: dict[str, Any] = field(default_factory=dict)  # typed by the data set's Settings
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: ModelConfig = field(default_factory=ModelConfig)

@@ -21,7 +21,13 @@ import yaml
 from kdrun.errors import KdrunError
 
 PUBLISHED = Path(__file__).with_name("published.yaml")
-DEFAULT_METRICS = ["test/acc", "test/best_acc"]
+# Tabulated when --metric is not given (those some run has): the last epoch's test accuracy,
+# the one at the best validation epoch, and the best epoch's by the test set itself.
+DEFAULT_METRICS = ["test/acc", "test/acc_at_best_val", "test/best_acc"]
+TEST_SELECTED = "test/best_acc"  # an epoch chosen by its test accuracy (any stage's)
+TEST_SELECTED_NOTE = ("test-selected: the best of the epochs' test accuracies, chosen on the "
+                      "test set itself and so optimistic; hold out a validation split "
+                      "(dataset.val_size=N) and read test/acc_at_best_val")
 UNGROUPED = ("seed",)  # what the rows average over
 PLOTTED_SETTINGS = {"sigma": "sigma (input noise std)",
                     "method.label_noise": "student label noise rate",
@@ -145,7 +151,7 @@ def _cell(stat: tuple[float, float | None, int] | None) -> str:
 def table_rows(keys: list[str], rows: list[Row], metrics: list[str],
                sources: list[str]) -> list[list[str]]:
     """Header and body as text cells; `sources` collects the cited sources in order."""
-    body = [[*keys, *metrics, "n", "paper", "Δ"]]
+    body = [[*keys, *map(metric_label, metrics), "n", "paper", "Δ"]]
     for row in rows:
         stat = row.stats.get(metrics[0])
         n = max((s[2] for s in row.stats.values()), default=0)
@@ -160,6 +166,14 @@ def table_rows(keys: list[str], rows: list[Row], metrics: list[str],
         body.append([*row.settings, *(_cell(row.stats.get(m)) for m in metrics), str(n),
                      paper, delta])
     return body
+
+
+def metric_label(metric: str) -> str:
+    return f"{metric} (test-selected)" if metric.endswith(TEST_SELECTED) else metric
+
+
+def notes(metrics: list[str]) -> list[str]:
+    return [TEST_SELECTED_NOTE] if any(m.endswith(TEST_SELECTED) for m in metrics) else []
 
 
 def left_out(rows: list[Row], root: Path) -> list[str]:
@@ -202,11 +216,14 @@ def render(fmt: str, keys: list[str], rows: list[Row], metrics: list[str], root:
         lines += [" & ".join(latex_escape(c) for c in line) + r" \\" for line in cells[1:]]
         lines += [r"\hline", r"\end{tabular}"]
         lines += [f"% [{i + 1}] {s}" for i, s in enumerate(sources)]
+        lines += [f"% {note}" for note in notes(metrics)]
         lines += [f"% {line}" for line in missing]
         return "\n".join(lines) + "\n"
     lines = ["| " + " | ".join(line) + " |" for line in cells]
     lines.insert(1, "|" + "|".join("---" if i < len(keys) else "---:"
                                    for i in range(len(cells[0]))) + "|")
+    if notes(metrics):
+        lines += ["", *notes(metrics)]
     if sources:
         lines += ["", "Published figures:"] + [f"[{i + 1}] {s}" for i, s in enumerate(sources)]
     if missing:
@@ -279,16 +296,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--format", choices=("md", "csv", "latex"), default="md")
     parser.add_argument("--out", type=Path, help="write the table here (default: stdout)")
     parser.add_argument("--metric", action="append", dest="metrics",
-                        help=f"a results.json key to tabulate (repeatable; default: "
-                        f"{' and '.join(DEFAULT_METRICS)}); the first one is compared")
+                        help=f"a results.json key to tabulate (repeatable; default: those "
+                        f"of {', '.join(DEFAULT_METRICS)} the runs have); the first one is "
+                        "compared")
     parser.add_argument("--published", type=Path, default=PUBLISHED,
                         help="the YAML of published figures")
     parser.add_argument("--plots", type=Path,
                         help="folder for the PNG curves (default: DIR/report)")
     args = parser.parse_args(argv)
     try:
-        text, plots = report(args.dir, args.format, args.metrics or DEFAULT_METRICS,
-                             args.published, args.plots or args.dir / "report")
+        text, plots = report(args.dir, args.format, args.metrics, args.published,
+                             args.plots or args.dir / "report")
     except KdrunError as err:
         print(f"kdrun-report: {err}", file=sys.stderr)
         sys.exit(1)
@@ -300,8 +318,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"plot: {path}", file=sys.stderr)
 
 
-def report(root: Path, fmt: str, metrics: list[str], published: Path,
+def report(root: Path, fmt: str, metrics: list[str] | None, published: Path,
            plots_dir: Path) -> tuple[str, list[Path]]:
+    """The table (and curves) of the runs under `root`; `metrics` None: the default ones."""
     if not root.is_dir():
         raise KdrunError(f"{root} is not a directory: give a multirun directory "
                          "(e.g. outputs/multirun/<date>/<time>) or a parent of run directories")
@@ -309,6 +328,9 @@ def report(root: Path, fmt: str, metrics: list[str], published: Path,
     if not runs:
         raise KdrunError(f"no run directories under {root} (none holds .hydra/ or "
                          "results.json): give the directory a sweep wrote")
+    if not metrics:
+        present = {key for run in runs for key in (run.results or {})}
+        metrics = [m for m in DEFAULT_METRICS if m in present] or DEFAULT_METRICS[:1]
     keys, rows = summarise(runs, metrics, load_published(published))
     return render(fmt, keys, rows, metrics, root), plot_curves(keys, rows, metrics[0], plots_dir)
 

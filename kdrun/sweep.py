@@ -17,8 +17,24 @@ from kdrun.report import find_runs
 log = logging.getLogger("kdrun")
 
 
+def objective_key(config) -> str:
+    """The results key a run returns to its sweeper: `objective` when set, else val/acc when
+    the run holds out a validation split, else test/acc. `config`: a run's config, loaded or
+    composed."""
+    if config.get("objective"):
+        return config["objective"]
+    return "val/acc" if (config.get("dataset") or {}).get("val_size") else "test/acc"
+
+
 class SweepSummary(Callback):
     failed_jobs = 0  # read by kdrun's main(): a sweep with failed jobs exits with status 1
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        key = objective_key(config)
+        if key.startswith("test/") and "optuna" in str(config.hydra.sweeper.get("_target_")):
+            log.warning("the sweeper tunes on %s, the test set: its best figures are "
+                        "optimistic. Hold out a validation split (dataset.val_size=5000) and "
+                        "tune on val/acc (the default objective with one)", key)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -35,7 +51,7 @@ class SweepSummary(Callback):
 def summarise_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
     jobs = []
     for run in find_runs(sweep_dir):
-        key = run.config.get("objective", "test/acc")
+        key = objective_key(run.config)
         value = (run.results or {}).get(key)
         jobs.append({"dir": str(run.path.relative_to(sweep_dir)), "status": run.status,
                      "overrides": run.settings, "objective": key, "value": value,

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from kdrun.methods import METHODS
-from kdrun.report import PUBLISHED, load_published, main
+from kdrun.report import PUBLISHED, TEST_SELECTED_NOTE, load_published, main
 
 from conftest import compose_config
 
@@ -59,12 +59,14 @@ def run_report(tmp_path: Path, sweep: Path, *args: str) -> str:
 
 
 def test_the_markdown_table_groups_seeds_and_lists_what_is_missing(tmp_path, sweep):
-    assert run_report(tmp_path, sweep) == """\
-| method | test/acc | test/best_acc | n | paper | Δ |
+    assert run_report(tmp_path, sweep) == f"""\
+| method | test/acc | test/best_acc (test-selected) | n | paper | Δ |
 |---|---:|---:|---:|---:|---:|
 | vanilla | 71.00 ± 1.41 | 71.75 ± 1.06 | 2 | 76.55 [1] | -5.55 |
 | ddgsd | 75.00 | 75.50 | 1 | 78.50 [2] | -3.50 |
 | kd | 60.00 | — | 1 | — | — |
+
+{TEST_SELECTED_NOTE}
 
 Published figures:
 [1] Paper A, Table 1, row 2
@@ -79,7 +81,7 @@ Not in the table:
 def test_csv_and_latex_carry_the_same_rows(tmp_path, sweep, capsys):
     csv_text = run_report(tmp_path, sweep, "--format", "csv")
     assert csv_text.splitlines()[:3] == [
-        "method,test/acc,test/best_acc,n,paper,Δ,source",
+        "method,test/acc,test/best_acc (test-selected),n,paper,Δ,source",
         "vanilla,71.00 ± 1.41,71.75 ± 1.06,2,76.55 [1],-5.55,\"Paper A, Table 1, row 2\"",
         "ddgsd,75.00,75.50,1,78.50 [2],-3.50,\"Paper B, Table 3\""]
     assert "failed: 3 [method=ddgsd seed=1]" in capsys.readouterr().err
@@ -98,7 +100,7 @@ def test_curves_are_drawn_for_a_sigma_sweep_and_pgd_budgets(tmp_path):
         write_job(sweep, job, [f"method={method}", f"sigma={sigma}"], results, sigma=sigma)
     (tmp_path / "published.yaml").write_text("[]")
     table = run_report(tmp_path, sweep, "--plots", str(tmp_path / "plots"))
-    assert "| soft_randomization | 0.2 | 68.00 | — | 1 | — | — |" in table
+    assert "| soft_randomization | 0.2 | 68.00 | 1 | — | — |" in table  # no empty columns
     plots = sorted(p.name for p in (tmp_path / "plots").iterdir())
     assert plots == ["robust_acc_vs_eps.png", "test_acc_vs_sigma.png"]
     assert all((tmp_path / "plots" / p).read_bytes()[:4] == b"\x89PNG" for p in plots)

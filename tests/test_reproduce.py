@@ -36,6 +36,6 @@ def test_the_ddgsd_script_sweeps_then_writes_the_table(tmp_path, cli_env):
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = (tmp_path / "out" / "table.md").read_text().splitlines()
-    assert table[0] == "| method | test/acc | test/best_acc | n | paper | Δ |"
+    assert table[0] == "| method | test/acc | test/best_acc (test-selected) | n | paper | Δ |"
     assert [row.split(" | ")[0] for row in table[2:4]] == ["| vanilla", "| ddgsd"]
     assert all(row.split(" | ")[3] == "3" for row in table[2:4])  # three seeds each

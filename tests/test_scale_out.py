@@ -111,10 +111,11 @@ def test_a_submitit_job_with_two_tasks_trains_as_one_ddp_run(tmp_path, cli_env):
 
 
 def test_optuna_searches_alpha_and_reports_the_best_objective(tmp_path, cli_env):
-    kdrun("-m", *TINY, "method=kd", "objective=test/loss", "hydra/sweeper=optuna",
-          "hydra.sweeper.direction=minimize", "hydra.sweeper.n_trials=2",
-          "hydra.sweeper.sampler.seed=0", "alpha=interval(0.1,0.9)",
-          f"hydra.sweep.dir={tmp_path}/sweep", env=cli_env, cwd=tmp_path)
+    proc = kdrun("-m", *TINY, "method=kd", "objective=test/loss", "hydra/sweeper=optuna",
+                 "hydra.sweeper.direction=minimize", "hydra.sweeper.n_trials=2",
+                 "hydra.sweeper.sampler.seed=0", "alpha=interval(0.1,0.9)",
+                 f"hydra.sweep.dir={tmp_path}/sweep", env=cli_env, cwd=tmp_path)
+    assert "the sweeper tunes on test/loss, the test set" in proc.stdout + proc.stderr
     trials = [read_results(tmp_path / "sweep" / str(i)) for i in range(2)]
     alphas = [yaml.safe_load((tmp_path / "sweep" / str(i) / ".hydra" / "config.yaml").read_text())
               ["alpha"] for i in range(2)]

@@ -143,7 +143,7 @@ def test_cache_key_follows_the_teacher_recipe_not_the_student_settings():
     assert cache_entry(compose_config("alpha=0.1", "optim.lr=0.01", "seed=7", "epochs=9")) == base
     for change in ("teacher.epochs=3", "teacher.seed=1", "teacher.optim.lr=0.2",
                    "teacher=resnet14", "dataset.train_subset=10", "trainer.max_steps=5",
-                   "teacher.label_noise=0.2"):
+                   "teacher.label_noise=0.2", "dataset.val_size=20"):
         assert cache_entry(compose_config(change)) != base, change
     assert cache_entry(compose_config("teacher.output_shuffle=0.5")) == base  # not a recipe
 

@@ -1,6 +1,7 @@
 """Reading the configured data set: its settings checked against what the data set accepts,
-its splits loaded (the test split from `test_set` when one is named), subsets taken, the class
-count checked. The data sets themselves live in kdrun/data/sets/, one module each."""
+its splits loaded (the test split from `test_set` when one is named), a validation split held
+out of the training images (`val_size`), subsets taken, the class count checked. The data sets
+themselves live in kdrun/data/sets/, one module each."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from kdrun.checks import typed_settings
 from kdrun.data.sets import DATASETS
 from kdrun.data.settings import DatasetSettings
-from kdrun.data.types import ImageData, subset
+from kdrun.data.types import ImageData, hold_out, subset
 from kdrun.errors import ConfigError, DataNotFoundError
 
 
@@ -39,6 +40,11 @@ def load_dataset(cfg: DictConfig, cache_dir: str) -> ImageData:
         raise ConfigError(f"dataset.num_classes={cfg.num_classes} but the data at {cfg.root} has "
                           f"{len(data.classes)} classes: set dataset.num_classes="
                           f"{len(data.classes)}")
+    if cfg.val_size:
+        if cfg.val_size >= len(data.train):
+            raise ConfigError(f"dataset.val_size={cfg.val_size} leaves no training images (the "
+                              f"training split has {len(data.train)}): hold out fewer")
+        data.train, data.val = hold_out(data.train, cfg.val_size, cfg.split_seed + 2)
     data.train = subset(data.train, cfg.train_subset, cfg.split_seed)
     data.test = subset(data.test, cfg.test_subset, cfg.split_seed + 1)
     return data
@@ -56,7 +62,7 @@ def named_dataset_cfg(name: str, root: str | None, base: DictConfig) -> DictConf
         raise ConfigError(f"{name} is not a data set: choose one of conf/dataset/")
     cfg = OmegaConf.merge(base, OmegaConf.load(str(path)))
     cfg.image_size = base.image_size
-    cfg.train_subset, cfg.test_subset, cfg.test_set = None, None, None
+    cfg.train_subset, cfg.test_subset, cfg.test_set, cfg.val_size = None, None, None, 0
     if root is not None:
         cfg.root = root
     return cfg

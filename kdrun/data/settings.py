@@ -28,6 +28,7 @@ class DatasetSettings:
     samples: int = MISSING
     num_workers: int = MISSING
     test_set: str | None = None  # test on this data set's test split instead (same classes)
+    val_size: int = 0  # training images held out as a validation split (0: none)
 
     def __post_init__(self) -> None:
         require(self.num_classes >= 2, "dataset.num_classes", self.num_classes, "use >= 2")
@@ -35,6 +36,8 @@ class DatasetSettings:
                 "it must lie in (0, 1)")
         require(self.image_size >= 1, "dataset.image_size", self.image_size, "use >= 1")
         require(self.crop_padding >= 0, "dataset.crop_padding", self.crop_padding, "use >= 0")
+        require(self.val_size >= 0, "dataset.val_size", self.val_size,
+                "use >= 0 (0: no validation split)")
         for key in ("train_subset", "test_subset"):
             value = getattr(self, key)
             if value is not None:

@@ -26,17 +26,22 @@ class ImageData:
     train: TensorSplit | Dataset
     test: TensorSplit | Dataset
     classes: list[str]
+    val: TensorSplit | Dataset | None = None  # held out of the training images, for selection
 
 
 def seeded_permutation(n: int, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
 
 
+def hold_out(split, size: int, seed: int):
+    """A fixed, seeded split of `size` examples from the rest: (rest, held out)."""
+    order = seeded_permutation(len(split), seed)
+    return take(split, order[size:]), take(split, order[:size])
+
+
 def holdout_split(split: TensorSplit, test_fraction: float, seed: int):
     """A fixed, seeded train/test split for data sets that ship without one."""
-    order = seeded_permutation(len(split), seed)
-    n_test = max(1, round(len(split) * test_fraction))
-    return split.take(order[n_test:]), split.take(order[:n_test])
+    return hold_out(split, max(1, round(len(split) * test_fraction)), seed)
 
 
 def take(split, index: torch.Tensor):

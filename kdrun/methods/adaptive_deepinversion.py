@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from omegaconf import MISSING
@@ -69,7 +69,7 @@ class AdaptiveDeepInversion(DeepInversion):
             if r == s.rounds:  # the whole pool, for reuse like DeepInversion's
                 save_pool(run.dir / "synthetic" / POOL_FILE, pool, data.classes,
                           meta={"method": type(self).__name__, "teacher": self.teacher.arch})
-            yield Stage(f"round{r}", ImageData(pool, data.test, data.classes),
+            yield Stage(f"round{r}", replace(data, train=pool),
                         round_epochs[r - 1], metrics=self.synthesis_metrics(pool, run),
                         schedule=schedule if r == 1 else None, continues=r > 1)
 

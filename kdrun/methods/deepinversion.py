@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,7 @@ class DeepInversion(KD):
     def stages(self, data: ImageData, epochs: int, run: Run):
         pool = self.synthesize(data.classes, self.settings.pool_size, POOL_FILE, run,
                                student=None)
-        yield Stage("distill", ImageData(pool, data.test, data.classes), epochs,
+        yield Stage("distill", replace(data, train=pool), epochs,
                     metrics=self.synthesis_metrics(pool, run))
 
     def synthesis_metrics(self, pool: TensorSplit, run: Run) -> dict[str, Any]:

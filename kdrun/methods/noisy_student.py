@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -127,7 +127,7 @@ class NoisyStudent(Method):
         self.student = prepare(self.build_student(self.archs[0]), run)
         first = labelled if self.in_memory or not self.noisy else with_transform(
             labelled, self.noised_transform(run))
-        yield Stage("round0", ImageData(first, data.test, data.classes), epochs,
+        yield Stage("round0", replace(data, train=first), epochs,
                     augment=augment)
         for r in range(1, s.rounds + 1):
             self.teacher = freeze(self.student).eval()
@@ -135,7 +135,7 @@ class NoisyStudent(Method):
             self.noisy = True
             self.student = prepare(self.build_student(self.archs[r]), run)
             mix = None if s.unlabel_ratio is None else BatchMix(len(labelled), s.unlabel_ratio)
-            yield Stage(f"round{r}", ImageData(train, data.test, data.classes), epochs,
+            yield Stage(f"round{r}", replace(data, train=train), epochs,
                         augment=augment, mix=mix, metrics={f"round{r}/pseudo_labelled": kept})
 
     def build_student(self, arch: str):

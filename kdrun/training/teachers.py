@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -62,6 +63,8 @@ def cache_entry(cfg: DictConfig) -> Path:
               "optim": t["optim"], "sched": t["sched"], "max_steps": cfg.trainer.max_steps}
     if t["label_noise"]:  # absent at 0, so the entries cached before the setting stay valid
         recipe["label_noise"] = t["label_noise"]
+    if not dataset.get("val_size"):  # likewise: the teacher trains on every training image
+        dataset.pop("val_size", None)
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
     arch = re.sub(r"[^A-Za-z0-9_.-]", "-", t["arch"])
     name = f"{cfg.dataset.name}-{arch}-seed{t['seed']}-{digest}"
@@ -98,7 +101,7 @@ def with_label_noise(data: ImageData, cfg: DictConfig) -> ImageData:
                           "to 0")
     generator = torch.Generator().manual_seed(cfg.teacher.seed)
     labels = flip_labels(data.train.labels, rate, len(data.classes), generator)
-    return ImageData(TensorSplit(data.train.images, labels), data.test, data.classes)
+    return replace(data, train=TensorSplit(data.train.images, labels))
 
 
 def _cached(run: Run, data: ImageData) -> Path:

@@ -6,6 +6,7 @@ over ranks and only rank 0 writes."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -58,7 +59,25 @@ class Recipe:
 class _Progress:
     epoch: int = 0  # the next epoch to run
     step: int = 0
-    best_acc: float = -math.inf
+    best_acc: float = -math.inf  # the best test accuracy: selected on the test set
+    best_val_acc: float = -math.inf
+    test_acc_at_best_val: float = math.nan  # the honest pick: the epoch validation chose
+    best_val_epoch: int = 0
+
+    def record(self, evaluated: dict[str, float]) -> None:
+        self.best_acc = max(self.best_acc, evaluated["test/acc"])
+        if evaluated.get("val/acc", -math.inf) > self.best_val_acc:
+            self.best_val_acc = evaluated["val/acc"]
+            self.test_acc_at_best_val = evaluated["test/acc"]
+            self.best_val_epoch = self.epoch
+
+    def results(self) -> dict[str, float]:
+        selected = {"test/best_acc": self.best_acc}
+        if self.best_val_epoch:
+            selected.update({"val/best_acc": self.best_val_acc,
+                             "test/acc_at_best_val": self.test_acc_at_best_val,
+                             "val/best_epoch": self.best_val_epoch})
+        return selected
 
 
 class Trainer:
@@ -90,6 +109,8 @@ class Trainer:
                                    augment=augment, shard=True, mix=recipe.mix)
         test_loader = make_loader(data.test, self.cfg.eval_batch_size, run, train=False,
                                   shard=True)
+        val_loader = None if data.val is None else make_loader(
+            data.val, self.cfg.eval_batch_size, run, train=False, shard=True)
         if self.cfg.sync_bn:
             distributed.synchronise_batchnorm(method)
         prepare(method, run)
@@ -119,9 +140,10 @@ class Trainer:
             finished = progress.epoch == recipe.epochs or progress.step >= max_steps
             evaluated: dict[str, float] = {}  # only this epoch's evaluation is logged with it
             if finished or (self.cfg.eval_every and progress.epoch % self.cfg.eval_every == 0):
-                evaluated = self._evaluate(method, test_loader, with_teacher=finished)
+                evaluated = self._evaluate(method, test_loader, val_loader,
+                                           with_teacher=finished)
                 test_metrics = evaluated
-                progress.best_acc = max(progress.best_acc, evaluated["test/acc"])
+                progress.record(evaluated)
             run.sink.log({"epoch": progress.epoch, "step": progress.step, **last, **evaluated})
             log.info("%sepoch %d/%d  loss %.4f  train acc %.2f  test acc %s", self.label,
                      progress.epoch, recipe.epochs, last["train/loss"], last["train/acc"],
@@ -129,18 +151,24 @@ class Trainer:
             if complete:  # a checkpoint always marks an epoch boundary, so resume is exact
                 self._save(method, optimizers, progress)
         if not test_metrics:  # resumed a run that had already finished
-            test_metrics = self._evaluate(method, test_loader, with_teacher=True)
-            progress.best_acc = max(progress.best_acc, test_metrics["test/acc"])
-        return {**test_metrics, "test/best_acc": progress.best_acc, **last,
+            test_metrics = self._evaluate(method, test_loader, val_loader, with_teacher=True)
+            progress.record(test_metrics)
+        return {**test_metrics, **progress.results(), **last,
                 "train/img_s": images_seen / train_time if train_time else 0.0,
                 "train/time_s": train_time, "train/steps": progress.step}
 
-    def _evaluate(self, method: Method, loader, with_teacher: bool) -> dict[str, float]:
-        """The evaluated model's test metrics (and its teacher's, at the end), plus every peer's
-        under its name."""
+    def _evaluate(self, method: Method, loader, val_loader,
+                  with_teacher: bool) -> dict[str, float]:
+        """The evaluated model's test metrics (and its teacher's, at the end), its validation
+        accuracy, loss and top-5 when there is a validation split, plus every peer's test
+        metrics under its name."""
         teacher = method.teacher if with_teacher else None
         bins = self.run.cfg.eval.calibration_bins
         results = evaluate(method.eval_model(), loader, self.run.autocast, teacher, bins)
+        if val_loader is not None:
+            val = evaluate(method.eval_model(), val_loader, self.run.autocast, bins=bins)
+            results.update({key.replace("test/", "val/", 1): value
+                            for key, value in val.items() if key.startswith("test/")})
         for name, model in method.peer_models().items():
             peer = evaluate(model, loader, self.run.autocast, bins=bins)
             results.update({f"{name}/{key}": value for key, value in peer.items()})
@@ -204,9 +232,9 @@ class Trainer:
         rng = {"torch": torch.get_rng_state()}
         if self.run.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.run.device)
-        state = {"epoch": progress.epoch, "step": progress.step, "best_acc": progress.best_acc,
-                 "method": method.state_dict(), "optimizers": optimizers.state_dict(),
-                 "rng": distributed.every_rank(rng)}
+        state = {"epoch": progress.epoch, "step": progress.step,
+                 "progress": dataclasses.asdict(progress), "method": method.state_dict(),
+                 "optimizers": optimizers.state_dict(), "rng": distributed.every_rank(rng)}
         checkpoint.save_atomic(state, self.checkpoint_path)
 
     def _resume(self, method, optimizers: Optimizers) -> _Progress:
@@ -222,4 +250,6 @@ class Trainer:
         if "cuda" in rng and self.run.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"].cpu(), self.run.device)
         log.info("resumed from %s at epoch %d (step %d)", path, state["epoch"], state["step"])
-        return _Progress(state["epoch"], state["step"], state["best_acc"])
+        if "progress" in state:
+            return _Progress(**state["progress"])
+        return _Progress(state["epoch"], state["step"], state["best_acc"])  # before val splits
