@@ -4,6 +4,7 @@ and what is allowed, and typed settings read from a config node into a dataclass
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
@@ -31,10 +32,15 @@ def check_optim(optim: Any, key: str) -> None:
 
     target = optim.get("_target_")
     try:
-        get_class(target)
+        optimizer = get_class(target)
     except Exception:
         raise ConfigError(f"{key}._target_={target} is not an importable optimiser class: "
                           "use e.g. torch.optim.SGD or choose optim=sgd|adamw") from None
+    accepted = inspect.signature(optimizer).parameters
+    for name in optim:
+        require(name in accepted or name.startswith("_"), f"{key}.{name}", optim[name],
+                f"{target} takes no such argument; it takes "
+                f"{', '.join(p for p in accepted if p != 'params')}")
     require(optim.get("lr", 0) > 0, f"{key}.lr", optim.get("lr"), "the learning rate must be > 0")
 
 

@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import logging
 import os
+import shlex
 import subprocess
 import sys
 import traceback
@@ -22,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kdrun.config import choice
 from kdrun.data import ImageData, load_dataset, make_loader
-from kdrun.errors import KdrunError
+from kdrun.errors import Interrupted, KdrunError
 from kdrun.evaluation.accuracy import evaluate
 from kdrun.evaluation.shift import load_eval_sets
 from kdrun.evaluation.suite import evaluate_beyond_clean
@@ -277,6 +278,11 @@ def hydra_main(cfg: DictConfig) -> float | None:
             return None
         log.info("done\n%s", summary(cfg, results, run_dir))
         return objective(cfg, results)
+    except (Interrupted, KeyboardInterrupt) as err:  # the whole sweep stops too
+        where = str(err) if isinstance(err, Interrupted) else "interrupted"
+        log.error("%s; resume with: %s", where, resume_command(hydra_cfg, run_dir))
+        record_error(run_dir, f"{where}\n")
+        sys.exit(130)
     except KdrunError as err:
         log.error("%s", err)
         record_error(run_dir, f"{err}\n")
@@ -298,6 +304,13 @@ def objective(cfg: DictConfig, results: dict[str, Any]) -> float:
         raise KdrunError(f"objective={key} is not a key of this run's results: "
                          f"choose one of {known}, ...")
     return float(results[key])
+
+
+def resume_command(hydra_cfg, run_dir: Path) -> str:
+    """The command that continues an interrupted run in its own directory."""
+    kept = [o for o in hydra_cfg.overrides.task
+            if not o.startswith(("trainer.resume=", "hydra.run.dir="))]
+    return shlex.join(["kdrun", *kept, "trainer.resume=true", f"hydra.run.dir={run_dir}"])
 
 
 def record_error(run_dir: Path, text: str) -> None:

@@ -6,6 +6,8 @@ there too, before any data is touched. This module imports nothing of kdrun."""
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -141,6 +143,31 @@ class KdrunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+
+
+def unknown_keys(cfg: DictConfig, schema: type = KdrunConfig, prefix: str = "") -> list[str]:
+    """The dotted keys of `cfg` that `schema` does not define (Hydra's `+key=value` adds any
+    key, even inside a typed section). Free-form sections (dict-typed) are not looked into:
+    the method's and data set's settings classes check theirs."""
+    types = typing.get_type_hints(schema)
+    unknown = []
+    for key in cfg:
+        full = f"{prefix}{key}"
+        if key not in types:
+            unknown.append(full)
+        elif dataclasses.is_dataclass(types[key]) and isinstance(cfg[key], DictConfig):
+            unknown += unknown_keys(cfg[key], types[key], f"{full}.")
+    return unknown
+
+
+def schema_keys(schema: type = KdrunConfig, prefix: str = "") -> list[str]:
+    """Every dotted key the schema defines (for 'did you mean' hints)."""
+    keys = []
+    for key, kind in typing.get_type_hints(schema).items():
+        keys.append(f"{prefix}{key}")
+        if dataclasses.is_dataclass(kind):
+            keys += schema_keys(kind, f"{prefix}{key}.")
+    return keys
 
 
 def register_schema() -> None:

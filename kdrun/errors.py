@@ -12,3 +12,15 @@ class ConfigError(KdrunError):
 class DataNotFoundError(KdrunError):
     """A data set is not where the config says."""
 
+
+
+class CheckpointError(KdrunError):
+    """A file given or found as a checkpoint cannot be read as one."""
+
+
+class TrainingDiverged(KdrunError):
+    """The training loss became NaN or infinite."""
+
+
+class Interrupted(KdrunError):
+    """The user stopped the run (Ctrl-C); the message says where."""

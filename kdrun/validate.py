@@ -5,13 +5,16 @@ and what is allowed."""
 
 from __future__ import annotations
 
+import difflib
+import math
 from pathlib import Path
+from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from kdrun.checks import check_optim, require
-from kdrun.config import choice
+from kdrun.config import choice, schema_keys, unknown_keys
 from kdrun.data import dataset_settings
 from kdrun.errors import ConfigError
 from kdrun.evaluation.corruptions import CORRUPTIONS
@@ -22,6 +25,8 @@ from kdrun.runtime import distributed
 
 def validate(cfg: DictConfig) -> None:
     """Reject impossible values and unknown names with a message naming key, value and fix."""
+    _check_keys(cfg)
+    _check_finite(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     require(0.0 <= cfg.alpha <= 1.0, "alpha", cfg.alpha, "it must lie in [0, 1]")
     require(cfg.T > 0, "T", cfg.T, "the temperature must be > 0")
     require(cfg.sigma is None or cfg.sigma >= 0, "sigma", cfg.sigma,
@@ -38,9 +43,11 @@ def validate(cfg: DictConfig) -> None:
     _check_distributed(cfg)
     _check_eval(cfg.eval)
     if choice(cfg.mode) == "eval":
-        require(cfg.checkpoint is not None and Path(cfg.checkpoint).expanduser().is_file(),
-                "checkpoint", cfg.checkpoint, "mode=eval needs checkpoint=PATH of a model file "
-                "(e.g. <run dir>/checkpoints/student.pt)")
+        require(cfg.checkpoint is not None, "checkpoint", cfg.checkpoint,
+                "mode=eval needs checkpoint=PATH of a model file (e.g. <run "
+                "dir>/checkpoints/student.pt)")
+        _check_file("checkpoint", cfg.checkpoint, "give the path of a model file (e.g. <run "
+                    "dir>/checkpoints/student.pt)")
 
     dataset_settings(cfg.dataset)
 
@@ -58,6 +65,39 @@ def validate(cfg: DictConfig) -> None:
         if cfg.dataset.name == "synthetic_pool" and cfg.teacher.checkpoint == "auto":
             raise ConfigError("teacher.checkpoint=auto would train a teacher on the synthetic "
                               "pool: give the teacher that made it, teacher.checkpoint=FILE")
+
+
+def _check_keys(cfg: DictConfig) -> None:
+    """A key kdrun does not read (`+foo=1`, `+trainer.batchsize=4`) would be silently ignored."""
+    for key in unknown_keys(cfg):
+        near = _nearest_keys(key)
+        hint = f"did you mean {' or '.join(near)}?" if near else "remove it"
+        raise ConfigError(f"{key} is not a kdrun setting, so it would be ignored: {hint} "
+                          "(kdrun --cfg job shows every setting)")
+
+
+def _check_finite(node: Any, key: str = "") -> None:
+    """No setting means infinity or not-a-number (T=inf would train on NaN losses)."""
+    if isinstance(node, dict):
+        for name, value in node.items():
+            _check_finite(value, f"{key}.{name}" if key else str(name))
+    elif isinstance(node, list):
+        for value in node:
+            _check_finite(value, key)
+    elif isinstance(node, float):
+        require(math.isfinite(node), key, node, "numbers must be finite")
+
+
+def _nearest_keys(key: str) -> list[str]:
+    """The schema key closest to `key`, or, if none is close, those whose last part is
+    closest to its last part (`batchsize` -> every `*.batch_size`)."""
+    known = schema_keys()
+    near = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+    if near:
+        return near
+    last = {k.rsplit(".", 1)[-1] for k in known}
+    part = difflib.get_close_matches(key.rsplit(".", 1)[-1], last, n=1, cutoff=0.8)
+    return [k for k in known if part and k.rsplit(".", 1)[-1] == part[0]]
 
 
 def _check_eval(ev: DictConfig) -> None:
@@ -124,6 +164,13 @@ def _check_teacher(teacher: DictConfig) -> None:
             require(teacher.arch.startswith("timm/"), "teacher.checkpoint", ckpt,
                     "pretrained weights exist only for timm models (teacher.arch=timm/NAME)")
         return
-    if not Path(ckpt).expanduser().is_file():
-        raise ConfigError(f"teacher.checkpoint={ckpt} does not exist: give the path of a "
-                          "checkpoint file, or teacher.checkpoint=auto to train and cache one")
+    _check_file("teacher.checkpoint", ckpt, "give the path of a checkpoint file, or "
+                "teacher.checkpoint=auto to train and cache one")
+
+
+def _check_file(key: str, value: str, fix: str) -> None:
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"{key}={value} is a directory, not a file: {fix}")
+    if not path.is_file():
+        raise ConfigError(f"{key}={value} does not exist: {fix}")

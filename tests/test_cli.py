@@ -102,6 +102,8 @@ def test_the_whole_eval_group_runs_through_the_cli_on_a_saved_model(tmp_path, cl
 @pytest.mark.parametrize(("override", "message"), [
     ("alpha=1.5", "alpha=1.5 is not allowed: it must lie in [0, 1]"),
     ("dataset=cifar10", "CIFAR-10 not found in {home}/nowhere (looked for"),
+    ("+trainer.batchsize=4", "trainer.batchsize is not a kdrun setting, so it would be ignored: "
+                             "did you mean trainer.batch_size?"),
 ])
 def test_bad_input_is_one_clear_line_and_exit_code_1(tmp_path, cli_env, override, message):
     cli_env["HOME"] = str(tmp_path)

@@ -149,6 +149,20 @@ def test_quickstart_keeps_the_method_free():
     ("method=fickle_teacher method.dropout=1", "method.dropout=1.0 is not allowed"),
     ("method=fickle_teacher method.placement=head", "method.placement=head is not allowed"),
     ("method=messy_collaboration method.label_noise=2", "method.label_noise=2.0 is not allowed"),
+    ("+foo=1", "foo is not a kdrun setting, so it would be ignored: remove it"),
+    ("+trainer.batchsize=4", "trainer.batchsize is not a kdrun setting, so it would be ignored: "
+                             "did you mean trainer.batch_size?"),
+    ("+eval.pgd_linf.stepz=3", "did you mean eval.pgd_linf.steps?"),
+    ("+batchsize=4", "did you mean teacher.batch_size or trainer.batch_size or eval.batch_size"),
+    ("+teacher.optim.momentun=0.9", "teacher.optim.momentun=0.9 is not allowed: "
+                                    "torch.optim.SGD takes no such argument"),
+    ("method=noisy_student method.unlabel_ratio=0", "method.unlabel_ratio=0.0 is not allowed"),
+    ("method=noisy_student method.label_smoothing=1", "method.label_smoothing=1.0 is not allowed"),
+    ("dataset.val_size=-1", "dataset.val_size=-1 is not allowed"),
+    ("T=inf", "T=inf is not allowed: numbers must be finite"),
+    ("optim.lr=nan", "optim.lr=nan is not allowed: numbers must be finite"),
+    ("teacher.checkpoint=/", "teacher.checkpoint=/ is a directory, not a file"),
+    ("mode=eval checkpoint=/", "checkpoint=/ is a directory, not a file"),
 ])
 def test_impossible_values_name_key_value_and_what_is_allowed(override, message):
     cfg = compose_config(*override.split())

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kdrun.errors import ConfigError
+from kdrun.errors import CheckpointError, ConfigError
 from kdrun.models import Classifier, build_model
 from kdrun.runtime.checkpoint import load, save_atomic
 
@@ -19,7 +19,7 @@ def save_model(model: Classifier, path: Path, meta: dict[str, Any]) -> None:
 def load_classifier(path: Path, num_classes: int, mean: list[float],
                     std: list[float]) -> Classifier:
     """The model a checkpoint holds, built with the architecture it names."""
-    stored = load(path)
+    stored = _read(path)
     model = build_model(stored["arch"], num_classes, mean, std)
     _load_weights(model, stored, path)
     return model
@@ -27,7 +27,16 @@ def load_classifier(path: Path, num_classes: int, mean: list[float],
 
 def load_model(model: Classifier, path: Path) -> dict[str, Any]:
     """Loads weights into `model`; returns the checkpoint's metadata."""
-    return _load_weights(model, load(path), path)
+    return _load_weights(model, _read(path), path)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    stored = load(path)
+    if not isinstance(stored, dict) or not {"arch", "state_dict"} <= stored.keys():
+        raise CheckpointError(f"{path} is a PyTorch file but not a kdrun model file (no "
+                              "architecture and weights in it): give a checkpoints/student.pt "
+                              "or a cached teacher.pt")
+    return stored
 
 
 def _load_weights(model: Classifier, stored: dict[str, Any], path: Path) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from kdrun.data import BatchMix, ImageData, make_loader
+from kdrun.errors import Interrupted, TrainingDiverged
 from kdrun.evaluation.accuracy import evaluate
 from kdrun.methods import Method
 from kdrun.methods.base import Schedule
@@ -120,6 +121,7 @@ class Trainer:
             length = recipe.schedule or Schedule(steps_per_epoch * recipe.epochs, steps_per_epoch)
             optimizers = Optimizers(method, recipe.optim, recipe.sched, length)
         self.optimizers = optimizers
+        checkpoint.remove_stale_temporaries(self.checkpoint_path.parent)
         progress = _Progress()
         if self.resume:
             progress = self._resume(method, optimizers)
@@ -127,29 +129,35 @@ class Trainer:
         images_seen, train_time, last = 0, 0.0, {}
         test_metrics: dict[str, float] = {}
         max_steps = self.cfg.max_steps or math.inf
-        while progress.epoch < recipe.epochs and progress.step < max_steps:
-            train_loader.set_epoch(progress.epoch)
-            start = time.perf_counter()
-            last, complete = self._train_epoch(method, train_loader, optimizers, progress,
-                                               recipe.epochs, max_steps)
-            synchronize(run.device)
-            distributed.average_buffers(method)
-            train_time += time.perf_counter() - start
-            images_seen += last.pop("images")
-            progress.epoch += complete
-            finished = progress.epoch == recipe.epochs or progress.step >= max_steps
-            evaluated: dict[str, float] = {}  # only this epoch's evaluation is logged with it
-            if finished or (self.cfg.eval_every and progress.epoch % self.cfg.eval_every == 0):
-                evaluated = self._evaluate(method, test_loader, val_loader,
-                                           with_teacher=finished)
-                test_metrics = evaluated
-                progress.record(evaluated)
-            run.sink.log({"epoch": progress.epoch, "step": progress.step, **last, **evaluated})
-            log.info("%sepoch %d/%d  loss %.4f  train acc %.2f  test acc %s", self.label,
-                     progress.epoch, recipe.epochs, last["train/loss"], last["train/acc"],
-                     f"{evaluated['test/acc']:.2f}" if evaluated else "-")
-            if complete:  # a checkpoint always marks an epoch boundary, so resume is exact
-                self._save(method, optimizers, progress)
+        try:
+            while progress.epoch < recipe.epochs and progress.step < max_steps:
+                train_loader.set_epoch(progress.epoch)
+                start = time.perf_counter()
+                last, complete = self._train_epoch(method, train_loader, optimizers, progress,
+                                                   recipe.epochs, max_steps)
+                synchronize(run.device)
+                distributed.average_buffers(method)
+                train_time += time.perf_counter() - start
+                images_seen += last.pop("images")
+                progress.epoch += complete
+                finished = progress.epoch == recipe.epochs or progress.step >= max_steps
+                evaluated: dict[str, float] = {}  # only this epoch's evaluation is logged with it
+                if finished or (self.cfg.eval_every and progress.epoch % self.cfg.eval_every == 0):
+                    evaluated = self._evaluate(method, test_loader, val_loader,
+                                               with_teacher=finished)
+                    test_metrics = evaluated
+                    progress.record(evaluated)
+                run.sink.log({"epoch": progress.epoch, "step": progress.step, **last, **evaluated})
+                log.info("%sepoch %d/%d  loss %.4f  train acc %.2f  test acc %s", self.label,
+                         progress.epoch, recipe.epochs, last["train/loss"], last["train/acc"],
+                         f"{evaluated['test/acc']:.2f}" if evaluated else "-")
+                if complete:  # a checkpoint always marks an epoch boundary, so resume is exact
+                    self._save(method, optimizers, progress)
+        except KeyboardInterrupt:
+            saved = (f"its last checkpoint is epoch {progress.epoch}" if progress.epoch
+                     else "no epoch had finished")
+            raise Interrupted(f"{self.label}training interrupted in epoch {progress.epoch + 1} "
+                              f"of {recipe.epochs} (step {progress.step}); {saved}") from None
         if not test_metrics:  # resumed a run that had already finished
             test_metrics = self._evaluate(method, test_loader, val_loader, with_teacher=True)
             progress.record(test_metrics)
@@ -204,6 +212,7 @@ class Trainer:
                 batches += 1
                 bar.update()
                 if progress.step % self.cfg.log_every == 0:
+                    self._stop_if_diverged(totals, progress)
                     elapsed = time.perf_counter() - interval_start
                     row = {"step": progress.step, "train/lr": optimizers.lr,
                            "train/loss": out["loss"].item(),
@@ -216,6 +225,7 @@ class Trainer:
                 if progress.step >= max_steps:
                     break
         bar.close()
+        self._stop_if_diverged(totals, progress)  # before this epoch's checkpoint is written
         complete = batches == len(loader)
         keys = list(totals)  # the same on every rank: the method's step decides them
         sums = distributed.sum_across_ranks(torch.stack(
@@ -226,6 +236,22 @@ class Trainer:
         metrics["train/acc"] = 100 * sums[-2] / sums[-1]
         metrics["images"] = int(sums[-1])
         return metrics, complete
+
+    def _stop_if_diverged(self, totals: dict[str, torch.Tensor], progress: _Progress) -> None:
+        """A NaN or infinite loss term in this epoch so far stops the run (on every rank), so
+        no checkpoint of a diverged network is written and no time is spent training it."""
+        keys = list(totals)
+        if not keys:
+            return
+        sums = distributed.sum_across_ranks(torch.stack([totals[k] for k in keys])).tolist()
+        bad = [f"{k} {v}" for k, v in zip(keys, sums, strict=True) if not math.isfinite(v)]
+        if bad:
+            saved = (f"the last good checkpoint is {self.checkpoint_path} (epoch "
+                     f"{progress.epoch})" if progress.epoch else "no epoch had finished")
+            raise TrainingDiverged(
+                f"{self.label}training diverged in epoch {progress.epoch + 1} by step "
+                f"{progress.step}: {', '.join(bad)}; {saved}. Lower the learning rate "
+                f"(optim.lr) or check the method's settings")
 
     def _save(self, method, optimizers: Optimizers, progress: _Progress) -> None:
         """Every rank's random state is kept (each draws its own noise), written by rank 0."""
