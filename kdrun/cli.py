@@ -49,25 +49,27 @@ register_configs()
 
 @contextlib.contextmanager
 def start_run(cfg: DictConfig, run_dir: Path, sweep_group: str | None, run_name: str | None):
-    """What every run shares: validation before any work, the run directory's record, and the
-    run object with its sinks (always closed)."""
+    """What every run shares: validation before any work, the run directory's record, the
+    inputs, and the run object with its sinks (always closed). Yields (run, data, eval sets).
+    The sinks open once the inputs are read, so a missing data set opens no W&B run."""
     validate(cfg)
     if distributed.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    data, eval_sets = load_inputs(cfg)
     sink = build_sinks(cfg, run_dir, sweep_group, run_name)
     try:
-        yield Run.start(cfg, run_dir, sink)
+        yield Run.start(cfg, run_dir, sink), data, eval_sets
     finally:
         sink.close()
 
 
-def load_inputs(run: Run) -> tuple[ImageData, dict]:
+def load_inputs(cfg: DictConfig) -> tuple[ImageData, dict]:
     """The data set and the evaluation's shift/OOD sets (read up front: a missing one stops
     the run in seconds, not after training)."""
     with distributed.main_first():  # one download or decoding cache, then shared
-        return (load_dataset(run.cfg.dataset, run.cfg.cache_dir),
-                load_eval_sets(run.cfg.eval, run.cfg.dataset, run.cfg.cache_dir))
+        return (load_dataset(cfg.dataset, cfg.cache_dir),
+                load_eval_sets(cfg.eval, cfg.dataset, cfg.cache_dir))
 
 
 def build_run_method(run: Run, data: ImageData) -> Method:
@@ -91,8 +93,7 @@ def train(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
     """One whole training run; returns the flat results that also land in results.json.
     Under torch.distributed every rank trains; rank 0 alone evaluates beyond the clean test
     set and writes the results."""
-    with start_run(cfg, run_dir, sweep_group, run_name) as run:
-        data, eval_sets = load_inputs(run)
+    with start_run(cfg, run_dir, sweep_group, run_name) as (run, data, eval_sets):
         results = run_info(run)
         method = build_run_method(run, data)
         results.update(recorded_settings(method))
@@ -149,8 +150,7 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path, sweep_group: str | None 
                         run_name: str | None = None) -> dict[str, Any]:
     """`mode=eval`: the evaluation suite on a saved model (`checkpoint=PATH`), no training; the
     model is prepared as a training run prepares its student."""
-    with start_run(cfg, run_dir, sweep_group, run_name) as run:
-        data, eval_sets = load_inputs(run)
+    with start_run(cfg, run_dir, sweep_group, run_name) as (run, data, eval_sets):
         results = run_info(run)
         model = prepare(load_classifier(Path(cfg.checkpoint).expanduser(),
                                         cfg.dataset.num_classes, cfg.dataset.mean,
@@ -243,8 +243,31 @@ QUIET_RANK_OVERRIDES = ["hydra.run.dir=.", "hydra.output_subdir=null",
                         "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
 
 
+OUTPUT_KEYS = {"hydra.run.dir": "outputs", "hydra.sweep.dir": "outputs"}  # and their default
+
+
+def unusable_output_dir(args: list[str]) -> str | None:
+    """Why the run (or sweep) directory the command line asks for cannot be written, or None.
+    Checked before Hydra creates it, which would fail with a traceback."""
+    given = dict(arg.split("=", 1) for arg in args if arg.split("=", 1)[0] in OUTPUT_KEYS)
+    for key in OUTPUT_KEYS:
+        value = given.get(key, OUTPUT_KEYS[key])
+        path = Path(value.split("${", 1)[0] or ".").expanduser().absolute()
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir():
+            return (f"{key}={value} lies under {existing}, which is a file: choose a directory "
+                    f"elsewhere, e.g. {key}=outputs/NAME")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            return (f"{key}={value} cannot be written ({existing} is not writable by you): "
+                    f"choose a directory you can write, e.g. {key}=~/kdrun-runs/NAME")
+    return None
+
+
 def main() -> None:
     sys.argv = expand_home(sys.argv)
+    problem = unusable_output_dir(sys.argv[1:])
+    if problem:
+        sys.exit(f"kdrun: {problem}")
     if distributed.launched_world_size() > 1:
         if any(arg in MULTIRUN_FLAGS for arg in sys.argv[1:]):
             sys.exit("kdrun: a sweep (-m) cannot run under torchrun: run the sweep without "

@@ -132,3 +132,35 @@ def test_a_loadable_checkpoint_never_unpickles_code(tmp_path):
         load(path)
     with pytest.raises(pickle.UnpicklingError):  # what torch alone would say
         torch.load(path, weights_only=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", ["hydra.run.dir", "hydra.sweep.dir"])
+def test_a_run_directory_under_a_file_is_one_line(tmp_path, cli_env, key):
+    (tmp_path / "notes.txt").write_text("a file")
+    sweep = ["-m"] if key == "hydra.sweep.dir" else []
+    proc = kdrun(*sweep, *TINY, f"{key}={tmp_path}/notes.txt/run", env=cli_env, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (f"kdrun: {key}={tmp_path}/notes.txt/run lies under "
+                                   f"{tmp_path}/notes.txt, which is a file: choose a directory "
+                                   f"elsewhere, e.g. {key}=outputs/NAME")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_an_unwritable_run_directory_is_named_before_hydra_touches_it(tmp_path):
+    from kdrun.cli import unusable_output_dir
+
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    problem = unusable_output_dir([f"hydra.run.dir={locked}/run"])
+    assert problem.startswith(f"hydra.run.dir={locked}/run cannot be written ({locked} is not")
+
+
+@pytest.mark.slow
+def test_a_missing_data_set_opens_no_wandb_run(tmp_path, cli_env):
+    tiny = [o for o in TINY if not o.startswith(("dataset=", "logger="))]
+    proc = kdrun(*tiny, "dataset=cifar10", f"dataset.root={tmp_path}/nowhere", "logger=wandb",
+                 f"hydra.run.dir={tmp_path}/run", env={**cli_env, "WANDB_MODE": "offline"},
+                 cwd=tmp_path)
+    assert proc.returncode == 1 and "CIFAR-10 not found" in proc.stderr + proc.stdout
+    assert not (tmp_path / "run" / "wandb").exists()

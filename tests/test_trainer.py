@@ -4,6 +4,7 @@ max_steps, checkpoints, resume equivalence and the teacher cache."""
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -136,6 +137,37 @@ def test_teacher_is_trained_once_then_read_from_the_cache(tmp_path):
     assert second.sink.rows == []
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert (cache_entry(cfg) / "teacher.pt").is_file()
+    assert not (cache_entry(cfg) / "checkpoints").exists()  # the resume state went with it
+
+
+def test_a_job_waiting_for_another_to_train_the_teacher_says_so(tmp_path, caplog):
+    import logging
+    import threading
+
+    from filelock import FileLock
+
+    from kdrun.training.teachers import _held
+
+    lock_path = str(tmp_path / "entry.lock")
+    other = FileLock(lock_path)
+    other.acquire()  # another job is training the teacher
+    entered = threading.Event()
+
+    def wait_for_it():
+        with _held(FileLock(lock_path), tmp_path / "entry"):
+            entered.set()
+
+    with caplog.at_level(logging.INFO, logger="kdrun.training.teachers"):
+        waiter = threading.Thread(target=wait_for_it)
+        waiter.start()
+        deadline = time.time() + 10
+        while "waiting for it to finish" not in caplog.text and time.time() < deadline:
+            time.sleep(0.05)
+        assert "another job is training this teacher" in caplog.text
+        assert not entered.is_set()
+        other.release()
+        waiter.join(timeout=10)
+    assert entered.is_set()
 
 
 def test_cache_key_follows_the_teacher_recipe_not_the_student_settings():

@@ -12,11 +12,12 @@ import hashlib
 import json
 import logging
 import re
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from omegaconf import DictConfig
 
 from kdrun.config import to_dict
@@ -109,7 +110,8 @@ def _cached(run: Run, data: ImageData) -> Path:
     entry = cache_entry(cfg)
     path = entry / "teacher.pt"
     entry.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(entry) + ".lock") if distributed.is_main() else contextlib.nullcontext()
+    lock = _held(FileLock(str(entry) + ".lock"), entry) if distributed.is_main() \
+        else contextlib.nullcontext()
     with lock:
         if distributed.from_main(path.is_file):
             return path
@@ -125,4 +127,21 @@ def _cached(run: Run, data: ImageData) -> Path:
         metrics = trainer.fit(method, with_label_noise(data, cfg), teacher_recipe(cfg))
         save_model(teacher.cpu(), path, meta={
             "test/acc": metrics["test/acc"], "recipe": to_dict(cfg.teacher)})
+        if distributed.is_main():  # the resume state is no use once the teacher is done
+            shutil.rmtree(trainer.checkpoint_path.parent, ignore_errors=True)
     return path
+
+
+@contextlib.contextmanager
+def _held(lock: FileLock, entry: Path):
+    """The cache entry's lock; a job that has to wait for another says so."""
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("teacher: another job is training this teacher (%s is locked); waiting for "
+                 "it to finish", entry)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
