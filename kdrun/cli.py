@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -72,11 +71,13 @@ def load_inputs(cfg: DictConfig) -> tuple[ImageData, dict]:
                 load_eval_sets(cfg.eval, cfg.dataset, cfg.cache_dir))
 
 
-def build_run_method(run: Run, data: ImageData) -> Method:
-    """The method with its networks (the teacher resolved, trained first if need be)."""
+def build_run_method(run: Run, data: ImageData) -> tuple[Method, dict[str, Any]]:
+    """The method with its networks (the teacher resolved, trained first if need be), and
+    where its teacher came from, for results.json."""
     cfg = run.cfg
-    needs_teacher = METHODS.get(cfg.method.name).needs_teacher
-    teacher = resolve_teacher(run, data) if needs_teacher else None
+    teacher, provenance = None, {}
+    if METHODS.get(cfg.method.name).needs_teacher:
+        teacher, provenance = resolve_teacher(run, data)
     seed_everything(cfg.seed)
     make_model = functools.partial(build_model, num_classes=cfg.dataset.num_classes,
                                    mean=cfg.dataset.mean, std=cfg.dataset.std,
@@ -85,7 +86,7 @@ def build_run_method(run: Run, data: ImageData) -> Method:
                                                make_model, cfg.teacher.output_shuffle))
     if distributed.world_size() > 1:  # the ranks' noise and dropout draws differ
         seed_everything(cfg.seed + 1_000_003 * distributed.rank())
-    return prepare(method, run)  # where work between stages runs
+    return prepare(method, run), provenance  # where work between stages runs
 
 
 def train(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
@@ -95,7 +96,8 @@ def train(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
     set and writes the results."""
     with start_run(cfg, run_dir, sweep_group, run_name) as (run, data, eval_sets):
         results = run_info(run)
-        method = build_run_method(run, data)
+        method, teacher_provenance = build_run_method(run, data)
+        results.update(teacher_provenance)
         results.update(recorded_settings(method))
         optimizers = None
         for stage in method.stages(data, cfg.epochs, run):
@@ -164,9 +166,8 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path, sweep_group: str | None 
 
 def run_info(run: Run) -> dict[str, Any]:
     """Provenance, first in results.json; the metrics are added to it."""
-    return {"meta/git_commit": git_commit(), "meta/device": str(run.device),
-            "meta/precision": "fp32" if run.precision is None else "bf16",
-            "meta/torch": torch.__version__, "meta/processes": distributed.world_size()}
+    return {"meta/git_commit": git_commit(),
+            **{f"meta/{key}": value for key, value in run.environment().items()}}
 
 
 def git_commit() -> str:

@@ -10,6 +10,7 @@ import pytest
 from hydra import compose, initialize_config_module
 
 import kdrun.cli  # noqa: F401  (registers the schema and the teacher/student options)
+from kdrun.sinks.base import Sink
 
 # A learnable 4-class 16x16 data set, tiny networks, one short epoch: a whole run in ~2 s.
 TINY = [
@@ -61,7 +62,7 @@ def read_results(run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())
 
 
-class MemorySink:
+class MemorySink(Sink):
     """A sink that keeps what it is given, for tests that call a layer directly."""
 
     def __init__(self):

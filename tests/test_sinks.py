@@ -59,3 +59,48 @@ def test_a_failing_wandb_init_does_not_stop_the_run(tmp_path, monkeypatch):
     monkeypatch.setattr(wandb, "init", broken_init)
     results = train(compose_config("logger=wandb", "method=vanilla"), tmp_path)
     assert "test/acc" in results and (tmp_path / "results.json").is_file()
+
+
+def test_a_server_that_fails_the_start_gets_the_offline_fallback(tmp_path, monkeypatch):
+    """Issue 17, item 9: a port that accepts connections but whose W&B fails."""
+    import wandb
+
+    real_init = wandb.init
+    modes = []
+
+    def failing_online(**kwargs):
+        modes.append(kwargs["mode"])
+        if kwargs["mode"] == "online":
+            raise RuntimeError("upstream error 500")
+        return real_init(**kwargs)
+
+    monkeypatch.setattr(wandb_sink, "choose_mode", lambda configured: "online")
+    monkeypatch.setattr(wandb, "init", failing_online)
+    train(compose_config("logger=wandb", "method=vanilla"), tmp_path)
+    assert modes == ["online", "offline"]
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+def test_a_resumed_run_keeps_one_history(tmp_path, monkeypatch):
+    """Issue 17, item 6: the same W&B run, each step once in metrics.jsonl, whole-run time."""
+    import json
+
+    from kdrun.data import load_dataset
+    from kdrun.data.device_loader import num_batches
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose_config("logger=wandb", "method=vanilla", "epochs=3")
+    steps = num_batches(len(load_dataset(cfg.dataset, cfg.cache_dir).train),
+                        cfg.trainer.batch_size, train=True)
+    first = train(compose_config("logger=wandb", "method=vanilla", "epochs=3",
+                                 f"trainer.max_steps={steps + 4}"), tmp_path)  # killed mid-epoch 2
+    resumed = train(compose_config("logger=wandb", "method=vanilla", "epochs=3",
+                                   "trainer.resume=true"), tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    step_rows = [row["step"] for row in rows if "train/img_s_interval" in row]
+    epoch_rows = [row["epoch"] for row in rows if "epoch" in row]
+    assert step_rows == sorted(set(step_rows)) and epoch_rows == [1, 2, 3]
+    assert resumed["train/steps"] == 3 * steps
+    assert resumed["train/time_s"] > first["train/time_s"] * 0.5  # epoch 1 counted too
+    runs = {p.name.rsplit("-", 1)[-1] for p in (tmp_path / "wandb").glob("offline-run-*")}
+    assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 2 and len(runs) == 1

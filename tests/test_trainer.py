@@ -131,13 +131,20 @@ def test_teacher_is_trained_once_then_read_from_the_cache(tmp_path):
     first, second = make_run(f"cache_dir={tmp_path}"), make_run(f"cache_dir={tmp_path}")
     cfg = first.cfg
     data = load_dataset(cfg.dataset, cfg.cache_dir)
-    a = resolve_teacher(first, data)
-    b = resolve_teacher(second, data)
+    a, a_provenance = resolve_teacher(first, data)
+    b, b_provenance = resolve_teacher(second, data)
     assert any("teacher/train/loss" in row for row in first.sink.rows)
     assert second.sink.rows == []
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert (cache_entry(cfg) / "teacher.pt").is_file()
     assert not (cache_entry(cfg) / "checkpoints").exists()  # the resume state went with it
+    # issue 17, item 8: the environment that trained it travels with it into every run
+    assert a_provenance == b_provenance
+    assert b_provenance["meta/teacher_threads"] == torch.get_num_threads()
+    assert b_provenance["meta/teacher_torch"] == torch.__version__
+    assert b_provenance["meta/teacher_device"] == "cpu"
+    assert b_provenance["meta/teacher_precision"] == "fp32"
+    assert b_provenance["meta/teacher_source"] == str(cache_entry(cfg) / "teacher.pt")
 
 
 def test_a_job_waiting_for_another_to_train_the_teacher_says_so(tmp_path, caplog):
@@ -190,8 +197,8 @@ def test_a_corrupted_teacher_learns_from_a_fixed_seeded_flip_of_its_training_lab
     assert changed.float().mean().item() == pytest.approx(0.5, abs=0.1)  # 192 images
     assert torch.equal(noisy.train.images, data.train.images) and noisy.test is data.test
     assert torch.equal(with_label_noise(data, run.cfg).train.labels, noisy.train.labels)  # fixed
-    teacher = resolve_teacher(run, data)
-    clean = resolve_teacher(make_run(f"cache_dir={tmp_path}"), data)
+    teacher, _ = resolve_teacher(run, data)
+    clean, _ = resolve_teacher(make_run(f"cache_dir={tmp_path}"), data)
     assert not all(torch.equal(x, y) for x, y in
                    zip(teacher.state_dict().values(), clean.state_dict().values()))
     stored = torch.load(cache_entry(run.cfg) / "teacher.pt", weights_only=True)
@@ -222,7 +229,7 @@ def test_a_missing_evaluation_set_fails_before_training(tmp_path):
 
     with pytest.raises(DataNotFoundError, match="CINIC-10 not found in /nonexistent"):
         train(compose_config("+eval.shift.cinic10=/nonexistent"), tmp_path)
-    assert (tmp_path / "metrics.jsonl").read_text() == ""  # nothing trained, not even a teacher
+    assert not (tmp_path / "metrics.jsonl").exists()  # nothing trained, no record opened
 
 
 def test_a_checkpoint_with_another_class_count_is_refused(tmp_path):

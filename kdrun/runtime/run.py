@@ -33,6 +33,10 @@ class Recorder(Protocol):
 
     def results(self, results: dict[str, Any]) -> None: ...
 
+    def position(self) -> dict[str, Any]: ...
+
+    def rewind(self, position: dict[str, Any]) -> None: ...
+
 
 @dataclass(frozen=True)
 class Run:
@@ -54,6 +58,13 @@ class Run:
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.device, self.precision)
+
+    def environment(self) -> dict[str, Any]:
+        """What a run's numbers depend on besides its config and seed (CPU kernels differ with
+        the thread count, GPU ones with the device and precision)."""
+        return {"device": str(self.device), "precision": "fp32" if self.precision is None
+                else "bf16", "torch": str(torch.__version__), "threads": torch.get_num_threads(),
+                "processes": distributed.world_size()}
 
     def replace(self, **changes) -> Run:
         """The same run with some parts changed (a teacher trains in its cache folder, with its

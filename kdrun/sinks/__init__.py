@@ -5,28 +5,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig
 
 from kdrun.runtime import distributed
+from kdrun.sinks.base import Sink
 from kdrun.sinks.local import LocalSink
 
 log = logging.getLogger(__name__)
-
-
-class Sink:
-    def log(self, metrics: dict[str, Any]) -> None:
-        """One row of step- or epoch-level metrics."""
-
-    def results(self, results: dict[str, Any]) -> None:
-        """The run's final metrics."""
-
-    def images(self, images: dict[str, Path]) -> None:
-        """Pictures already written to the run directory (plots)."""
-
-    def close(self) -> None:
-        pass
 
 
 class MultiSink(Sink):
@@ -49,6 +35,13 @@ class MultiSink(Sink):
         for sink in self.sinks:
             sink.close()
 
+    def position(self):
+        return {key: value for sink in self.sinks for key, value in sink.position().items()}
+
+    def rewind(self, position):
+        for sink in self.sinks:
+            sink.rewind(position)
+
 
 class PrefixedSink(Sink):
     """Logs under a prefix (e.g. 'teacher/' while a teacher trains inside a student's run)."""
@@ -59,6 +52,12 @@ class PrefixedSink(Sink):
 
     def log(self, metrics):
         self.sink.log({f"{self.prefix}{k}": v for k, v in metrics.items()})
+
+    def position(self):
+        return self.sink.position()
+
+    def rewind(self, position):
+        self.sink.rewind(position)
 
 
 def build_sinks(cfg: DictConfig, run_dir: Path, sweep_group: str | None,

@@ -7,12 +7,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from kdrun.sinks.base import Sink
 
-class LocalSink:
+
+class LocalSink(Sink):
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
-        self._metrics = open(run_dir / "metrics.jsonl", "a")
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self._metrics = open(self.metrics_path, "a")
 
     def log(self, metrics: dict[str, Any]) -> None:
         self._metrics.write(json.dumps(metrics) + "\n")
@@ -29,3 +32,16 @@ class LocalSink:
 
     def close(self) -> None:
         self._metrics.close()
+
+    def position(self) -> dict[str, Any]:
+        return {"metrics_file": str(self.metrics_path.resolve()),
+                "metrics_bytes": self._metrics.tell()}
+
+    def rewind(self, position: dict[str, Any]) -> None:
+        """Only this file, and only backwards (a teacher resumed in another run's directory
+        leaves that run's record alone)."""
+        if position.get("metrics_file") != str(self.metrics_path.resolve()):
+            return
+        if position["metrics_bytes"] <= self._metrics.tell():
+            self._metrics.truncate(position["metrics_bytes"])
+            self._metrics.seek(position["metrics_bytes"])

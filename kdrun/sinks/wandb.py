@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import secrets
 import socket
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from urllib.parse import urlparse
 from omegaconf import DictConfig
 
 from kdrun.config import to_dict
+from kdrun.sinks.base import Sink
 
 log = logging.getLogger(__name__)
 DEFAULT_BASE_URL = "https://api.wandb.ai"
@@ -62,7 +64,7 @@ def choose_mode(configured: str) -> str:
     return "online"
 
 
-class WandbSink:
+class WandbSink(Sink):
     def __init__(self, run):
         self.run = run
 
@@ -81,24 +83,50 @@ class WandbSink:
         self.run.finish()
 
 
+RUN_ID_FILE = "wandb-run-id"  # in the run directory: a resumed run continues the same W&B run
+
+
 def open_wandb_sink(cfg: DictConfig, run_dir: Path, sweep_group: str | None,
                     run_name: str | None) -> WandbSink | None:
-    """The W&B sink, or None (with a warning) when W&B cannot start; the run goes on."""
+    """The W&B sink, or None (with a warning) when W&B cannot start; the run goes on. A server
+    that accepts connections but fails the start gets the same offline fallback as one that
+    cannot be reached. With trainer.resume the run continues the W&B run it started."""
     mode = choose_mode(cfg.logger.mode)
     if mode == "disabled":
         return None
     try:
         import wandb
 
-        run = wandb.init(
-            project=cfg.logger.project, entity=cfg.logger.entity, mode=mode,
-            group=cfg.logger.group or sweep_group, tags=list(cfg.logger.tags),
-            config=to_dict(cfg), dir=str(run_dir), name=run_name,
-            settings=wandb.Settings(console="off", silent=True, init_timeout=30))
+        id_file = run_dir / RUN_ID_FILE
+        resuming = cfg.trainer.resume and id_file.is_file()
+        run_id = id_file.read_text().strip() if resuming else secrets.token_hex(4)
+
+        def start(mode: str):
+            return wandb.init(
+                project=cfg.logger.project, entity=cfg.logger.entity, mode=mode,
+                group=cfg.logger.group or sweep_group, tags=list(cfg.logger.tags),
+                config=to_dict(cfg), dir=str(run_dir), name=run_name, id=run_id,
+                resume="allow" if resuming else None,
+                settings=wandb.Settings(console="off", silent=True, init_timeout=30))
+
+        try:
+            run = start(mode)
+        except Exception as err:
+            if mode != "online":
+                raise
+            log.warning("W&B online failed to start (%s: %s): logging offline instead (sync "
+                        "later with `wandb sync`)", type(err).__name__, _first_line(err))
+            mode = "offline"
+            run = start(mode)
+        id_file.write_text(run_id + "\n")
     except Exception as err:  # W&B must never take a run down with it
         log.warning("W&B could not start (%s: %s): continuing without it",
-                    type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+                    type(err).__name__, _first_line(err))
         return None
     if mode == "offline":
         log.info("W&B offline run in %s", run.dir)
     return WandbSink(run)
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).splitlines()[0] if str(err) else ""

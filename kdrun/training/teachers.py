@@ -15,6 +15,7 @@ import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from filelock import FileLock, Timeout
@@ -72,21 +73,26 @@ def cache_entry(cfg: DictConfig) -> Path:
     return Path(t["cache_dir"]).expanduser() / name
 
 
-def resolve_teacher(run: Run, data: ImageData) -> Classifier:
-    """The run's teacher, with its weights loaded (training and caching it if need be)."""
+def resolve_teacher(run: Run, data: ImageData) -> tuple[Classifier, dict[str, Any]]:
+    """The run's teacher, with its weights loaded (training and caching it if need be), and its
+    provenance as meta/teacher_* results: the file, and the environment that trained it when
+    kdrun did (a teacher's weights depend on the thread count, device and precision, which
+    the cache key leaves out)."""
     cfg = run.cfg
     teacher = build_teacher(cfg)
     source = cfg.teacher.checkpoint
     if source == "pretrained":
         log.info("teacher: timm pretrained %s", cfg.teacher.arch)
         distributed.copy_from_main(teacher)
-        return teacher
+        return teacher, {"meta/teacher_source": f"timm pretrained {cfg.teacher.arch}"}
     path = Path(source).expanduser() if source != "auto" else _cached(run, data)
     meta = distributed.from_main(lambda: load_model(teacher, path))
     distributed.copy_from_main(teacher)
     log.info("teacher: %s from %s%s", cfg.teacher.arch, path,
              f" (test acc {meta['test/acc']:.2f}% when trained)" if "test/acc" in meta else "")
-    return teacher
+    trained_in = meta.get("environment", {})
+    return teacher, {"meta/teacher_source": str(path),
+                     **{f"meta/teacher_{key}": value for key, value in trained_in.items()}}
 
 
 def with_label_noise(data: ImageData, cfg: DictConfig) -> ImageData:
@@ -126,7 +132,8 @@ def _cached(run: Run, data: ImageData) -> Path:
         method = Vanilla(MethodSettings("vanilla"), Networks(teacher))
         metrics = trainer.fit(method, with_label_noise(data, cfg), teacher_recipe(cfg))
         save_model(teacher.cpu(), path, meta={
-            "test/acc": metrics["test/acc"], "recipe": to_dict(cfg.teacher)})
+            "test/acc": metrics["test/acc"], "recipe": to_dict(cfg.teacher),
+            "environment": teacher_run.environment()})
         if distributed.is_main():  # the resume state is no use once the teacher is done
             shutil.rmtree(trainer.checkpoint_path.parent, ignore_errors=True)
     return path

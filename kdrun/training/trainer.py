@@ -64,6 +64,8 @@ class _Progress:
     best_val_acc: float = -math.inf
     test_acc_at_best_val: float = math.nan  # the honest pick: the epoch validation chose
     best_val_epoch: int = 0
+    images: int = 0  # trained on, over the whole run (resumes included)
+    seconds: float = 0.0  # spent training, likewise
 
     def record(self, evaluated: dict[str, float]) -> None:
         self.best_acc = max(self.best_acc, evaluated["test/acc"])
@@ -124,9 +126,9 @@ class Trainer:
         checkpoint.remove_stale_temporaries(self.checkpoint_path.parent)
         progress = _Progress()
         if self.resume:
-            progress = self._resume(method, optimizers)
+            progress = self._resume(method, optimizers, recipe.epochs)
 
-        images_seen, train_time, last = 0, 0.0, {}
+        last: dict[str, float] = {}
         test_metrics: dict[str, float] = {}
         max_steps = self.cfg.max_steps or math.inf
         try:
@@ -137,8 +139,8 @@ class Trainer:
                                                    recipe.epochs, max_steps)
                 synchronize(run.device)
                 distributed.average_buffers(method)
-                train_time += time.perf_counter() - start
-                images_seen += last.pop("images")
+                progress.seconds += time.perf_counter() - start
+                progress.images += last.pop("images")
                 progress.epoch += complete
                 finished = progress.epoch == recipe.epochs or progress.step >= max_steps
                 evaluated: dict[str, float] = {}  # only this epoch's evaluation is logged with it
@@ -162,8 +164,8 @@ class Trainer:
             test_metrics = self._evaluate(method, test_loader, val_loader, with_teacher=True)
             progress.record(test_metrics)
         return {**test_metrics, **progress.results(), **last,
-                "train/img_s": images_seen / train_time if train_time else 0.0,
-                "train/time_s": train_time, "train/steps": progress.step}
+                "train/img_s": progress.images / progress.seconds if progress.seconds else 0.0,
+                "train/time_s": progress.seconds, "train/steps": progress.step}
 
     def _evaluate(self, method: Method, loader, val_loader,
                   with_teacher: bool) -> dict[str, float]:
@@ -260,10 +262,11 @@ class Trainer:
             rng["cuda"] = torch.cuda.get_rng_state(self.run.device)
         state = {"epoch": progress.epoch, "step": progress.step,
                  "progress": dataclasses.asdict(progress), "method": method.state_dict(),
-                 "optimizers": optimizers.state_dict(), "rng": distributed.every_rank(rng)}
+                 "optimizers": optimizers.state_dict(), "rng": distributed.every_rank(rng),
+                 "record": self.run.sink.position()}
         checkpoint.save_atomic(state, self.checkpoint_path)
 
-    def _resume(self, method, optimizers: Optimizers) -> _Progress:
+    def _resume(self, method, optimizers: Optimizers, epochs: int) -> _Progress:
         path = self.checkpoint_path
         state = distributed.from_main(lambda: checkpoint.load(path) if path.is_file() else None)
         if state is None:
@@ -275,6 +278,8 @@ class Trainer:
         torch.set_rng_state(rng["torch"].cpu())
         if "cuda" in rng and self.run.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"].cpu(), self.run.device)
+        if state["epoch"] < epochs:  # its rows after the checkpoint are logged again (those
+            self.run.sink.rewind(state.get("record", {}))  # after a finished stage are not)
         log.info("resumed from %s at epoch %d (step %d)", path, state["epoch"], state["step"])
         if "progress" in state:
             return _Progress(**state["progress"])
