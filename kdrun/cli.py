@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import logging
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -190,8 +191,10 @@ def summary(cfg: DictConfig, results: dict[str, Any], run_dir: Path) -> str:
     if choice(cfg.mode) == "eval":
         lines = [f"evaluated {cfg.checkpoint} on {cfg.dataset.name}"]
     else:
+        headline = [f"{key} {results[f'method/{key}']}" for key in HEADLINE_SETTINGS
+                    if f"method/{key}" in results]
         lines = [f"{cfg.method.name}: {results['meta/student_arch']} on {cfg.dataset.name}, "
-                 f"{cfg.epochs} epochs"]
+                 f"{cfg.epochs} epochs" + "".join(f", {h}" for h in headline)]
     if "teacher/test/acc" in results:
         lines.append(f"  teacher ({results.get('meta/teacher_arch', cfg.teacher.arch)}) test acc  "
                      f"{results['teacher/test/acc']:6.2f} %")
@@ -204,6 +207,12 @@ def summary(cfg: DictConfig, results: dict[str, Any], run_dir: Path) -> str:
                      f"{results['test/acc_at_best_val']:.2f} %")
     for key in sorted(k for k in results if k.startswith("peer") and k.endswith("/test/acc")):
         lines.append(f"  {key.removesuffix('/test/acc')} test acc  {results[key]:6.2f} %")
+    for key in sorted((k for k in results if re.fullmatch(r"round\d+/test/acc", k)),
+                      key=lambda k: int(k[5:].split("/")[0])):
+        stage = key.split("/")[0]
+        pseudo = results.get(f"{stage}/pseudo_labelled")
+        lines.append(f"  {stage} test acc  {results[key]:6.2f} %"
+                     + (f"  ({pseudo} pseudo-labelled images)" if pseudo is not None else ""))
     if "test/agreement" in results:
         lines.append(f"  student-teacher agreement  {results['test/agreement']:6.2f} %")
     robust = sorted(k for k in results if k.startswith(("pgd/", "fgsm/")))
@@ -238,6 +247,8 @@ def expand_home(args: list[str]) -> list[str]:
     return expanded
 
 
+# The settings a summary's first line names, when the method has them.
+HEADLINE_SETTINGS = ("alpha", "T", "sigma", "label_noise", "rounds")
 MULTIRUN_FLAGS = ("-m", "--multirun")
 # Under torchrun, ranks other than 0 leave the run directory, its .hydra/ and its log to rank 0.
 QUIET_RANK_OVERRIDES = ["hydra.run.dir=.", "hydra.output_subdir=null",

@@ -328,9 +328,14 @@ def report(root: Path, fmt: str, metrics: list[str] | None, published: Path,
     if not runs:
         raise KdrunError(f"no run directories under {root} (none holds .hydra/ or "
                          "results.json): give the directory a sweep wrote")
+    present = {key for run in runs for key in (run.results or {})}
     if not metrics:
-        present = {key for run in runs for key in (run.results or {})}
         metrics = [m for m in DEFAULT_METRICS if m in present] or DEFAULT_METRICS[:1]
+    missing = [m for m in metrics if m not in present and present]
+    if missing:
+        known = ", ".join(sorted(k for k in present if not k.startswith("meta/"))[:12])
+        raise KdrunError(f"--metric {missing[0]}: no run under {root} has it; its runs have "
+                         f"{known}, ...")
     keys, rows = summarise(runs, metrics, load_published(published))
     return render(fmt, keys, rows, metrics, root), plot_curves(keys, rows, metrics[0], plots_dir)
 

@@ -26,9 +26,11 @@ def kdrun(*args: str, env: dict, cwd: Path, check: bool = True) -> subprocess.Co
 
 def test_a_run_writes_results_and_an_offline_wandb_run_with_the_same_values(tmp_path, cli_env):
     overrides = [o for o in TINY if not o.startswith("logger=")]
-    kdrun(*overrides, "logger=wandb", "epochs=2", f"hydra.run.dir={tmp_path}/run",
-          env=cli_env, cwd=tmp_path)
+    proc = kdrun(*overrides, "logger=wandb", "epochs=2", f"hydra.run.dir={tmp_path}/run",
+                 env=cli_env, cwd=tmp_path)
     run_dir = tmp_path / "run"
+    upload = (proc.stdout + proc.stderr).split("upload it with: wandb sync ", 1)[1].split()[0]
+    assert list(Path(upload).glob("run-*.wandb"))  # the folder `wandb sync` takes
     results = read_results(run_dir)
     assert results["test/acc"] >= 0 and "teacher/test/acc" in results
     wandb = logged(run_dir)
@@ -161,3 +163,23 @@ def test_an_installed_wheel_finds_its_config_tree(tmp_path, cli_env):
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith(str(site)) and "name: soft_randomization" in proc.stdout
+
+
+def test_the_summary_names_the_settings_and_every_round(tmp_path):
+    """Issue 18, item 2: the settings that define the run, and each Noisy Student round."""
+    from kdrun.cli import summary
+
+    from conftest import compose_config
+
+    cfg = compose_config("method=noisy_student", "epochs=3")
+    results = {"meta/student_arch": "resnet8", "method/rounds": 2, "test/acc": 40.0,
+               "test/best_acc": 41.0, "calib/ece": 3.0, "round0/test/acc": 30.0,
+               "round1/test/acc": 35.0, "round1/pseudo_labelled": 120,
+               "round2/test/acc": 40.0, "round2/pseudo_labelled": 130}
+    lines = summary(cfg, results, tmp_path).splitlines()
+    assert lines[0] == "noisy_student: resnet8 on synthetic, 3 epochs, rounds 2"
+    assert "  round0 test acc   30.00 %" in lines
+    assert "  round2 test acc   40.00 %  (130 pseudo-labelled images)" in lines
+    kd = summary(compose_config("method=kd"), {**results, "method/alpha": 0.9, "method/T": 4.0},
+                 tmp_path).splitlines()
+    assert kd[0].startswith("kd: resnet8 on synthetic, 1 epochs, alpha 0.9, T 4.0")

@@ -177,3 +177,12 @@ def test_impossible_values_name_key_value_and_what_is_allowed(override, message)
 def test_wrong_types_unknown_keys_and_options_fail_at_composition(override):
     with pytest.raises(ConfigCompositionException):
         compose_config(override)
+
+
+def test_an_eval_choice_on_the_command_line_beats_the_presets():
+    """Issue 18, item 3: experiment=quickstart eval=clean skips the quickstart's attacks."""
+    quick = compose_config("experiment=quickstart", tiny=False)
+    assert quick.eval.subset == 200 and list(quick.eval.pgd_linf.eps) == [2, 8]
+    clean = compose_config("experiment=quickstart", "eval=clean", tiny=False)
+    assert list(clean.eval.pgd_linf.eps) == [] and list(clean.eval.fgsm.eps) == []
+    assert dict(clean.eval.ood) == {} and list(clean.eval.corruptions) == []

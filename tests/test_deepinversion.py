@@ -157,6 +157,7 @@ def test_both_stages_run_through_the_cli(tmp_path, cli_env):
         assert 0 <= results["test/acc"] <= 100
         assert (run / "synthetic" / "pool.pt").is_file() and (run / "synthetic" / "pool.png")
     assert (tmp_path / "sweep" / "1" / "synthetic" / "pool-round4.pt").is_file()  # ADI rounds
+    assert "synthesis: batch 2/2 done" in proc.stdout + proc.stderr  # never silent for long
 
     teacher = next((tmp_path / "cache" / "teachers").glob("*/teacher.pt"))
     pool = tmp_path / "sweep" / "0" / "synthetic" / "pool.pt"

@@ -126,3 +126,13 @@ def test_every_published_figure_names_its_source_and_matches_real_settings():
             assert key in ("method.name", "dataset.name", "teacher.arch", "student.arch") or \
                    key in cfg, key
         METHODS.get(entry["match"]["method.name"])  # a method kdrun has
+
+
+def test_an_unknown_metric_is_one_line_listing_the_known_keys(tmp_path, sweep, capsys):
+    """Issue 18, item 5: not a column of dashes."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(sweep), "--metric", "no/such/key"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kdrun-report: --metric no/such/key: no run under")
+    assert "its runs have test/acc, test/best_acc" in err and "\n" not in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import zlib
 from dataclasses import dataclass, replace
@@ -25,6 +26,8 @@ from kdrun.runtime.device import synchronize
 from kdrun.runtime.run import Run
 
 POOL_FILE = "pool.pt"
+UNCONVERGED_BELOW = 50.0  # synth/teacher_acc (%) under which kdrun warns
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -56,11 +59,17 @@ class DeepInversion(KD):
                     metrics=self.synthesis_metrics(pool, run))
 
     def synthesis_metrics(self, pool: TensorSplit, run: Run) -> dict[str, Any]:
-        """Totals over every synthesis of the run so far, and the teacher's accuracy on `pool`."""
+        """Totals over every synthesis of the run so far, and the teacher's accuracy on `pool`
+        (a warning when it is low: the images do not yet look like their classes to it)."""
         totals = self.synthesised
+        accuracy = self.teacher_accuracy(pool, run)
+        if accuracy < UNCONVERGED_BELOW:
+            log.warning("synthesis: the teacher recognises only %.1f %% of the pool as the class "
+                        "each image was made for; the synthesis has not converged (raise "
+                        "synthesis.iterations; the paper's CIFAR-10 setting is 2000)", accuracy)
         return {**totals, "synth/img_s": totals["synth/images"] / max(totals["synth/seconds"],
                                                                       1e-9),
-                "synth/teacher_acc": self.teacher_accuracy(pool, run)}
+                "synth/teacher_acc": accuracy}
 
     def synthesize(self, classes: list[str], size: int, name: str, run: Run,
                    student) -> TensorSplit:
@@ -86,10 +95,16 @@ class DeepInversion(KD):
         size_px = run.cfg.dataset.image_size
         images = [torch.zeros(0, 3, size_px, size_px, dtype=torch.uint8)]
         start = time.perf_counter()
-        for b in distributed.shard_indices(len(starts)).tolist():
+        mine = distributed.shard_indices(len(starts)).tolist()
+        log.info("synthesis: %d images in %d batches of %d, %d iterations each", size,
+                 len(starts), batch_size, self.settings.iterations)
+        for done, b in enumerate(mine, start=1):
             generator = torch.Generator().manual_seed(seed + 1 + b)
             batch_labels = labels[starts[b]:starts[b] + batch_size].to(run.device)
             images.append(synthesizer.batch(batch_labels, size_px, generator, student).cpu())
+            elapsed = time.perf_counter() - start
+            log.info("synthesis: batch %d/%d done, %.0f s so far, about %.0f s to go", done,
+                     len(mine), elapsed, elapsed / done * (len(mine) - done))
         synchronize(run.device)
         elapsed = time.perf_counter() - start
         pool = TensorSplit(distributed.gather(torch.cat(images)), labels)

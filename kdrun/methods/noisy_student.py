@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from kdrun.models.prepare import prepare
 from kdrun.runtime.run import Run
 
 PREDICT_BATCH = 512
+log = logging.getLogger(__name__)
 FOLDER = "folder"  # method.unlabelled=folder: every image under method.unlabelled_root
 
 
@@ -181,12 +183,16 @@ class NoisyStudent(Method):
         image_size = run.cfg.dataset.image_size
         scored = unlabelled if self.in_memory else with_transform(
             unlabelled, center_crop_transform(image_size))
+        log.info("pseudo-labelling %d unlabelled images with the round's teacher",
+                 len(unlabelled))
         probabilities = predict(self.teacher, make_loader(scored, PREDICT_BATCH, run,
                                                           train=False, shard=True),
                                 run.autocast)
         confidence, predicted = probabilities.float().max(dim=1)
         index = select(predicted, confidence, self.num_classes, s.threshold, s.balance,
                        s.per_class)
+        log.info("pseudo-labels: %d images kept (threshold %.2f%s)", len(index), s.threshold,
+                 ", balanced per class" if s.balance else "")
         self.pseudo_targets = probabilities[index].float().to(run.device)
         marks = self.num_classes + torch.arange(len(index))
         if self.in_memory:

@@ -65,8 +65,9 @@ def choose_mode(configured: str) -> str:
 
 
 class WandbSink(Sink):
-    def __init__(self, run):
+    def __init__(self, run, offline: bool):
         self.run = run
+        self.offline = offline
 
     def log(self, metrics: dict[str, Any]) -> None:
         self.run.log(metrics)
@@ -81,6 +82,9 @@ class WandbSink(Sink):
 
     def close(self) -> None:
         self.run.finish()
+        if self.offline:  # the folder wandb sync takes is the one above the run's files/
+            log.info("W&B run kept offline; upload it with: wandb sync %s",
+                     Path(self.run.dir).parent)
 
 
 RUN_ID_FILE = "wandb-run-id"  # in the run directory: a resumed run continues the same W&B run
@@ -123,9 +127,7 @@ def open_wandb_sink(cfg: DictConfig, run_dir: Path, sweep_group: str | None,
         log.warning("W&B could not start (%s: %s): continuing without it",
                     type(err).__name__, _first_line(err))
         return None
-    if mode == "offline":
-        log.info("W&B offline run in %s", run.dir)
-    return WandbSink(run)
+    return WandbSink(run, offline=mode == "offline")
 
 
 def _first_line(err: Exception) -> str:
