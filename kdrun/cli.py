@@ -33,7 +33,7 @@ from kdrun.models import build_model
 from kdrun.models.files import load_classifier, save_model
 from kdrun.models.prepare import prepare
 from kdrun.options import register_configs
-from kdrun.runtime import distributed
+from kdrun.runtime import checkpoint, distributed
 from kdrun.runtime.device import seed_everything
 from kdrun.runtime.run import Run
 from kdrun.sinks import build_sinks
@@ -114,10 +114,11 @@ def train(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
             results["meta/teacher_arch"] = method.teacher.arch
         results.update(evaluate_beyond_clean(student, data, eval_sets, run, results))
         save_model(student, run_dir / "checkpoints" / "student.pt",
-                   meta={"test/acc": results["test/acc"]})
+                   meta={"test/acc": results["test/acc"], "dataset": cfg.dataset.name})
         for name, peer in method.peer_models().items():
             save_model(peer, run_dir / "checkpoints" / f"{name}.pt",
-                       meta={"test/acc": results[f"{name}/test/acc"]})
+                       meta={"test/acc": results[f"{name}/test/acc"],
+                             "dataset": cfg.dataset.name})
         run.sink.results(results)
     return results
 
@@ -143,7 +144,7 @@ def train_stage(run: Run, method: Method, stage: Stage,
     results = trainer.fit(method, stage.data, recipe, stage.augment, optimizers)
     if not single:
         save_model(method.eval_model(), run.dir / "checkpoints" / f"{stage.name}.pt",
-                   meta={"test/acc": results["test/acc"]})
+                   meta={"test/acc": results["test/acc"], "dataset": cfg.dataset.name})
         results.update({f"{stage.name}/{k}": v for k, v in results.items()
                         if k.startswith(("test/", "val/", "teacher/test/acc"))})
     return results, trainer.optimizers
@@ -275,8 +276,24 @@ def unusable_output_dir(args: list[str]) -> str | None:
     return None
 
 
+def with_checkpoint_dataset(args: list[str]) -> list[str]:
+    """`mode=eval` without `dataset=` (or a preset): the data set the checkpoint was trained
+    on, which kdrun records in every model file, instead of the default CIFAR-10."""
+    given = dict(arg.split("=", 1) for arg in args if "=" in arg and not arg.startswith("-"))
+    if given.get("mode") != "eval" or "dataset" in given or "experiment" in given:
+        return args
+    path = Path(given.get("checkpoint", "")).expanduser()
+    try:
+        stored = checkpoint.load(path) if path.is_file() else {}
+    except KdrunError:  # the run itself says what is wrong with the file
+        return args
+    name = stored.get("meta", {}).get("dataset") if isinstance(stored, dict) else None
+    return [*args, f"dataset={name}"] if name else args
+
+
 def main() -> None:
     sys.argv = expand_home(sys.argv)
+    sys.argv = [sys.argv[0], *with_checkpoint_dataset(sys.argv[1:])]
     problem = unusable_output_dir(sys.argv[1:])
     if problem:
         sys.exit(f"kdrun: {problem}")

@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import TINY, read_results
 from wandb_log import logged
@@ -183,3 +184,17 @@ def test_the_summary_names_the_settings_and_every_round(tmp_path):
     kd = summary(compose_config("method=kd"), {**results, "method/alpha": 0.9, "method/T": 4.0},
                  tmp_path).splitlines()
     assert kd[0].startswith("kd: resnet8 on synthetic, 1 epochs, alpha 0.9, T 4.0")
+
+
+@pytest.mark.slow
+def test_mode_eval_defaults_to_the_data_set_the_checkpoint_was_trained_on(tmp_path, cli_env):
+    """Issue 18, item 8: not CIFAR-10, which is not there."""
+    kdrun(*TINY, "method=vanilla", f"hydra.run.dir={tmp_path}/train", env=cli_env, cwd=tmp_path)
+    student = tmp_path / "train" / "checkpoints" / "student.pt"
+    no_dataset = [o for o in TINY if not o.startswith("dataset=")]
+    kdrun(*no_dataset, "mode=eval", f"checkpoint={student}", f"hydra.run.dir={tmp_path}/eval",
+          env=cli_env, cwd=tmp_path)
+    evaluated = yaml.safe_load((tmp_path / "eval" / "config.yaml").read_text())
+    assert evaluated["dataset"]["name"] == "synthetic"
+    trained = read_results(tmp_path / "train")
+    assert read_results(tmp_path / "eval")["test/acc"] == trained["test/acc"]

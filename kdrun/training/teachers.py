@@ -133,6 +133,7 @@ def _cached(run: Run, data: ImageData) -> Path:
         metrics = trainer.fit(method, with_label_noise(data, cfg), teacher_recipe(cfg))
         save_model(teacher.cpu(), path, meta={
             "test/acc": metrics["test/acc"], "recipe": to_dict(cfg.teacher),
+            "dataset": cfg.dataset.name,
             "environment": teacher_run.environment()})
         if distributed.is_main():  # the resume state is no use once the teacher is done
             shutil.rmtree(trainer.checkpoint_path.parent, ignore_errors=True)
