@@ -201,3 +201,22 @@ def test_device_loader_order_depends_on_seed_and_epoch_only():
     assert sorted(torch.cat(first).tolist()) == list(range(64))
     images, _ = next(iter(loader))
     assert images.dtype == torch.float32 and 0 <= images.min() and images.max() <= 1
+
+
+@pytest.mark.parametrize(("name", "cls"), [("cifar10", "CIFAR10"), ("svhn", "SVHN")])
+def test_a_failed_download_is_one_line(tmp_path, monkeypatch, name, cls):
+    """Issue 18, item 8: no network gives urllib's error in one line, not a traceback."""
+    import urllib.error
+
+    import torchvision.datasets
+
+    def offline(*_, **__):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(torchvision.datasets, cls, offline)
+    cfg = compose_config(f"dataset={name}", f"dataset.root={tmp_path}", "dataset.download=true")
+    with pytest.raises(DataNotFoundError) as err:
+        load_dataset(cfg.dataset, cfg.cache_dir)
+    assert str(err.value).startswith(f"{'CIFAR-10' if name == 'cifar10' else 'SVHN'}: the "
+                                     f"download into {tmp_path} failed (<urlopen error")
+    assert "\n" not in str(err.value)

@@ -37,6 +37,18 @@ def image_folder_data(root: Path, image_size: int, cache_dir: Path) -> ImageData
     return ImageData(train, test, classes)
 
 
+def fetch(name: str, root: Path, download: Callable[[], object]) -> None:
+    """Runs a torchvision download; a failure (no network, a bad mirror, a corrupt archive) is
+    one line, not urllib's traceback."""
+    try:
+        download()
+    except (OSError, RuntimeError) as err:
+        reason = (str(err) or type(err).__name__).splitlines()[0][:120]
+        raise DataNotFoundError(f"{name}: the download into {root} failed ({reason}): check the "
+                                "network, or fetch the files by hand and point dataset.root at "
+                                "them") from None
+
+
 def missing(name: str, root: Path, looked_for: str, how: str) -> DataNotFoundError:
     return DataNotFoundError(
         f"{name} not found in {root} (looked for {looked_for}, or train/ and test/ class "
@@ -65,7 +77,8 @@ def cifar_loader(title: str, folder_name: str, train_files: list[str], test_file
         if not folder.is_dir() and cfg.download:
             import torchvision.datasets
 
-            getattr(torchvision.datasets, torchvision_name)(str(root), download=True)
+            fetch(title, root, lambda: getattr(torchvision.datasets, torchvision_name)(
+                str(root), download=True))
         if not all((folder / f).is_file() for f in train_files + test_files + [meta_file]):
             raise missing(title, root, f"{folder_name}/", "download it with dataset.download=true")
         with open(folder / meta_file, "rb") as f:

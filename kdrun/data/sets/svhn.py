@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from omegaconf import MISSING, DictConfig
 
-from kdrun.data.formats import image_folder_data, missing
+from kdrun.data.formats import fetch, image_folder_data, missing
 from kdrun.data.settings import DatasetSettings
 from kdrun.data.types import ImageData, TensorSplit
 
@@ -25,7 +25,8 @@ def read_split(root: Path, split: str, download: bool) -> TensorSplit:
     if not path.is_file() and download:
         import torchvision.datasets
 
-        torchvision.datasets.SVHN(str(root), split=split, download=True)
+        fetch("SVHN", root, lambda: torchvision.datasets.SVHN(str(root), split=split,
+                                                              download=True))
     if not path.is_file():
         raise missing("SVHN", root, f"{path.name}", "download it with dataset.download=true")
     from scipy.io import loadmat
