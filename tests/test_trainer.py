@@ -105,8 +105,14 @@ def test_epochs_without_evaluation_log_no_test_metrics(tmp_path):
     assert ["test/acc" in epochs[e] for e in (1, 2, 3)] == [False, True, True]
 
 
-def test_max_steps_stops_early(tmp_path):
-    results = train(compose_config("method=vanilla", "epochs=5", "trainer.max_steps=3"), tmp_path)
+def test_max_steps_stops_early(tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="kdrun.training.trainer"):
+        results = train(compose_config("method=vanilla", "epochs=5", "trainer.max_steps=3"),
+                        tmp_path)
+    assert "epoch 1/5 (stopped at trainer.max_steps)" in caplog.text  # not "epoch 0/5"
+    assert "epoch 0/" not in caplog.text
     assert results["train/steps"] == 3
     assert not (tmp_path / "checkpoints" / "last.pt").exists()  # no epoch boundary was reached
 

@@ -150,8 +150,10 @@ class Trainer:
                     test_metrics = evaluated
                     progress.record(evaluated)
                 run.sink.log({"epoch": progress.epoch, "step": progress.step, **last, **evaluated})
-                log.info("%sepoch %d/%d  loss %.4f  train acc %.2f  test acc %s", self.label,
-                         progress.epoch, recipe.epochs, last["train/loss"], last["train/acc"],
+                shown = f"{progress.epoch}/{recipe.epochs}" if complete else (
+                    f"{progress.epoch + 1}/{recipe.epochs} (stopped at trainer.max_steps)")
+                log.info("%sepoch %s  loss %.4f  train acc %.2f  test acc %s", self.label, shown,
+                         last["train/loss"], last["train/acc"],
                          f"{evaluated['test/acc']:.2f}" if evaluated else "-")
                 if complete:  # a checkpoint always marks an epoch boundary, so resume is exact
                     self._save(method, optimizers, progress)
