@@ -216,7 +216,9 @@ class Trainer:
                 batches += 1
                 bar.update()
                 if progress.step % self.cfg.log_every == 0:
-                    self._stop_if_diverged(totals, progress)
+                    keys = list(totals)
+                    self._stop_if_diverged(dict(zip(keys, distributed.sum_across_ranks(
+                        torch.stack([totals[k] for k in keys])).tolist())), progress)
                     elapsed = time.perf_counter() - interval_start
                     row = {"step": progress.step, "train/lr": optimizers.lr,
                            "train/loss": out["loss"].item(),
@@ -229,26 +231,23 @@ class Trainer:
                 if progress.step >= max_steps:
                     break
         bar.close()
-        self._stop_if_diverged(totals, progress)  # before this epoch's checkpoint is written
         complete = batches == len(loader)
         keys = list(totals)  # the same on every rank: the method's step decides them
         sums = distributed.sum_across_ranks(torch.stack(
             [totals[k] for k in keys]
             + [torch.tensor(float(counts[k]), device=device) for k in keys]
             + [correct.float(), torch.tensor(float(seen), device=device)])).tolist()
+        self._stop_if_diverged(dict(zip(keys, sums)), progress)  # before the epoch's checkpoint
         metrics = {f"train/{k}": sums[i] / sums[len(keys) + i] for i, k in enumerate(keys)}
         metrics["train/acc"] = 100 * sums[-2] / sums[-1]
         metrics["images"] = int(sums[-1])
         return metrics, complete
 
-    def _stop_if_diverged(self, totals: dict[str, torch.Tensor], progress: _Progress) -> None:
-        """A NaN or infinite loss term in this epoch so far stops the run (on every rank), so
-        no checkpoint of a diverged network is written and no time is spent training it."""
-        keys = list(totals)
-        if not keys:
-            return
-        sums = distributed.sum_across_ranks(torch.stack([totals[k] for k in keys])).tolist()
-        bad = [f"{k} {v}" for k, v in zip(keys, sums, strict=True) if not math.isfinite(v)]
+    def _stop_if_diverged(self, sums: dict[str, float], progress: _Progress) -> None:
+        """`sums`: each loss term summed over this epoch so far and over the ranks (so every
+        rank decides alike). A NaN or infinite one stops the run, so no checkpoint of a
+        diverged network is written and no time is spent training it."""
+        bad = [f"{k} {v}" for k, v in sums.items() if not math.isfinite(v)]
         if bad:
             saved = (f"the last good checkpoint is {self.checkpoint_path} (epoch "
                      f"{progress.epoch})" if progress.epoch else "no epoch had finished")
