@@ -255,8 +255,8 @@ def test_compile_is_off_on_cpu_by_default_and_compiles_every_network_in_place():
     keys = list(method.state_dict())
     run = make_run().replace(compile=True)
     prepare(method, run)
-    compiled = [net._compiled_call_impl for net in method.networks]
+    compiled = [net.net._compiled_call_impl for net in method.networks]
     assert all(c is not None for c in compiled)
     prepare(method, run)  # a later stage: nothing is compiled twice
-    assert [net._compiled_call_impl for net in method.networks] == compiled
+    assert [net.net._compiled_call_impl for net in method.networks] == compiled
     assert list(method.state_dict()) == keys  # checkpoints stay loadable uncompiled

@@ -1,5 +1,7 @@
 """The model every part of kdrun sees: a network with its input normalisation inside, so data,
-noise and attacks all work in pixel space [0, 1]."""
+noise and attacks all work in pixel space [0, 1]. The normalised input reaches the network in
+the run's memory format whatever layout the caller's tensor has, so a compiled network sees
+one layout from training, evaluation, attacks and corruptions alike (no recompiles)."""
 
 from __future__ import annotations
 
@@ -16,9 +18,10 @@ class Classifier(nn.Module):
         self.num_classes = num_classes
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        self.memory_format = torch.contiguous_format  # the run's (models/prepare.py)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+        return ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalize(x))
