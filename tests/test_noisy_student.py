@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from kdrun.data import BatchMix, ImageData, TensorSplit, make_loader
-from kdrun.data.augment import rand_augment
+from kdrun.data.augment import RandAugment
 from kdrun.data.device_loader import batch_indices
 from kdrun.methods.pseudo_labels import predict, select
 from kdrun.models import build_model
@@ -143,7 +143,7 @@ def test_noise_is_on_for_the_student_and_off_for_the_teacher():
         assert torch.equal(method.teacher(images), method.teacher(images))
         assert not torch.equal(method.student(images), method.student(images))  # dropout, SD
     torch.manual_seed(1)
-    assert not torch.equal(rand_augment(images, 2, 9), images)
+    assert not torch.equal(RandAugment(2, 9)(images), images)
     out = method.training_step(images, round1.data.train.labels[:8])
     assert torch.isfinite(out["loss"]) and out["labels"].max() < 4
 

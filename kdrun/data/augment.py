@@ -45,8 +45,8 @@ def color_jitter(images: torch.Tensor, brightness: float, contrast: float, satur
     def gray(x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] != 3:
             return x.mean(dim=1, keepdim=True)
-        weights = torch.tensor(_LUMA, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        return (x * weights).sum(dim=1, keepdim=True)
+        r, g, b = x.unbind(dim=1)  # weights as numbers: no host-to-device copy to capture
+        return (r * _LUMA[0] + g * _LUMA[1] + b * _LUMA[2]).unsqueeze(1)
 
     if brightness:
         images = (images * factors(brightness)).clamp(0, 1)
@@ -76,9 +76,88 @@ def center_crop_transform(size: int) -> v2.Compose:
                        v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
 
 
-def rand_augment(images: torch.Tensor, num_ops: int, magnitude: int) -> torch.Tensor:
-    """torchvision's RandAugment (Cubuk et al., arXiv 1909.13719) with its own draw per image,
-    on float images in [0, 1] (it works on uint8, so the batch is quantised on the way)."""
-    augment = v2.RandAugment(num_ops=num_ops, magnitude=magnitude)
-    as_uint8 = (images * 255).round().to(torch.uint8)
-    return torch.stack([augment(image) for image in as_uint8]).float() / 255
+class RandAugment:
+    """RandAugment N, M (Cubuk et al., arXiv 1909.13719) for a whole batch on its device: each
+    image draws its own N operations and signs, as torchvision's RandAugment draws them for one
+    image, and each operation is torchvision's own at the magnitude M fixes (its functional
+    ops on the batch; the geometric ones as a gather through an index map made once by
+    applying torchvision's op to an image of pixel indices; Sharpness with its kernel made
+    once). No per-image or per-batch host work, no host sync and no host-to-device copy, so a
+    CUDA graph can capture it. Works like torchvision on uint8
+    levels: float images are quantised on the way."""
+
+    def __init__(self, num_ops: int, magnitude: int, num_bins: int = 31):
+        self.num_ops = num_ops
+        self.magnitude = magnitude
+        self.num_bins = num_bins
+        self.torchvision = v2.RandAugment(num_ops, magnitude, num_bins)
+        self.names = list(self.torchvision._AUGMENTATION_SPACE)
+        self.constants: dict[tuple, torch.Tensor] = {}  # index maps and the sharpness kernel
+
+    def magnitudes(self, name: str, height: int, width: int) -> list[float]:
+        """The op's magnitude, and its negative when the op is signed ([0.0] without one)."""
+        values, signed = self.torchvision._AUGMENTATION_SPACE[name]
+        table = values(self.num_bins, height, width)
+        if table is None:
+            return [0.0]
+        value = float(table[self.magnitude])
+        return [value, -value] if signed else [value]
+
+    def op(self, images: torch.Tensor, name: str, magnitude: float) -> torch.Tensor:
+        """torchvision's op on a uint8 batch (geometric ops through a cached index map)."""
+        n, c, h, w = images.shape
+        if name == "Sharpness":
+            return self.sharpness(images, 1.0 + magnitude)
+        if name not in GEOMETRIC:
+            return self.torchvision._apply_image_or_video_transform(
+                images, name, magnitude, interpolation=self.torchvision.interpolation,
+                fill=self.torchvision._fill)
+        key = (name, magnitude, h, w, images.device)
+        if key not in self.constants:
+            where = torch.arange(1, h * w + 1, dtype=torch.float32).view(1, 1, h, w)
+            moved = self.torchvision._apply_image_or_video_transform(
+                where, name, magnitude, interpolation=self.torchvision.interpolation,
+                fill=self.torchvision._fill)
+            self.constants[key] = (moved.view(h * w).round().long() - 1).to(images.device)
+        source = self.constants[key]  # -1: outside the image, filled with 0
+        flat = images.reshape(n, c, h * w)[:, :, source.clamp(min=0)]
+        return (flat * (source >= 0)).view(n, c, h, w)
+
+    def sharpness(self, images: torch.Tensor, factor: float) -> torch.Tensor:
+        """torchvision's adjust_sharpness on uint8 images, step for step, with its 3x3 blur
+        kernel (1 around a 5, over 13) made once per device instead of on every call."""
+        c, h, w = images.shape[1:]
+        if h <= 2 or w <= 2:
+            return images
+        key = ("sharpness", images.device)
+        if key not in self.constants:
+            kernel = torch.full((3, 3), 1 / 13)
+            kernel[1, 1] = 5 / 13
+            self.constants[key] = kernel.to(images.device)
+        output = images.to(torch.float32, copy=True)
+        blurred = F.conv2d(output, self.constants[key].expand(c, 1, 3, 3), groups=c).round_()
+        inner = output[..., 1:-1, 1:-1]
+        inner.add_(blurred.sub_(inner), alpha=1.0 - factor)
+        return output.clamp_(0, 255).to(images.dtype)
+
+    def __call__(self, images: torch.Tensor,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        n, _, h, w = images.shape
+        x = (images * 255).round().to(torch.uint8)
+        for _ in range(self.num_ops):
+            chosen = torch.randint(len(self.names), (n, 1, 1, 1), generator=generator,
+                                   device=images.device)
+            negative = torch.rand(n, 1, 1, 1, generator=generator, device=images.device) <= 0.5
+            out = x
+            for k, name in enumerate(self.names):
+                if name == "Identity":
+                    continue
+                variants = [self.op(x, name, m) for m in self.magnitudes(name, h, w)]
+                result = variants[0] if len(variants) == 1 else torch.where(
+                    negative, variants[1], variants[0])
+                out = torch.where(chosen == k, result, out)
+            x = out
+        return x.float() / 255
+
+
+GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")

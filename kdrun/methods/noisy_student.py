@@ -21,8 +21,8 @@ from kdrun.data import (
     named_dataset_cfg,
 )
 from kdrun.data.augment import (
+    RandAugment,
     center_crop_transform,
-    rand_augment,
     random_crop_flip,
     resized_crop_transform,
 )
@@ -105,7 +105,8 @@ class NoisyStudent(Method):
     probabilities on the un-noised image, computed once per round. The loss is the batch's
     mean (the official code sums the two parts' means weighted 1 : unlabel_ratio, which is
     this times 1 + unlabel_ratio: a constant the learning rate absorbs). In-memory data sets
-    are noised in batches on the device; large-image ones (ImageNet) per image in the
+    are noised in batches on the device (RandAugment too, each image its own draw, so the
+    step can be captured as a CUDA graph); large-image ones (ImageNet) per image in the
     DataLoader workers."""
 
     Settings = NoisyStudentSettings
@@ -119,6 +120,7 @@ class NoisyStudent(Method):
         self.noisy = False  # this round's student is noised; set by stages()
         self.in_memory = True  # in-memory data is noised here; set by stages()
         self.pseudo_targets = torch.zeros(0, self.num_classes)  # set each round
+        self.rand_augment = RandAugment(settings.randaugment_ops, settings.randaugment_magnitude)
 
     def stages(self, data: ImageData, epochs: int, run: Run):
         s = self.settings
@@ -209,7 +211,7 @@ class NoisyStudent(Method):
         if self.in_memory:  # crop, flip and noise the batch here
             inputs = random_crop_flip(images, s.crop_padding, s.hflip)
             if self.noisy:
-                inputs = rand_augment(inputs, s.randaugment_ops, s.randaugment_magnitude)
+                inputs = self.rand_augment(inputs)
         logits = self.student(inputs)
         if not len(self.pseudo_targets):  # round 0, or a teacher that kept none: labels only
             ce = F.cross_entropy(logits.float(), labels, label_smoothing=s.label_smoothing)
