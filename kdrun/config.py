@@ -69,6 +69,7 @@ class TrainerConfig:
     precision: Precision = MISSING
     channels_last: bool = MISSING
     compile: bool | None = None
+    cuda_graph: bool | None = None
     sync_bn: bool = MISSING
     max_steps: int | None = None
     resume: bool = MISSING

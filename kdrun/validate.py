@@ -40,6 +40,9 @@ def validate(cfg: DictConfig) -> None:
         require(cfg.trainer.max_steps >= 1, "trainer.max_steps", cfg.trainer.max_steps,
                 "use >= 1, or null for no limit")
     _check_device(cfg.trainer.device)
+    if cfg.trainer.cuda_graph:
+        require(cfg.trainer.device != "cpu" and torch.cuda.is_available(), "trainer.cuda_graph",
+                True, "CUDA graphs need a CUDA device: set it to null (on with CUDA) or false")
     _check_distributed(cfg)
     _check_eval(cfg.eval)
     if choice(cfg.mode) == "eval":

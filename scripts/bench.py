@@ -8,6 +8,8 @@ Overrides are kdrun's own (the same config tree); `bench.*` keys belong to this 
     bench.steps=20      timed training steps, after
     bench.warmup=5      untimed ones (allocator, autotuning, compilation)
     bench.compile=auto  also time kdrun with torch.compile: true | false | auto (CUDA only)
+    bench.graph=auto    also time kdrun's step captured as a CUDA graph (with and without
+                        torch.compile): true | false | auto (CUDA only)
     bench.reference=true  time the reference loop too
     bench.workers=2     DataLoader workers of the reference loop
     bench.eval_images=0 also time PGD-20 (L-inf 8/255) and the corruption suite on this many
@@ -49,11 +51,11 @@ from kdrun.models.prepare import prepare
 from kdrun.runtime.device import synchronize
 from kdrun.runtime.run import Run
 from kdrun.training.optimizers import Optimizers
-from kdrun.training.trainer import train_step
+from kdrun.training.step import WARMUP_STEPS, EpochSums, Stepper
 from kdrun.validate import validate
 
-BENCH_DEFAULTS = {"steps": 20, "warmup": 5, "compile": "auto", "reference": True, "workers": 2,
-                  "eval_images": 0, "out": "bench.json"}
+BENCH_DEFAULTS = {"steps": 20, "warmup": 5, "compile": "auto", "graph": "auto",
+                  "reference": True, "workers": 2, "eval_images": 0, "out": "bench.json"}
 
 
 def split_args(args: list[str]) -> tuple[list[str], dict]:
@@ -98,9 +100,13 @@ def timed(step, stream, warmup: int, steps: int, batch_size: int, device) -> flo
     return steps * batch_size / (time.perf_counter() - start)
 
 
-def kdrun_throughput(run: Run, data, bench: dict, compiled: bool) -> float:
-    """kdrun's own training step: device-resident batches, bf16 autocast, channels_last."""
-    cfg, run = run.cfg, run.replace(compile=compiled)
+def kdrun_throughput(run: Run, data, bench: dict, compiled: bool,
+                     graph: bool) -> float | None:
+    """kdrun's own training step in the method's first stage (Noisy Student's noised round 0;
+    a data-free method synthesises its pool first): device-resident batches, bf16 autocast,
+    channels_last; on CUDA optionally compiled and/or captured as a CUDA graph (the warm-up
+    steps cover the capture)."""
+    cfg, run = run.cfg, run.replace(compile=compiled, cuda_graph=graph)
     torch.manual_seed(cfg.seed)
     method_cls = METHODS.get(cfg.method.name)
     make_model = functools.partial(build_model, num_classes=cfg.dataset.num_classes,
@@ -108,17 +114,20 @@ def kdrun_throughput(run: Run, data, bench: dict, compiled: bool) -> float:
     teacher = make_model(cfg.teacher.arch) if method_cls.needs_teacher else None
     method = build_method(cfg.method, Networks(make_model(cfg.student.arch), teacher, make_model))
     prepare(method, run)
-    loader = make_loader(data.train, cfg.trainer.batch_size, run, train=True,
-                         augment=not method.augments_batches)
+    stage = next(method.stages(data, cfg.epochs, run))
+    loader = make_loader(stage.data.train, cfg.trainer.batch_size, run, train=True,
+                         augment=stage.augment, mix=stage.mix)
     optimizers = Optimizers(method, cfg.optim, cfg.sched,
                             Schedule(len(loader) * cfg.epochs, len(loader)))
     method.train()
-
-    def step(images, labels):
-        train_step(method, optimizers, images, labels, run)
-
-    return timed(step, batches(loader), bench["warmup"], bench["steps"],
-                 cfg.trainer.batch_size, run.device)
+    step = Stepper(method, optimizers, run, EpochSums(run.device), capture=graph)
+    rate = timed(step, batches(loader), max(bench["warmup"], WARMUP_STEPS + 2) if graph
+                 else bench["warmup"], bench["steps"], cfg.trainer.batch_size, run.device)
+    if graph and not step.captured:
+        print(f"{cfg.method.name}'s step was not captured as a CUDA graph (the log says why): "
+              f"its graph row is left out")
+        return None
+    return rate
 
 
 def reference_dataset(cfg):
@@ -198,6 +207,11 @@ def evaluation_times(run: Run, data, bench: dict) -> dict[str, float]:
             "corruption_evals": len(cfg.eval.corruptions) * len(cfg.eval.severities)}
 
 
+def wanted(setting: str, device: torch.device) -> bool:
+    """A bench.compile / bench.graph setting: true, false, or auto (on CUDA)."""
+    return setting == "true" or (setting == "auto" and device.type == "cuda")
+
+
 def main(args: list[str]) -> dict:
     overrides, bench = split_args(args)
     with initialize_config_module("kdrun.conf", version_base="1.3"):
@@ -206,13 +220,19 @@ def main(args: list[str]) -> dict:
     run = Run.start(cfg, Path("."), sink=None)
     device = run.device
     data = load_dataset(cfg.dataset, cfg.cache_dir)
-    compile_too = bench["compile"] == "true" or (bench["compile"] == "auto"
-                                                 and device.type == "cuda")
-    rows = {"ours": kdrun_throughput(run, data, bench, compiled=False)}
+    compile_too = wanted(bench["compile"], device)
+    graph_too = wanted(bench["graph"], device)
+    rows = {"ours": kdrun_throughput(run, data, bench, compiled=False, graph=False)}
     if compile_too:
-        rows["ours_compiled"] = kdrun_throughput(run, data, bench, compiled=True)
+        rows["ours_compiled"] = kdrun_throughput(run, data, bench, compiled=True, graph=False)
+    if graph_too:
+        rows["ours_graph"] = kdrun_throughput(run, data, bench, compiled=False, graph=True)
+    if graph_too and compile_too:
+        rows["ours_graph_compiled"] = kdrun_throughput(run, data, bench, compiled=True,
+                                                       graph=True)
     if bench["reference"]:
         rows["ref"] = reference_throughput(cfg, device, bench)
+    rows = {name: value for name, value in rows.items() if value is not None}
     result = {f"{name}_img_s": value for name, value in rows.items()}
     if "ref_img_s" in result:
         result.update({"ratio" if name == "ours" else f"ratio_{name.removeprefix('ours_')}":

@@ -44,4 +44,5 @@ def test_bench_refuses_an_unknown_setting_in_one_line(tmp_path, cli_env):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
         "error: bench.stpes is not a benchmark setting: use one of bench.steps, bench.warmup, "
-        "bench.compile, bench.reference, bench.workers, bench.eval_images, bench.out"]
+        "bench.compile, bench.graph, bench.reference, bench.workers, bench.eval_images, "
+        "bench.out"]

@@ -98,6 +98,12 @@ class AFD(DML):
         return {"disc": OptimizerGroup(list(self.discriminators.parameters()),
                                        self.settings.disc_optim)}
 
+    def uncapturable(self) -> str | None:
+        if self.adversarial and self.settings.disc_every > 1:
+            return (f"method.disc_every={self.settings.disc_every} changes the step between "
+                    f"steps (1 captures it)")
+        return None
+
     def get_extra_state(self) -> dict[str, int]:
         return {"steps": self.steps}
 

@@ -121,6 +121,13 @@ class Method(nn.Module):
         their metrics are logged as '<name>/test/acc', ..."""
         return {}
 
+    def uncapturable(self) -> str | None:
+        """Why this method's training step cannot be captured once as a CUDA graph and
+        replayed (host control flow that differs between steps, data-dependent shapes, host
+        work per image), or None. Its Python runs at capture only: counters kept in Python
+        do not advance on replays."""
+        return None
+
     def optimizer_groups(self) -> dict[str, OptimizerGroup]:
         """Parameter groups with optimisers of their own; every other trainable parameter is
         stepped by the run's optimiser on 'loss'. A group's loss may be left out of a step's

@@ -40,9 +40,12 @@ def resolve_precision(setting: str, device: torch.device) -> torch.dtype | None:
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Without autocast's cache of cast weights: a CUDA graph must not capture it (its casts
+    would be freed between replays), and one setting everywhere keeps compiled networks from
+    recompiling on it; a CNN's forward casts each weight once anyway."""
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=False)
 
 
 def seed_everything(seed: int) -> None:
@@ -64,4 +67,10 @@ def resolve_compile(setting: bool | None, device: torch.device) -> bool:
     """torch.compile by default on CUDA only: on CPU each network's first compilation takes
     tens of seconds, more than the short runs CPUs are used for save (long ones gain: see
     scripts/bench.py)."""
+    return device.type == "cuda" if setting is None else setting
+
+
+def resolve_cuda_graph(setting: bool | None, device: torch.device) -> bool:
+    """Capture the training step as a CUDA graph: by default wherever there is CUDA (the papers'
+    batch of 128 is launch-bound on a GPU); true asks for it and is refused off CUDA."""
     return device.type == "cuda" if setting is None else setting

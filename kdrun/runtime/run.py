@@ -19,6 +19,7 @@ from kdrun.runtime.device import (
     autocast,
     memory_format,
     resolve_compile,
+    resolve_cuda_graph,
     resolve_device,
     resolve_precision,
 )
@@ -46,6 +47,7 @@ class Run:
     precision: torch.dtype | None  # autocast dtype; None: fp32
     memory_format: torch.memory_format
     compile: bool  # torch.compile the networks
+    cuda_graph: bool  # capture the training step as a CUDA graph
     seed: int  # the seed of what is being trained (the teacher's while a teacher trains)
     sink: Recorder
 
@@ -54,7 +56,8 @@ class Run:
         device = distributed.device_for(resolve_device(cfg.trainer.device))
         return cls(cfg, run_dir, device, resolve_precision(choice(cfg.trainer.precision), device),
                    memory_format(cfg.trainer.channels_last),
-                   resolve_compile(cfg.trainer.compile, device), cfg.seed, sink)
+                   resolve_compile(cfg.trainer.compile, device),
+                   resolve_cuda_graph(cfg.trainer.cuda_graph, device), cfg.seed, sink)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.device, self.precision)

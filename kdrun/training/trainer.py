@@ -28,19 +28,10 @@ from kdrun.runtime import checkpoint, distributed
 from kdrun.runtime.device import synchronize
 from kdrun.runtime.run import Run
 from kdrun.training.optimizers import Optimizers
+from kdrun.training.step import EpochSums, Stepper, why_not_captured
 
 log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "last.pt"
-
-
-def train_step(method: Method, optimizers: Optimizers, images: torch.Tensor,
-               labels: torch.Tensor, run: Run) -> dict:
-    """One optimisation step, as every run (and scripts/bench.py) takes it."""
-    images = images.contiguous(memory_format=run.memory_format)
-    with run.autocast():
-        out = method.training_step(images, labels)
-    optimizers.step(out)
-    return out
 
 
 @dataclass
@@ -127,6 +118,7 @@ class Trainer:
         progress = _Progress()
         if self.resume:
             progress = self._resume(method, optimizers, recipe.epochs)
+        stepper = self._stepper(method, optimizers)
 
         last: dict[str, float] = {}
         test_metrics: dict[str, float] = {}
@@ -135,7 +127,7 @@ class Trainer:
             while progress.epoch < recipe.epochs and progress.step < max_steps:
                 train_loader.set_epoch(progress.epoch)
                 start = time.perf_counter()
-                last, complete = self._train_epoch(method, train_loader, optimizers, progress,
+                last, complete = self._train_epoch(method, train_loader, stepper, progress,
                                                    recipe.epochs, max_steps)
                 synchronize(run.device)
                 distributed.average_buffers(method)
@@ -186,61 +178,64 @@ class Trainer:
             results.update({f"{name}/{key}": value for key, value in peer.items()})
         return results
 
-    def _train_epoch(self, method, loader, optimizers: Optimizers, progress: _Progress,
+    def _stepper(self, method: Method, optimizers: Optimizers) -> Stepper:
+        """Captured as a CUDA graph where the run asks for it and the method allows it."""
+        capture = self.run.cuda_graph
+        if capture:
+            reason = why_not_captured(method, optimizers, self.run)
+            if reason:
+                log.info("%straining step not captured as a CUDA graph: %s; training eagerly",
+                         self.label, reason)
+                capture = False
+        return Stepper(method, optimizers, self.run, EpochSums(self.run.device), capture)
+
+    def _train_epoch(self, method, loader, stepper: Stepper, progress: _Progress,
                      epochs: int, max_steps: float) -> tuple[dict[str, float], bool]:
         """One pass over the training batches, or up to `max_steps`; says if it completed."""
         method.train()
         epoch = progress.epoch
-        totals: dict[str, torch.Tensor] = {}  # image-weighted sums of the logged loss terms
-        counts: dict[str, int] = {}  # images behind each (a group's loss may skip steps)
+        sums = stepper.sums
+        sums.reset()
         device = self.run.device
-        correct = torch.zeros((), device=device)
-        seen, batches, interval_start, interval_images = 0, 0, time.perf_counter(), 0
+        batches, interval_start, interval_images = 0, time.perf_counter(), 0
         world = distributed.world_size()
         bar = tqdm(total=len(loader), desc=f"{self.label}epoch {epoch + 1}/{epochs}",
                    disable=None if self.cfg.progress and distributed.is_main() else True,
                    leave=False)
         with logging_redirect_tqdm():
             for images, labels in loader:
-                out = train_step(method, optimizers, images, labels, self.run)
+                out = stepper(images, labels)
                 progress.step += 1
-                n = len(labels)
-                seen += n
-                interval_images += n * world
-                targets = out.get("labels", labels)  # a method may re-encode its labels
-                correct += (out["logits"].detach().argmax(dim=1) == targets).sum()
-                for key, value in out.items():
-                    if key not in ("logits", "labels"):
-                        totals[key] = totals.get(key, 0) + value.detach().float() * n
-                        counts[key] = counts.get(key, 0) + n
+                interval_images += len(labels) * world
                 batches += 1
                 bar.update()
                 if progress.step % self.cfg.log_every == 0:
-                    keys = list(totals)
+                    keys = list(sums.totals)
                     self._stop_if_diverged(dict(zip(keys, distributed.sum_across_ranks(
-                        torch.stack([totals[k] for k in keys])).tolist())), progress)
+                        torch.stack([sums.totals[k] for k in keys])).tolist())), progress)
                     elapsed = time.perf_counter() - interval_start
-                    row = {"step": progress.step, "train/lr": optimizers.lr,
+                    row = {"step": progress.step, "train/lr": stepper.optimizers.lr,
                            "train/loss": out["loss"].item(),
                            "train/img_s_interval": interval_images / elapsed}
                     self.run.sink.log(row)
                     bar.set_postfix(loss=f"{row['train/loss']:.3f}",
-                                    acc=f"{100 * correct.item() / seen:.1f}",
+                                    acc=f"{100 * sums.correct.item() / sums.seen:.1f}",
                                     img_s=f"{row['train/img_s_interval']:.0f}")
                     interval_start, interval_images = time.perf_counter(), 0
                 if progress.step >= max_steps:
                     break
         bar.close()
         complete = batches == len(loader)
-        keys = list(totals)  # the same on every rank: the method's step decides them
-        sums = distributed.sum_across_ranks(torch.stack(
-            [totals[k] for k in keys]
-            + [torch.tensor(float(counts[k]), device=device) for k in keys]
-            + [correct.float(), torch.tensor(float(seen), device=device)])).tolist()
-        self._stop_if_diverged(dict(zip(keys, sums)), progress)  # before the epoch's checkpoint
-        metrics = {f"train/{k}": sums[i] / sums[len(keys) + i] for i, k in enumerate(keys)}
-        metrics["train/acc"] = 100 * sums[-2] / sums[-1]
-        metrics["images"] = int(sums[-1])
+        keys = list(sums.totals)  # the same on every rank: the method's step decides them
+        totals = distributed.sum_across_ranks(torch.stack(
+            [sums.totals[k] for k in keys]
+            + [torch.tensor(float(sums.counts.get(k, 0)), device=device) for k in keys]
+            + [sums.correct.float(), torch.tensor(float(sums.seen), device=device)])).tolist()
+        self._stop_if_diverged(dict(zip(keys, totals)), progress)  # before the epoch's checkpoint
+        metrics = {f"train/{k}": totals[i] / totals[len(keys) + i] for i, k in enumerate(keys)
+                   if totals[len(keys) + i]}
+        metrics["train/acc"] = 100 * totals[-2] / totals[-1]
+        metrics["images"] = int(totals[-1])
         return metrics, complete
 
     def _stop_if_diverged(self, sums: dict[str, float], progress: _Progress) -> None:
