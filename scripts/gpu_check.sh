@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# kdrun's GPU check, one call on a GPU machine without network (about 8 minutes on one H100):
+# the CUDA-only tests, scripts/bench.py at batch 128 and 512 (eager, compiled, CUDA graph),
+# a real KD run timed to extrapolate 200 epochs (recompiles counted), Noisy Student, DML and
+# AFD graph vs eager, every method's quickstart on CUDA, and a joblib sweep filling one GPU.
+# Each part has its own time limit and failures do not stop the others; everything lands in
+# $OUT (default ./gpu-check): summary.json, the bench JSONs and logs.tar.gz.
+#
+#   bash ../shared/gpu/prepare.sh        # here: fills .gpu/ (wheels, CIFAR-10, launcher)
+#   device run, carry [".gpu"]:  bash .gpu/kit.sh bash scripts/gpu_check.sh
+#
+# GPU_CHECK_ONLY=REGEX runs only the parts whose names match (e.g. 'tests|kd_run|quick_.*');
+# GPU_CHECK_BUDGET=SECONDS (default 480) bounds the whole check.
+# GPU_CHECK_TINY=1 runs every part on tiny settings (any machine, CPU too): a check of this
+# script, not a measurement.
+set -u
+OUT=${OUT:-$PWD/gpu-check}
+DATA=${DATA:?set DATA to a CIFAR-10 root (ImageFolder JPEG tree), as .gpu/kit.sh does}
+PY=${PYTHON:-python3}
+LOGS=$OUT/logs
+mkdir -p "$LOGS"
+: > "$OUT/sections.jsonl"
+export TORCH_LOGS=${TORCH_LOGS:-recompiles}  # every recompile is logged, so it can be counted
+
+CIFAR=(dataset=cifar10 "dataset.root=$DATA" logger=none)
+KD=(method=kd teacher=wrn_40_2 student=wrn_16_2)
+STEPS=(bench.steps=200 bench.warmup=20 bench.workers=12)
+EPOCHS=5          # of the timed KD run (200 are extrapolated from these)
+QUICK=(experiment=quickstart logger=none eval=clean trainer.compile=false epochs=3
+       teacher.epochs=5)
+SWEEP_EPOCHS=2
+SYNTH_POOL=256
+SYNTH_ITERATIONS=200
+if [ "${GPU_CHECK_TINY:-}" ]; then
+  CIFAR+=(dataset.train_subset=256 dataset.test_subset=128 trainer.device=cpu)
+  KD=(method=kd teacher=resnet8 student=resnet8)
+  STEPS=(bench.steps=2 bench.warmup=1 bench.workers=0 bench.compile=false bench.graph=false)
+  EPOCHS=2
+  QUICK+=(epochs=1 teacher.epochs=1 trainer.device=cpu synthesis.pool_size=16
+          synthesis.iterations=2 dataset.test_subset=64 trainer.max_steps=2)
+  SWEEP_EPOCHS=1
+  SYNTH_POOL=8
+  SYNTH_ITERATIONS=2
+fi
+
+# part NAME SECONDS COMMAND...: runs it under a time limit, its output in logs/NAME.log; a part
+# is cut to what is left of GPU_CHECK_BUDGET seconds, and skipped when under 15 s are left, so
+# the summary is always written
+BUDGET=${GPU_CHECK_BUDGET:-480}
+BEGIN=$(date +%s)
+part() {
+  local name=$1 limit=$2 start rc took left
+  shift 2
+  [[ "$name" =~ ^(${GPU_CHECK_ONLY:-.*})$ ]] || return 0
+  left=$(( BUDGET - ($(date +%s) - BEGIN) ))
+  if [ "$left" -lt 15 ]; then
+    echo "== $name skipped: the budget is spent"
+    echo "{\"part\": \"$name\", \"rc\": null, \"seconds\": 0}" >> "$OUT/sections.jsonl"
+    return
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  start=$(date +%s%N)
+  echo "== $name (limit ${limit}s)"
+  timeout "$limit" "$@" > "$LOGS/$name.log" 2>&1
+  rc=$?
+  took=$(( ($(date +%s%N) - start) / 1000000 ))
+  echo "   rc=$rc in ${took} ms"
+  echo "{\"part\": \"$name\", \"rc\": $rc, \"seconds\": $took.0e-3}" >> "$OUT/sections.jsonl"
+  tail -n 8 "$LOGS/$name.log" | cut -c1-200 | sed 's/^/   | /'
+}
+
+$PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0) \
+  if torch.cuda.is_available() else 'cpu')" | tee "$OUT/device.txt"
+
+part tests 150 $PY -m pytest -q -p no:cacheprovider tests/test_step.py
+part bench128 240 $PY scripts/bench.py "${KD[@]}" "${CIFAR[@]}" "${STEPS[@]}" \
+  bench.out="$OUT/bench128.json"
+
+# a real run: the teacher cached first, then EPOCHS timed epochs with the standard evaluation
+part teacher 120 $PY -m kdrun "${KD[@]}" "${CIFAR[@]}" teacher.epochs=1 epochs=1 eval=clean \
+  hydra.run.dir="$OUT/runs/teacher"
+part kd_run 240 $PY -m kdrun "${KD[@]}" "${CIFAR[@]}" teacher.epochs=1 epochs=$EPOCHS \
+  hydra.run.dir="$OUT/runs/kd"
+
+part bench512 120 $PY scripts/bench.py "${KD[@]}" "${CIFAR[@]}" "${STEPS[@]}" \
+  trainer.batch_size=512 bench.compile=false bench.out="$OUT/bench512.json"
+
+# multi-network methods and Noisy Student: graph against eager (compile off, to time the step)
+part bench_noisy_student 120 $PY scripts/bench.py method=noisy_student student=wrn_28_2 \
+  "${CIFAR[@]}" "${STEPS[@]}" bench.compile=false bench.reference=false \
+  bench.out="$OUT/bench_noisy_student.json"
+for m in dml afd; do
+  part bench_$m 120 $PY scripts/bench.py method=$m student=wrn_16_2 "method.peers=[wrn_16_2]" \
+    "${CIFAR[@]}" "${STEPS[@]}" bench.compile=false bench.reference=false \
+    bench.out="$OUT/bench_$m.json"
+done
+
+for yaml in conf/method/*.yaml; do
+  m=$(basename "$yaml" .yaml)
+  part quick_$m 60 $PY -m kdrun "${QUICK[@]}" method=$m hydra.run.dir="$OUT/runs/quick_$m"
+done
+
+# DeepInversion's synthesis at the paper's CIFAR-10 batch (ResNet-34 teacher, 256 images), a
+# tenth of its 2,000 iterations: summary.json extrapolates the paper's 50,000-image pool
+part synthesis 180 $PY -m kdrun method=deepinversion teacher=resnet34 "${CIFAR[@]}" \
+  teacher.epochs=1 synthesis.pool_size=$SYNTH_POOL synthesis.batch_size=$SYNTH_POOL \
+  synthesis.iterations=$SYNTH_ITERATIONS epochs=1 trainer.max_steps=1 eval=clean \
+  hydra.run.dir="$OUT/runs/synthesis"
+
+# N jobs of one sweep on the one GPU at once (the teacher is cached above)
+for n in 1 2 4; do
+  seeds=$(seq -s, 0 $((n - 1)))
+  part sweep_n$n 150 $PY -m kdrun -m hydra/launcher=joblib hydra.launcher.n_jobs=$n \
+    "${KD[@]}" "${CIFAR[@]}" teacher.epochs=1 epochs=$SWEEP_EPOCHS eval=clean \
+    "seed=$seeds" hydra.sweep.dir="$OUT/runs/sweep_n$n"
+done
+
+$PY - "$OUT" "$EPOCHS" "$SYNTH_ITERATIONS" <<'EOF'
+"""summary.json: every part's status and time, the benches, the KD run's epoch times (200
+epochs extrapolated), recompiles, which steps were captured, the sweeps' total img/s."""
+import json
+import re
+import statistics
+import sys
+from datetime import datetime
+from pathlib import Path
+
+out, epochs = Path(sys.argv[1]), int(sys.argv[2])
+logs = out / "logs"
+parts = [json.loads(line) for line in (out / "sections.jsonl").read_text().splitlines()]
+summary = {"device": (out / "device.txt").read_text().strip(),
+           "parts": {p["part"]: {"rc": p["rc"], "seconds": round(p["seconds"], 1)}
+                     for p in parts}}
+for bench in sorted(out.glob("bench*.json")):
+    summary[bench.stem] = json.loads(bench.read_text())
+
+
+def text(name):
+    path = logs / f"{name}.log"
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+stamp = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+)\].*?- epoch (\d+)/(\d+)", re.M)
+kd = text("kd_run")
+times = [datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f") for m in stamp.finditer(kd)
+         if m.group(3) == str(epochs)]
+if len(times) >= 2:
+    steps = [(b - a).total_seconds() for a, b in zip(times, times[1:])]
+    epoch_s = statistics.median(steps)
+    wall = summary["parts"]["kd_run"]["seconds"]
+    summary["kd_run"] = {"epochs": epochs, "wall_s": wall, "epoch_s": steps,
+                         "median_epoch_s": epoch_s,
+                         "extrapolated_200_epochs_min": (wall + (200 - epochs) * epoch_s) / 60}
+results = out / "runs" / "kd" / "results.json"
+if results.exists():
+    r = json.loads(results.read_text())
+    summary.setdefault("kd_run", {}).update(
+        {k: r.get(k) for k in ("test/acc", "train/img_s", "train/time_s")})
+synthesis = out / "runs" / "synthesis" / "results.json"
+if synthesis.exists():
+    r = json.loads(synthesis.read_text())
+    images, seconds = r.get("synth/images", 0), r.get("synth/seconds", 0)
+    iterations = int(sys.argv[3])
+    if images and seconds:
+        rate = images * iterations / seconds  # image-iterations per second
+        summary["synthesis"] = {"images": images, "iterations": iterations,
+                                "seconds": seconds, "image_iterations_per_s": rate,
+                                "paper_pool_hours": 50_000 * 2_000 / rate / 3600}
+summary["recompiles"] = {name.stem: len(re.findall(r"Recompiling function", name.read_text(
+    errors="replace"))) for name in sorted(logs.glob("*.log"))}
+summary["recompile_limit_warnings"] = sum(
+    len(re.findall(r"recompile_limit|cache_size_limit", p.read_text(errors="replace")))
+    for p in logs.glob("*.log"))
+summary["captured"] = {}
+for path in sorted(logs.glob("quick_*.log")):
+    log = path.read_text(errors="replace")
+    summary["captured"][path.stem.removeprefix("quick_")] = {
+        "captured": log.count("captured as one CUDA graph"),
+        "eager": re.findall(r"not captured as a CUDA graph: ([^;]*)", log)
+        + re.findall(r"could not be captured as a CUDA graph \(([^)]*)", log)}
+for n in (1, 2, 4):
+    rates = [json.loads(p.read_text()).get("train/img_s", 0)
+             for p in (out / "runs" / f"sweep_n{n}").glob("*/results.json")]
+    if rates:
+        summary[f"sweep_n{n}"] = {"jobs": len(rates), "img_s_each": rates,
+                                  "img_s_total": sum(rates)}
+(out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+print(json.dumps({k: v for k, v in summary.items() if k != "recompiles"}, indent=1)[:6000])
+EOF
+tar -czf "$OUT/logs.tar.gz" --exclude='*.pt' -C "$OUT" logs runs 2>/dev/null
+rm -rf "$LOGS" "$OUT/runs" "$OUT/sections.jsonl"
