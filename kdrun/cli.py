@@ -8,7 +8,6 @@ import dataclasses
 import functools
 import logging
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -37,7 +36,8 @@ from kdrun.runtime import checkpoint, distributed
 from kdrun.runtime.device import seed_everything
 from kdrun.runtime.run import Run
 from kdrun.sinks import build_sinks
-from kdrun.sweep import SweepSummary, objective_key
+from kdrun.summary import summary
+from kdrun.sweep import SweepSummary, objective_key, sweep_jobs
 from kdrun.training.optimizers import Optimizers
 from kdrun.training.teachers import resolve_teacher
 from kdrun.training.trainer import Recipe, Trainer
@@ -188,55 +188,6 @@ def git_commit() -> str:
     return head + ("-dirty" if dirty else "")
 
 
-def summary(cfg: DictConfig, results: dict[str, Any], run_dir: Path) -> str:
-    if choice(cfg.mode) == "eval":
-        lines = [f"evaluated {cfg.checkpoint} on {cfg.dataset.name}"]
-    else:
-        headline = [f"{key} {results[f'method/{key}']}" for key in HEADLINE_SETTINGS
-                    if f"method/{key}" in results]
-        lines = [f"{cfg.method.name}: {results['meta/student_arch']} on {cfg.dataset.name}, "
-                 f"{cfg.epochs} epochs" + "".join(f", {h}" for h in headline)]
-    if "teacher/test/acc" in results:
-        lines.append(f"  teacher ({results.get('meta/teacher_arch', cfg.teacher.arch)}) test acc  "
-                     f"{results['teacher/test/acc']:6.2f} %")
-    best = f"  (best epoch {results['test/best_acc']:.2f} %)" if "test/best_acc" in results else ""
-    who = "model" if choice(cfg.mode) == "eval" else f"student ({results['meta/student_arch']})"
-    lines.append(f"  {who} test acc  {results['test/acc']:6.2f} %{best}")
-    if "test/acc_at_best_val" in results:
-        lines.append(f"  at the best validation epoch ({results['val/best_epoch']}): val acc "
-                     f"{results['val/best_acc']:.2f} %, test acc "
-                     f"{results['test/acc_at_best_val']:.2f} %")
-    for key in sorted(k for k in results if k.startswith("peer") and k.endswith("/test/acc")):
-        lines.append(f"  {key.removesuffix('/test/acc')} test acc  {results[key]:6.2f} %")
-    for key in sorted((k for k in results if re.fullmatch(r"round\d+/test/acc", k)),
-                      key=lambda k: int(k[5:].split("/")[0])):
-        stage = key.split("/")[0]
-        pseudo = results.get(f"{stage}/pseudo_labelled")
-        lines.append(f"  {stage} test acc  {results[key]:6.2f} %"
-                     + (f"  ({pseudo} pseudo-labelled images)" if pseudo is not None else ""))
-    if "test/agreement" in results:
-        lines.append(f"  student-teacher agreement  {results['test/agreement']:6.2f} %")
-    robust = sorted(k for k in results if k.startswith(("pgd/", "fgsm/")))
-    if robust:
-        lines.append("  robust acc  " + ", ".join(
-            f"{k.removesuffix('/acc')} {results[k]:.1f} %" for k in robust))
-    if "corrupt/mean_acc" in results:
-        lines.append(f"  mean corruption acc  {results['corrupt/mean_acc']:.2f} %")
-    shifted = sorted(k for k in results if k.startswith("ood/"))
-    if shifted:
-        lines.append("  shift / OOD  " + ", ".join(
-            f"{k.removeprefix('ood/')} {results[k]:.1f} %" for k in shifted))
-    lines.append(f"  calibration error (ECE)  {results['calib/ece']:.2f} %")
-    if "synth/img_s" in results:
-        lines.append(f"  synthesis  {results['synth/images']} images, "
-                     f"{results['synth/img_s']:.1f} img/s; teacher acc on them "
-                     f"{results['synth/teacher_acc']:.2f} %")
-    if "train/img_s" in results:
-        lines.append(f"  training speed  {results['train/img_s']:.0f} img/s")
-    lines.append(f"  run directory  {run_dir}")
-    return "\n".join(lines)
-
-
 def expand_home(args: list[str]) -> list[str]:
     """`key=~/path` as a shell would expand it: Hydra's override grammar has no `~` in values."""
     expanded = []
@@ -248,9 +199,8 @@ def expand_home(args: list[str]) -> list[str]:
     return expanded
 
 
-# The settings a summary's first line names, when the method has them.
-HEADLINE_SETTINGS = ("alpha", "T", "sigma", "label_noise", "rounds")
 MULTIRUN_FLAGS = ("-m", "--multirun")
+SHOW_FLAGS = ("--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")  # Hydra's: one job
 # Under torchrun, ranks other than 0 leave the run directory, its .hydra/ and its log to rank 0.
 QUIET_RANK_OVERRIDES = ["hydra.run.dir=.", "hydra.output_subdir=null",
                         "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
@@ -291,7 +241,31 @@ def with_checkpoint_dataset(args: list[str]) -> list[str]:
     return [*args, f"dataset={name}"] if name else args
 
 
+def dry_run(args: list[str]) -> tuple[str, int]:
+    """`kdrun [-m] ... --dry-run`: the jobs the command would run, and how many, without
+    running any; and the exit status."""
+    overrides = [a for a in args if a not in ("--dry-run", *MULTIRUN_FLAGS)]
+    try:
+        jobs = sweep_jobs(overrides)
+    except Exception as err:  # Hydra's override and config errors: their first line says it
+        return f"kdrun: {str(err).strip().splitlines()[0]}", 1
+    if isinstance(jobs, str):
+        return f"kdrun --dry-run: {jobs}", 0
+    listed = "\n".join(f"  {i}: {shlex.join(job)}" for i, job in enumerate(jobs))
+    if len(jobs) > 1 and not any(a in MULTIRUN_FLAGS for a in args):
+        return f"kdrun --dry-run: {len(jobs)} jobs, which only a sweep runs: add -m\n{listed}", 1
+    return f"kdrun --dry-run: {len(jobs)} job{'s' * (len(jobs) != 1)}\n{listed}", 0
+
+
 def main() -> None:
+    if "--dry-run" in sys.argv[1:]:
+        text, status = dry_run(expand_home(sys.argv[1:]))
+        print(text)
+        sys.exit(status)
+    shown = [a for a in sys.argv[1:] if a.split("=")[0] in SHOW_FLAGS]
+    if shown and any(a in MULTIRUN_FLAGS for a in sys.argv[1:]):
+        sys.exit(f"kdrun: {shown[0]} shows one job, not a sweep: list the sweep's jobs with "
+                 f"--dry-run, or drop -m and give each key one value to see that job")
     sys.argv = expand_home(sys.argv)
     sys.argv = [sys.argv[0], *with_checkpoint_dataset(sys.argv[1:])]
     problem = unusable_output_dir(sys.argv[1:])

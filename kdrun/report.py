@@ -233,7 +233,9 @@ def render(fmt: str, keys: list[str], rows: list[Row], metrics: list[str], root:
 
 def plot_curves(keys: list[str], rows: list[Row], metric: str, out_dir: Path) -> list[Path]:
     """Accuracy against each swept noise setting, robust accuracy against the PGD budget, and
-    accuracy per Noisy Student round: one line per combination of the other settings."""
+    accuracy per Noisy Student round: one line per combination of the other settings (named
+    key=value), the mean over a row's runs with their standard deviation as error bars,
+    titled, on a 0-100 % axis, as PNG and PDF."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -241,32 +243,48 @@ def plot_curves(keys: list[str], rows: list[Row], metric: str, out_dir: Path) ->
 
     written = []
 
-    def save(fig, name: str) -> None:
+    def draw(curves: dict[str, list[tuple[float, float, float]]], xlabel: str, ylabel: str,
+             title: str, name: str) -> None:
+        fig, ax = plt.subplots(figsize=(5, 3.6), layout="constrained")
+        for label, points in curves.items():
+            xs, ys, errors = zip(*sorted(points))
+            ax.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=label)
+        ax.set(xlabel=xlabel, ylabel=ylabel, ylim=(0, 100), title=title)
+        ax.grid(alpha=0.3)
+        if len(curves) > 1 or next(iter(curves)) != "all runs":
+            ax.legend(fontsize="small")
         out_dir.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out_dir / name, dpi=120, bbox_inches="tight")
+        for suffix in ("png", "pdf"):
+            fig.savefig(out_dir / f"{name}.{suffix}", dpi=150, bbox_inches="tight")
         plt.close(fig)
-        written.append(out_dir / name)
+        written.append(out_dir / f"{name}.png")
 
+    def named(settings: tuple[str, ...], skip: int | None = None) -> str:
+        return ", ".join(f"{k}={v}" for i, (k, v) in enumerate(zip(keys, settings))
+                         if i != skip) or "all runs"
+
+    runs_per_row = max((len(row.runs) for row in rows), default=1)
+    spread = f" (mean ± std over {runs_per_row} runs)" if runs_per_row > 1 else ""
     for key, label in PLOTTED_SETTINGS.items():
         if key not in keys:
             continue
         at = keys.index(key)
-        lines: dict[str, list[tuple[float, float]]] = {}
+        curves: dict[str, list[tuple[float, float, float]]] = {}
         for row in rows:
             if metric in row.stats:
-                others = ", ".join(f"{k}={v}" for i, (k, v) in enumerate(zip(keys, row.settings))
-                                   if i != at) or metric
-                lines.setdefault(others, []).append((float(row.settings[at]),
-                                                     row.stats[metric][0]))
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for name, points in lines.items():
-            ax.plot(*zip(*sorted(points)), marker="o", label=name)
-        ax.set(xlabel=label, ylabel=f"{metric} (%)")
-        ax.legend(fontsize=7)
-        save(fig, f"{metric.replace('/', '_')}_vs_{key.replace('.', '_')}.png")
+                mean, std, _ = row.stats[metric]
+                curves.setdefault(named(row.settings, at), []).append(
+                    (float(row.settings[at]), mean, std or 0.0))
+        if curves:
+            draw(curves, label, f"{metric} (%)", f"{metric} against {key}{spread}",
+                 f"{metric.replace('/', '_')}_vs_{key.replace('.', '_')}")
 
-    for name, pattern, xlabel in (("robust_acc_vs_eps", r"pgd/linf/eps([\d.]+)/acc", "ε (/255)"),
-                                  ("acc_per_round", r"round(\d+)/test/acc", "round")):
+    for name, pattern, xlabel, title in (
+            ("robust_acc_vs_eps", r"pgd/linf/eps([\d.]+)/acc",
+             "PGD L-inf budget eps (1/255; 0: clean test accuracy)",
+             "robust accuracy against the PGD L-inf budget"),
+            ("acc_per_round", r"round(\d+)/test/acc", "Noisy Student round",
+             "test accuracy per round")):
         curves = {}
         for row in rows:
             series: dict[float, list[float]] = {}
@@ -274,17 +292,14 @@ def plot_curves(keys: list[str], rows: list[Row], metric: str, out_dir: Path) ->
                 for key, value in results.items():
                     if match := re.fullmatch(pattern, key):
                         series.setdefault(float(match.group(1)), []).append(value)
+                if name == "robust_acc_vs_eps" and series and "test/acc" in results:
+                    series.setdefault(0.0, []).append(results["test/acc"])  # clean
             if series:
-                xs = sorted(series)
-                curves[", ".join(row.settings) or "all runs"] = (
-                    xs, [statistics.fmean(series[x]) for x in xs])
+                curves[named(row.settings)] = [
+                    (x, statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0)
+                    for x, v in series.items()]
         if curves:
-            fig, ax = plt.subplots(figsize=(5, 3.5))
-            for label, (xs, ys) in curves.items():
-                ax.plot(xs, ys, marker="o", label=label)
-            ax.set(xlabel=xlabel, ylabel="accuracy (%)")
-            ax.legend(fontsize=7)
-            save(fig, f"{name}.png")
+            draw(curves, xlabel, "accuracy (%)", title + spread, name)
     return written
 
 

@@ -4,14 +4,18 @@ overrides and its objective, in `<sweep dir>/summary.json` and in the log."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
+from hydra import compose, initialize_config_module
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from kdrun.options import register_configs
 from kdrun.report import find_runs
 
 log = logging.getLogger("kdrun")
@@ -24,6 +28,29 @@ def objective_key(config) -> str:
     if config.get("objective"):
         return config["objective"]
     return "val/acc" if (config.get("dataset") or {}).get("val_size") else "test/acc"
+
+
+def sweep_jobs(overrides: list[str]) -> list[list[str]] | str:
+    """The jobs a grid sweep (`kdrun -m ...`) would run, each as its overrides, in Hydra's
+    order: the preset's hydra.sweeper.params first, the command line's overrides after (and
+    winning on a shared key). For another sweeper (Optuna), the reason it cannot be listed."""
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides(overrides)
+    fixed = [text for text, o in zip(overrides, parsed) if not o.is_sweep_override()]
+    register_configs()
+    with initialize_config_module("kdrun.conf", version_base="1.3"):
+        cfg = compose("config", overrides=fixed, return_hydra_config=True)
+    sweeper = str(cfg.hydra.sweeper.get("_target_", ""))
+    if not sweeper.endswith("BasicSweeper"):
+        return (f"the sweeper {sweeper.rsplit('.', 1)[-1]} chooses its jobs as it runs "
+                f"(hydra.sweeper.n_trials sets how many)")
+    given = {o.get_key_element() for o in parsed}
+    preset = [f"{key}={value}" for key, value in (cfg.hydra.sweeper.get("params") or {}).items()
+              if key not in given]
+    axes = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
+            if o.is_sweep_override() else [text]
+            for text, o in zip(preset + overrides, parser.parse_overrides(preset + overrides))]
+    return [list(job) for job in itertools.product(*axes)]
 
 
 class SweepSummary(Callback):

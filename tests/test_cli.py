@@ -94,12 +94,13 @@ def test_the_whole_eval_group_runs_through_the_cli_on_a_saved_model(tmp_path, cl
           env=cli_env, cwd=tmp_path)
     results = read_results(tmp_path / "eval")
     for key in ("test/acc", "calib/ece", "pgd/linf/eps8/acc", "pgd/l2/eps0.5/acc", "fgsm/eps8/acc",
-                "corrupt/jpeg_compression/s5/acc", "corrupt/mean_acc", "ood/digits/auroc",
-                "ood/digits/fpr95", "ood/synthetic/acc"):
+                "corrupt/jpeg_compression/s5/acc", "corrupt/mean_acc", "ood/digits/msp/auroc",
+                "ood/digits/energy/fpr95", "ood/synthetic/acc"):
         assert 0 <= results[key] <= 100, key
     assert results["test/acc"] == read_results(tmp_path / "train")["test/acc"]
-    assert {p.name for p in (tmp_path / "eval" / "plots").iterdir()} == {"reliability.png",
-                                                                         "robustness.png"}
+    assert {p.name for p in (tmp_path / "eval" / "plots").iterdir()} == {
+        f"{plot}.{kind}" for plot in ("reliability", "robustness")
+        for kind in ("png", "pdf", "json")}
 
 
 @pytest.mark.parametrize(("override", "message"), [
@@ -168,7 +169,7 @@ def test_an_installed_wheel_finds_its_config_tree(tmp_path, cli_env):
 
 def test_the_summary_names_the_settings_and_every_round(tmp_path):
     """Issue 18, item 2: the settings that define the run, and each Noisy Student round."""
-    from kdrun.cli import summary
+    from kdrun.summary import summary
 
     from conftest import compose_config
 
@@ -186,6 +187,32 @@ def test_the_summary_names_the_settings_and_every_round(tmp_path):
     assert kd[0].startswith("kd: resnet8 on synthetic, 1 epochs, alpha 0.9, T 4.0")
 
 
+def test_the_summary_gives_units_peers_and_a_note_on_ood_scores_below_chance(tmp_path):
+    """Issue 18, items 2 and 5: attack budgets with their units, each peer's architecture, and
+    OOD scores that rank the OOD set above the test set called out."""
+    from kdrun.summary import summary
+
+    from conftest import compose_config
+
+    cfg = compose_config("method=dml", "student=resnet8", "method.peers=[resnet14]")
+    results = {"meta/student_arch": "resnet8", "test/acc": 60.0, "calib/ece": 2.0,
+               "peer1/test/acc": 58.0, "pgd/linf/eps8/acc": 3.0, "pgd/linf/eps2/acc": 30.0,
+               "pgd/l2/eps0.5/acc": 20.0, "fgsm/eps8/acc": 10.0,
+               "ood/svhn/msp/auroc": 9.6, "ood/svhn/msp/fpr95": 100.0,
+               "ood/svhn/maxlogit/auroc": 70.0, "ood/svhn/maxlogit/fpr95": 80.0,
+               "ood/svhn/energy/auroc": 72.5, "ood/svhn/energy/fpr95": 78.0,
+               "ood/cinic10/acc": 50.0}
+    lines = summary(cfg, results, tmp_path).splitlines()
+    assert "  peer1 (resnet14) test acc   58.00 %" in lines
+    assert ("  robust acc  FGSM 8/255 10.0 %, PGD L2 0.5 20.0 %, PGD L-inf 2/255 30.0 %, "
+            "PGD L-inf 8/255 3.0 %") in lines
+    assert "  shift cinic10  acc 50.00 %" in lines
+    assert ("  OOD svhn  AUROC / FPR95: MSP 9.6 / 100.0 %, max-logit 70.0 / 80.0 %, "
+            "energy 72.5 / 78.0 %") in lines
+    assert ("    note: MSP below 50 %: the model scores svhn as more in-distribution than its "
+            "own test set") in lines
+
+
 @pytest.mark.slow
 def test_mode_eval_defaults_to_the_data_set_the_checkpoint_was_trained_on(tmp_path, cli_env):
     """Issue 18, item 8: not CIFAR-10, which is not there."""
@@ -198,3 +225,20 @@ def test_mode_eval_defaults_to_the_data_set_the_checkpoint_was_trained_on(tmp_pa
     assert evaluated["dataset"]["name"] == "synthetic"
     trained = read_results(tmp_path / "train")
     assert read_results(tmp_path / "eval")["test/acc"] == trained["test/acc"]
+
+
+def test_dry_run_lists_a_sweeps_jobs_without_running_any(tmp_path, cli_env):
+    """Issue 18, item 6: a sweep's size before launching it; -m with --cfg is one line."""
+    proc = kdrun("-m", "experiment=arani_sigma", "seed=0", "--dry-run", env=cli_env, cwd=tmp_path)
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "kdrun --dry-run: 12 jobs"  # the preset's 36, one seed of its three
+    assert lines[1] == "  0: method=gaussian_aug sigma=0.05 experiment=arani_sigma seed=0"
+    assert lines[-1] == "  11: method=soft_randomization sigma=0.5 experiment=arani_sigma seed=0"
+    assert not (tmp_path / "outputs").exists()
+    single = kdrun("alpha=0.1,0.5", "--dry-run", env=cli_env, cwd=tmp_path, check=False)
+    assert single.returncode == 1 and "2 jobs, which only a sweep runs: add -m" in single.stdout
+    shown = kdrun("-m", "alpha=0.1,0.5", "--cfg", "job", env=cli_env, cwd=tmp_path, check=False)
+    assert shown.returncode == 1
+    assert shown.stderr.strip().splitlines() == [
+        "kdrun: --cfg shows one job, not a sweep: list the sweep's jobs with --dry-run, or drop "
+        "-m and give each key one value to see that job"]

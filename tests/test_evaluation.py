@@ -3,6 +3,8 @@ against their definition and a maintained library."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -104,6 +106,18 @@ def test_ood_detection_known_cases():
     same = torch.linspace(0, 1, 200)
     result = ood_detection(same, same)
     assert result["auroc"] == pytest.approx(50.0) and result["fpr95"] == pytest.approx(95, abs=1)
+
+
+def test_ood_scores_are_their_definitions():
+    from kdrun.evaluation.shift import ood_scores
+
+    logits = torch.tensor([[2.0, 0.0, 0.0], [1.0, 1.0, -1.0]])
+    scores = ood_scores(logits)
+    e = math.e
+    assert scores["msp"].tolist() == pytest.approx([e**2 / (e**2 + 2), e / (2 * e + 1 / e)])
+    assert scores["maxlogit"].tolist() == [2.0, 1.0]
+    assert scores["energy"].tolist() == pytest.approx([math.log(e**2 + 2),
+                                                       math.log(2 * e + 1 / e)])
 
 
 def test_shift_labels_map_by_class_name():

@@ -19,7 +19,7 @@ LAYERS = [
     {"data", "models"},
     {"methods", "evaluation", "sinks"},
     {"training"},
-    {"validate", "options", "report"},
+    {"validate", "options", "report", "summary"},
     {"sweep"},
     {"cli"},
     {"__main__"},

@@ -102,8 +102,9 @@ def test_curves_are_drawn_for_a_sigma_sweep_and_pgd_budgets(tmp_path):
     table = run_report(tmp_path, sweep, "--plots", str(tmp_path / "plots"))
     assert "| soft_randomization | 0.2 | 68.00 | 1 | — | — |" in table  # no empty columns
     plots = sorted(p.name for p in (tmp_path / "plots").iterdir())
-    assert plots == ["robust_acc_vs_eps.png", "test_acc_vs_sigma.png"]
-    assert all((tmp_path / "plots" / p).read_bytes()[:4] == b"\x89PNG" for p in plots)
+    assert plots == ["robust_acc_vs_eps.pdf", "robust_acc_vs_eps.png", "test_acc_vs_sigma.pdf",
+                     "test_acc_vs_sigma.png"]
+    assert all((tmp_path / "plots" / p).read_bytes()[:4] in (b"\x89PNG", b"%PDF") for p in plots)
 
 
 def test_no_runs_is_one_clear_line(tmp_path, capsys):

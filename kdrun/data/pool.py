@@ -1,31 +1,58 @@
 """Synthetic image pools (data-free distillation): uint8 images, labels and where they came from
-in one file, plus a PNG grid to look at, so a pool made once can train many students."""
+in one file, plus a PNG grid to look at (a row of images per class, labelled), so a pool made
+once can train many students."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import torch
-from torchvision.utils import save_image
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display needed
+import matplotlib.pyplot as plt  # noqa: E402
 
 from kdrun.data.types import TensorSplit
 from kdrun.errors import DataNotFoundError
 from kdrun.runtime import distributed
 from kdrun.runtime.checkpoint import load, save_atomic
 
-GRID_IMAGES = 64
+GRID_CLASSES = 10  # rows of the grid
+GRID_PER_CLASS = 8  # images in a row
 
 
 def save_pool(path: Path, split: TensorSplit, classes: list[str], meta: dict[str, Any]) -> Path:
-    """Writes the pool and `<name>.png` (the first images, class by class); returns the PNG."""
+    """Writes the pool and `<name>.png` (the grid); returns the PNG."""
     save_atomic({"images": split.images.cpu(), "labels": split.labels.cpu(),
                  "classes": list(classes), "meta": meta}, path)
-    order = torch.argsort(split.labels[:GRID_IMAGES], stable=True)
     grid = path.with_suffix(".png")
     if distributed.is_main():
-            save_image(split.images[:GRID_IMAGES][order].float() / 255, grid, nrow=8)
+        title = f"{len(split.labels):,} images synthesised" + "".join(
+            f", {key} {meta[key]}" for key in ("teacher", "iterations") if key in meta)
+        save_grid(split, classes, grid, title)
     return grid
+
+
+def save_grid(split: TensorSplit, classes: list[str], path: Path, title: str) -> None:
+    """The first GRID_PER_CLASS images of each of the first GRID_CLASSES classes, a row per
+    class named at its left, pixels shown as they are (no smoothing)."""
+    labels = split.labels.cpu()
+    rows = [c for c in range(len(classes)) if (labels == c).any()][:GRID_CLASSES]
+    fig, axes = plt.subplots(len(rows), GRID_PER_CLASS, squeeze=False,
+                             figsize=(0.8 * GRID_PER_CLASS + 1.2, 0.8 * len(rows) + 0.6))
+    for r, c in enumerate(rows):
+        chosen = (labels == c).nonzero().squeeze(1)[:GRID_PER_CLASS]
+        for j, ax in enumerate(axes[r]):
+            ax.set_axis_off()
+            if j < len(chosen):
+                ax.imshow(split.images[chosen[j]].permute(1, 2, 0).cpu().numpy(),
+                          interpolation="nearest")
+        axes[r][0].text(-0.15, 0.5, classes[c], transform=axes[r][0].transAxes, ha="right",
+                        va="center", fontsize="small")
+    fig.suptitle(title, fontsize="medium")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+    plt.close(fig)
 
 
 def load_pool(path: Path) -> tuple[TensorSplit, list[str], dict[str, Any]]:

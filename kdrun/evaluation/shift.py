@@ -1,10 +1,14 @@
 """Beyond the test set: accuracy on distribution-shifted sets with the training labels
 (CINIC-10 for a CIFAR-10 model), and detection of far out-of-distribution sets (SVHN for a
-CIFAR-10 model) by maximum softmax probability (Hendrycks & Gimpel, arXiv 1610.02136).
-Keys: ood/<set>/acc for shift sets; ood/<set>/auroc and ood/<set>/fpr95 (percent) for
-far-OOD sets."""
+CIFAR-10 model) by three scores, each higher for in-distribution images: the maximum softmax
+probability (msp; Hendrycks & Gimpel, arXiv 1610.02136), the maximum logit (maxlogit;
+Hendrycks et al., arXiv 1911.11132) and the energy score, the logits' log-sum-exp at
+temperature 1 (energy; Liu et al., arXiv 2010.03759). Keys: ood/<set>/acc for shift sets;
+ood/<set>/<score>/auroc and ood/<set>/<score>/fpr95 (percent) for far-OOD sets."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -38,20 +42,36 @@ def class_mapping(shift_classes: list[str], train_classes: list[str], name: str)
     return torch.tensor([train_classes.index(c) for c in shift_classes])
 
 
+OOD_SCORES = ("msp", "maxlogit", "energy")
+
+
+@dataclass
+class Predictions:
+    classes: torch.Tensor  # top-1 class per image
+    labels: torch.Tensor
+    scores: dict[str, torch.Tensor]  # OOD_SCORES per image; scores["msp"] is the confidence
+
+
+def ood_scores(logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"msp": logits.softmax(dim=1).max(dim=1).values,
+            "maxlogit": logits.max(dim=1).values,
+            "energy": logits.logsumexp(dim=1)}
+
+
 @torch.inference_mode()
-def predictions(model: nn.Module, loader, autocast_ctx) -> tuple[torch.Tensor, torch.Tensor,
-                                                                 torch.Tensor]:
-    """(top-1 class, max softmax probability, label) for every image of the loader."""
+def predictions(model: nn.Module, loader, autocast_ctx) -> Predictions:
+    """Every image's top-1 class, label and OOD scores."""
     model.eval()
-    classes, confidence, labels = [], [], []
+    classes, labels, scores = [], [], {name: [] for name in OOD_SCORES}
     for images, targets in loader:
         with autocast_ctx():
-            probs = model(images).float().softmax(dim=1)
-        top = probs.max(dim=1)
-        classes.append(top.indices)
-        confidence.append(top.values)
+            logits = model(images).float()
+        classes.append(logits.argmax(dim=1))
         labels.append(targets)
-    return torch.cat(classes), torch.cat(confidence), torch.cat(labels)
+        for name, value in ood_scores(logits).items():
+            scores[name].append(value)
+    return Predictions(torch.cat(classes), torch.cat(labels),
+                       {name: torch.cat(values) for name, values in scores.items()})
 
 
 def ood_detection(in_scores: torch.Tensor, out_scores: torch.Tensor) -> dict[str, float]:
@@ -64,10 +84,10 @@ def ood_detection(in_scores: torch.Tensor, out_scores: torch.Tensor) -> dict[str
             "fpr95": 100 * float(fpr[np.searchsorted(tpr, 0.95)])}
 
 
-def evaluate_shift_and_ood(model: nn.Module, data: ImageData, eval_sets, in_scores: torch.Tensor,
+def evaluate_shift_and_ood(model: nn.Module, data: ImageData, eval_sets, test: Predictions,
                            run: Run) -> dict[str, float]:
-    """ood/<set>/acc per shift set; ood/<set>/auroc and fpr95 per far-OOD set, against the
-    test set's maximum softmax probabilities `in_scores`."""
+    """ood/<set>/acc per shift set; per far-OOD set and score, its AUROC and FPR95 against the
+    test set's scores (`test`)."""
     results = {}
 
     def predict(split):
@@ -76,10 +96,13 @@ def evaluate_shift_and_ood(model: nn.Module, data: ImageData, eval_sets, in_scor
 
     for name, (shifted, _) in eval_sets["shift"].items():
         mapping = class_mapping(shifted.classes, data.classes, name).to(run.device)
-        predicted, _, labels = predict(shifted.test)
-        results[f"ood/{name}/acc"] = 100 * (predicted == mapping[labels]).float().mean().item()
+        shift = predict(shifted.test)
+        results[f"ood/{name}/acc"] = 100 * (shift.classes == mapping[shift.labels]).float(
+            ).mean().item()
     for name, (far, _) in eval_sets["ood"].items():
-        _, out_scores, _ = predict(far.test)
-        for metric, value in ood_detection(in_scores, out_scores).items():
-            results[f"ood/{name}/{metric}"] = value
+        far_scores = predict(far.test).scores
+        for score in OOD_SCORES:
+            detected = ood_detection(test.scores[score], far_scores[score])
+            for metric, value in detected.items():
+                results[f"ood/{name}/{score}/{metric}"] = value
     return results
