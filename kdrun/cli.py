@@ -41,6 +41,7 @@ from kdrun.sweep import SweepSummary, objective_key, sweep_jobs
 from kdrun.training.optimizers import Optimizers
 from kdrun.training.teachers import resolve_teacher
 from kdrun.training.trainer import Recipe, Trainer
+from kdrun.usage import extra_help
 from kdrun.validate import validate
 
 log = logging.getLogger("kdrun")
@@ -200,6 +201,7 @@ def expand_home(args: list[str]) -> list[str]:
 
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
+HELP_FLAGS = ("--help", "-h")
 SHOW_FLAGS = ("--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")  # Hydra's: one job
 # Under torchrun, ranks other than 0 leave the run directory, its .hydra/ and its log to rank 0.
 QUIET_RANK_OVERRIDES = ["hydra.run.dir=.", "hydra.output_subdir=null",
@@ -281,6 +283,10 @@ def main() -> None:
             sys.argv += QUIET_RANK_OVERRIDES
     try:
         hydra_main()
+    except SystemExit as done:
+        if done.code in (0, None) and any(a in HELP_FLAGS for a in sys.argv[1:]):
+            print(extra_help(sys.argv[1:]))
+        raise
     finally:
         distributed.shutdown()
     if SweepSummary.failed_jobs:

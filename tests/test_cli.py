@@ -242,3 +242,13 @@ def test_dry_run_lists_a_sweeps_jobs_without_running_any(tmp_path, cli_env):
     assert shown.stderr.strip().splitlines() == [
         "kdrun: --cfg shows one job, not a sweep: list the sweep's jobs with --dry-run, or drop "
         "-m and give each key one value to see that job"]
+
+
+def test_help_says_what_each_method_is_and_what_a_methods_keys_mean(tmp_path, cli_env):
+    """Issue 18, item 6: method names with a word each; a method's keys with their comments."""
+    general = kdrun("--help", env=cli_env, cwd=tmp_path).stdout
+    assert "  kd                      Hinton KD (arXiv 1503.02531): (1 - alpha) * CE" in general
+    assert "  deepdream               DeepDream, the baseline of Yin et al. (arXiv" in general
+    afd = kdrun("method=afd", "--help", env=cli_env, cwd=tmp_path).stdout
+    assert "== method=afd (conf/method/afd.yaml; set any key as method.KEY=VALUE) ==" in afd
+    assert "disc_every: 1         # discriminator update every N steps" in afd

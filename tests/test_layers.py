@@ -19,7 +19,7 @@ LAYERS = [
     {"data", "models"},
     {"methods", "evaluation", "sinks"},
     {"training"},
-    {"validate", "options", "report", "summary"},
+    {"validate", "options", "report", "summary", "usage"},
     {"sweep"},
     {"cli"},
     {"__main__"},
