@@ -131,6 +131,18 @@ def test_epochs_without_evaluation_log_no_test_metrics(tmp_path):
     assert ["test/acc" in epochs[e] for e in (1, 2, 3)] == [False, True, True]
 
 
+def test_every_epoch_but_the_last_logs_the_time_left(tmp_path, caplog):
+    import logging
+
+    from kdrun.training.trainer import duration
+
+    assert [duration(s) for s in (7.4, 725, 11220)] == ["7s", "12m05s", "3h07m"]
+    with caplog.at_level(logging.INFO, logger="kdrun.training.trainer"):
+        train(compose_config("method=vanilla", "epochs=3"), tmp_path)
+    epochs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert ["  eta " in line for line in epochs] == [True, True, False]
+
+
 def test_max_steps_stops_early(tmp_path, caplog):
     import logging
 

@@ -74,6 +74,16 @@ class _Progress:
         return selected
 
 
+def duration(seconds: float) -> str:
+    """'45s', '12m05s', '3h07m'."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
 class Trainer:
     """Trains a method for the run `run` (its settings under trainer.*, its device, precision,
     directory, seed and sink). `label` prefixes progress lines ("teacher "); each stage of a
@@ -123,6 +133,7 @@ class Trainer:
         last: dict[str, float] = {}
         test_metrics: dict[str, float] = {}
         max_steps = self.cfg.max_steps or math.inf
+        fit_start, first_epoch = time.perf_counter(), progress.epoch
         try:
             while progress.epoch < recipe.epochs and progress.step < max_steps:
                 train_loader.set_epoch(progress.epoch)
@@ -144,9 +155,13 @@ class Trainer:
                 run.sink.log({"epoch": progress.epoch, "step": progress.step, **last, **evaluated})
                 shown = f"{progress.epoch}/{recipe.epochs}" if complete else (
                     f"{progress.epoch + 1}/{recipe.epochs} (stopped at trainer.max_steps)")
-                log.info("%sepoch %s  loss %.4f  train acc %.2f  test acc %s", self.label, shown,
+                eta, done = "", progress.epoch - first_epoch
+                if done and not finished:  # from this fit's epochs, evaluations included
+                    per_epoch = (time.perf_counter() - fit_start) / done
+                    eta = f"  eta {duration(per_epoch * (recipe.epochs - progress.epoch))}"
+                log.info("%sepoch %s  loss %.4f  train acc %.2f  test acc %s%s", self.label, shown,
                          last["train/loss"], last["train/acc"],
-                         f"{evaluated['test/acc']:.2f}" if evaluated else "-")
+                         f"{evaluated['test/acc']:.2f}" if evaluated else "-", eta)
                 if complete:  # a checkpoint always marks an epoch boundary, so resume is exact
                     self._save(method, optimizers, progress)
         except KeyboardInterrupt:
