@@ -2,7 +2,10 @@
 # kdrun's GPU check, one call on a GPU machine without network (about 8 minutes on one H100):
 # the CUDA-only tests, scripts/bench.py at batch 128 and 512 (eager, compiled, CUDA graph),
 # a real KD run timed to extrapolate 200 epochs (recompiles counted), Noisy Student, DML and
-# AFD graph vs eager, every method's quickstart on CUDA, and a joblib sweep filling one GPU.
+# AFD graph vs eager, every method's quickstart on CUDA, DeepInversion's synthesis, captured
+# vs eager test accuracy at 20 epochs (two seeds), and a joblib sweep filling one GPU. The
+# last parts do not fit the default budget with the others: a later call picks them, e.g.
+#   GPU_CHECK_ONLY='teacher|synthesis|accuracy_.*|sweep_.*' GPU_CHECK_BUDGET=560
 # Each part has its own time limit and failures do not stop the others; everything lands in
 # $OUT (default ./gpu-check): summary.json, the bench JSONs and logs.tar.gz.
 #
@@ -31,6 +34,8 @@ QUICK=(experiment=quickstart logger=none eval=clean trainer.compile=false epochs
 SWEEP_EPOCHS=2
 SYNTH_POOL=256
 SYNTH_ITERATIONS=200
+ACCURACY_EPOCHS=20
+GRAPH=true        # trainer.cuda_graph of the accuracy runs' captured half
 if [ "${GPU_CHECK_TINY:-}" ]; then
   CIFAR+=(dataset.train_subset=256 dataset.test_subset=128 trainer.device=cpu)
   KD=(method=kd teacher=resnet8 student=resnet8)
@@ -41,6 +46,8 @@ if [ "${GPU_CHECK_TINY:-}" ]; then
   SWEEP_EPOCHS=1
   SYNTH_POOL=8
   SYNTH_ITERATIONS=2
+  ACCURACY_EPOCHS=1
+  GRAPH=false     # no CUDA here: both halves eager, to check the script
 fi
 
 # part NAME SECONDS COMMAND...: runs it under a time limit, its output in logs/NAME.log; a part
@@ -106,6 +113,16 @@ part synthesis 180 $PY -m kdrun method=deepinversion teacher=resnet34 "${CIFAR[@
   teacher.epochs=1 synthesis.pool_size=$SYNTH_POOL synthesis.batch_size=$SYNTH_POOL \
   synthesis.iterations=$SYNTH_ITERATIONS epochs=1 trainer.max_steps=1 eval=clean \
   hydra.run.dir="$OUT/runs/synthesis"
+
+# captured against eager training: test accuracy after ACCURACY_EPOCHS epochs, two seeds each
+# (compile off in both, so only the capture differs)
+for seed in 0 1; do
+  for graph in $GRAPH false; do
+    part accuracy_graph_${graph}_seed$seed 240 $PY -m kdrun "${KD[@]}" "${CIFAR[@]}" \
+      teacher.epochs=1 epochs=$ACCURACY_EPOCHS eval=clean trainer.compile=false \
+      trainer.cuda_graph=$graph seed=$seed hydra.run.dir="$OUT/runs/accuracy_${graph}_$seed"
+  done
+done
 
 # N jobs of one sweep on the one GPU at once (the teacher is cached above)
 for n in 1 2 4; do
@@ -184,6 +201,13 @@ for n in (1, 2, 4):
     if rates:
         summary[f"sweep_n{n}"] = {"jobs": len(rates), "img_s_each": rates,
                                   "img_s_total": sum(rates)}
+accuracy = {}
+for path in sorted((out / "runs").glob("accuracy_*_*/results.json")):
+    graph, seed = path.parent.name.removeprefix("accuracy_").rsplit("_", 1)
+    accuracy.setdefault(f"cuda_graph={graph}", {})[f"seed{seed}"] = json.loads(
+        path.read_text())["test/acc"]
+if accuracy:
+    summary["accuracy_graph_vs_eager"] = accuracy
 (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
 print(json.dumps({k: v for k, v in summary.items() if k != "recompiles"}, indent=1)[:6000])
 EOF
