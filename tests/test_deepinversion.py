@@ -174,7 +174,7 @@ def test_both_stages_run_through_the_cli(tmp_path, cli_env):
 def test_adaptive_deepinversion_distils_as_long_as_deepinversion_on_one_schedule(tmp_path):
     """Issue 19, item 4: ADI's rounds go on with one optimiser and one lr schedule, as long as
     DeepInversion's (here 6 epochs of 6 batches = 36 steps), split equally between rounds."""
-    from kdrun.cli import train
+    from kdrun.jobs import train
     from kdrun.runtime import checkpoint
 
     from conftest import compose_config

@@ -111,7 +111,7 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume_it(tmp_path, cli_en
 
 
 def test_a_killed_save_leaves_no_temporary_file_behind(tmp_path):
-    from kdrun.cli import train
+    from kdrun.jobs import train
 
     from conftest import compose_config
 

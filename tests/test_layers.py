@@ -21,6 +21,7 @@ LAYERS = [
     {"training"},
     {"validate", "options", "report", "summary", "usage"},
     {"sweep"},
+    {"jobs"},
     {"cli"},
     {"__main__"},
 ]

@@ -7,8 +7,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from kdrun.cli import train
 from kdrun.data.noise import flip_labels, gaussian_noise, shuffle_outputs
+from kdrun.jobs import train
 from kdrun.methods import Networks, build_method
 from kdrun.models import build_model
 

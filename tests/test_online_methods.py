@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kdrun.cli import train
 from kdrun.data import TensorSplit, make_loader
 from kdrun.data.augment import color_jitter
 from kdrun.errors import ConfigError
+from kdrun.jobs import train
 from kdrun.methods.afd import transfer_layer
 from kdrun.methods.losses import distillation_kl, linear_mmd
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from kdrun.cli import train
+from kdrun.jobs import train
 from kdrun.sinks import wandb as wandb_sink
 
 from conftest import compose_config

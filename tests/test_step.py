@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from kdrun.cli import train
+from kdrun.jobs import train
 from kdrun.methods.base import Schedule
 from kdrun.models.prepare import prepare
 from kdrun.training.optimizers import Optimizers

@@ -1,4 +1,4 @@
-"""The training loop through `kdrun.cli.train` (the real path, minus Hydra's main): schedules,
+"""The training loop through `kdrun.jobs.train` (the real path, minus Hydra's main): schedules,
 max_steps, checkpoints, resume equivalence and the teacher cache."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from kdrun.cli import git_commit, train
 from kdrun.data import load_dataset
 from kdrun.data.device_loader import num_batches
+from kdrun.jobs import git_commit, train
 from kdrun.models.prepare import prepare
 from kdrun.runtime.device import resolve_compile
 from kdrun.training.schedule import lr_factor
@@ -105,7 +105,7 @@ def test_the_figures_draw_the_numbers_in_results_json(tmp_path):
 
 
 def test_mode_eval_measures_a_saved_model_like_the_run_that_made_it(tmp_path):
-    from kdrun.cli import evaluate_checkpoint
+    from kdrun.jobs import evaluate_checkpoint
 
     # fp32: what must agree is the preparation of the model, not how one CPU's bf16 kernels
     # round (two preparations may pick different kernels: 1e-5 apart in bf16 on some CPUs)

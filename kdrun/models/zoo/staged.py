@@ -4,8 +4,6 @@ timm's feature contract so methods ask for stage indices rather than module path
 from __future__ import annotations
 
 import torch
-from timm.layers import DropPath
-from timm.models._features import feature_take_indices
 from torch import nn
 
 
@@ -45,6 +43,8 @@ class StagedNet(nn.Module):
     def forward_intermediates(self, x: torch.Tensor, indices=None, **_):
         """timm's signature: (final feature map, [stage outputs at `indices`]); an int n means
         the last n stages. The last stage is reported after the head norm, as timm does."""
+        from timm.models._features import feature_take_indices  # timm: only when used
+
         take, _ = feature_take_indices(len(self.stages), indices)
         intermediates = []
         x = self.stem(x)
@@ -82,4 +82,8 @@ def drop_path_rates(final_rate: float, blocks: int) -> list[float]:
 
 def residual_drop(rate: float) -> nn.Module:
     """Drops a residual branch per sample in training (timm's DropPath); identity at 0."""
-    return DropPath(rate) if rate > 0 else nn.Identity()
+    if rate == 0:
+        return nn.Identity()
+    from timm.layers import DropPath  # importing timm costs seconds: only when needed
+
+    return DropPath(rate)

@@ -1,0 +1,177 @@
+"""What one job does, as `kdrun` runs it: compose -> validate -> Run -> data -> teacher ->
+student -> method -> stages -> evaluate -> sinks, for training (`train`) or for measuring a
+saved model (`evaluate_checkpoint`). cli.py imports this module only when a job runs, so
+--help, --cfg and tab completion stay quick."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from kdrun.data import ImageData, load_dataset, make_loader
+from kdrun.evaluation.accuracy import evaluate
+from kdrun.evaluation.shift import load_eval_sets
+from kdrun.evaluation.suite import evaluate_beyond_clean
+from kdrun.methods import METHODS, Method, Networks, build_method
+from kdrun.methods.base import Stage
+from kdrun.models import build_model
+from kdrun.models.files import load_classifier, save_model
+from kdrun.models.prepare import prepare
+from kdrun.runtime import distributed
+from kdrun.runtime.device import seed_everything
+from kdrun.runtime.run import Run
+from kdrun.sinks import build_sinks
+from kdrun.training.optimizers import Optimizers
+from kdrun.training.teachers import resolve_teacher
+from kdrun.training.trainer import Recipe, Trainer
+from kdrun.validate import validate
+
+log = logging.getLogger("kdrun")
+
+
+@contextlib.contextmanager
+def start_run(cfg: DictConfig, run_dir: Path, sweep_group: str | None, run_name: str | None):
+    """What every run shares: validation before any work, the run directory's record, the
+    inputs, and the run object with its sinks (always closed). Yields (run, data, eval sets).
+    The sinks open once the inputs are read, so a missing data set opens no W&B run."""
+    validate(cfg)
+    if distributed.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    data, eval_sets = load_inputs(cfg)
+    sink = build_sinks(cfg, run_dir, sweep_group, run_name)
+    try:
+        yield Run.start(cfg, run_dir, sink), data, eval_sets
+    finally:
+        sink.close()
+
+
+def load_inputs(cfg: DictConfig) -> tuple[ImageData, dict]:
+    """The data set and the evaluation's shift/OOD sets (read up front: a missing one stops
+    the run in seconds, not after training)."""
+    with distributed.main_first():  # one download or decoding cache, then shared
+        return (load_dataset(cfg.dataset, cfg.cache_dir),
+                load_eval_sets(cfg.eval, cfg.dataset, cfg.cache_dir))
+
+
+def build_run_method(run: Run, data: ImageData) -> tuple[Method, dict[str, Any]]:
+    """The method with its networks (the teacher resolved, trained first if need be), and
+    where its teacher came from, for results.json."""
+    cfg = run.cfg
+    teacher, provenance = None, {}
+    if METHODS.get(cfg.method.name).needs_teacher:
+        teacher, provenance = resolve_teacher(run, data)
+    seed_everything(cfg.seed)
+    make_model = functools.partial(build_model, num_classes=cfg.dataset.num_classes,
+                                   mean=cfg.dataset.mean, std=cfg.dataset.std,
+                                   drop_rate=cfg.student.drop_rate)
+    method = build_method(cfg.method, Networks(make_model(cfg.student.arch), teacher,
+                                               make_model, cfg.teacher.output_shuffle))
+    if distributed.world_size() > 1:  # the ranks' noise and dropout draws differ
+        seed_everything(cfg.seed + 1_000_003 * distributed.rank())
+    return prepare(method, run), provenance  # where work between stages runs
+
+
+def train(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
+          run_name: str | None = None) -> dict[str, Any]:
+    """One whole training run; returns the flat results that also land in results.json.
+    Under torch.distributed every rank trains; rank 0 alone evaluates beyond the clean test
+    set and writes the results."""
+    with start_run(cfg, run_dir, sweep_group, run_name) as (run, data, eval_sets):
+        results = run_info(run)
+        method, teacher_provenance = build_run_method(run, data)
+        results.update(teacher_provenance)
+        results.update(recorded_settings(method))
+        optimizers = None
+        for stage in method.stages(data, cfg.epochs, run):
+            results.update(stage.metrics)
+            stage_results, optimizers = train_stage(run, method, stage,
+                                                    optimizers if stage.continues else None)
+            results.update(stage_results)
+        if not distributed.is_main():
+            return results
+        student = method.eval_model()
+        results["meta/student_arch"] = student.arch
+        if method.teacher is not None:
+            results["meta/teacher_arch"] = method.teacher.arch
+        results.update(evaluate_beyond_clean(student, data, eval_sets, run, results))
+        save_model(student, run_dir / "checkpoints" / "student.pt",
+                   meta={"test/acc": results["test/acc"], "dataset": cfg.dataset.name})
+        for name, peer in method.peer_models().items():
+            save_model(peer, run_dir / "checkpoints" / f"{name}.pt",
+                       meta={"test/acc": results[f"{name}/test/acc"],
+                             "dataset": cfg.dataset.name})
+        run.sink.results(results)
+    return results
+
+
+def recorded_settings(method: Method) -> dict[str, Any]:
+    """The method's settings as the run used them (a default filled in included), as
+    method/<key> in results.json."""
+    return {f"method/{key}": value for key, value in dataclasses.asdict(method.settings).items()
+            if isinstance(value, (bool, int, float, str))}
+
+
+def train_stage(run: Run, method: Method, stage: Stage,
+                optimizers: Optimizers | None) -> tuple[dict[str, Any], Optimizers]:
+    """One stage's training (going on with `optimizers` when given); returns its metrics and
+    the optimisers it stepped. A multi-stage method's stages each keep their checkpoints and
+    their test metrics under the stage's name (round1/test/acc, checkpoints/round1.pt)."""
+    cfg = run.cfg
+    single = stage.name == "train"
+    trainer = Trainer(run, label="" if single else f"{stage.name} ",
+                      checkpoint_name="last.pt" if single else f"last-{stage.name}.pt")
+    recipe = Recipe(stage.epochs, cfg.trainer.batch_size, cfg.optim, cfg.sched, stage.mix,
+                    stage.schedule)
+    results = trainer.fit(method, stage.data, recipe, stage.augment, optimizers)
+    if not single:
+        save_model(method.eval_model(), run.dir / "checkpoints" / f"{stage.name}.pt",
+                   meta={"test/acc": results["test/acc"], "dataset": cfg.dataset.name})
+        results.update({f"{stage.name}/{k}": v for k, v in results.items()
+                        if k.startswith(("test/", "val/", "teacher/test/acc"))})
+    return results, trainer.optimizers
+
+
+def evaluate_checkpoint(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
+                        run_name: str | None = None) -> dict[str, Any]:
+    """`mode=eval`: the evaluation suite on a saved model (`checkpoint=PATH`), no training; the
+    model is prepared as a training run prepares its student."""
+    with start_run(cfg, run_dir, sweep_group, run_name) as (run, data, eval_sets):
+        results = run_info(run)
+        model = prepare(load_classifier(Path(cfg.checkpoint).expanduser(),
+                                        cfg.dataset.num_classes, cfg.dataset.mean,
+                                        cfg.dataset.std), run)
+        loader = make_loader(data.test, cfg.trainer.eval_batch_size, run, train=False)
+        results.update(evaluate(model, loader, run.autocast, bins=cfg.eval.calibration_bins))
+        results.update(evaluate_beyond_clean(model, data, eval_sets, run, results))
+        run.sink.results(results)
+    return results
+
+
+def run_info(run: Run) -> dict[str, Any]:
+    """Provenance, first in results.json; the metrics are added to it."""
+    return {"meta/git_commit": git_commit(),
+            **{f"meta/{key}": value for key, value in run.environment().items()}}
+
+
+def git_commit() -> str:
+    """The commit kdrun ran from ('-dirty' with uncommitted changes), or 'unknown' (e.g. an
+    installed copy, even inside some other repository's virtual environment)."""
+    here = Path(__file__).parent
+    try:
+        subprocess.run(["git", "ls-files", "--error-unmatch", Path(__file__).name], cwd=here,
+                       capture_output=True, timeout=5, check=True)
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                              text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
