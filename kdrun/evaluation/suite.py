@@ -42,7 +42,7 @@ def evaluate_beyond_clean(model: nn.Module, data: ImageData, eval_sets: dict, ru
                              run.cfg.dataset.name)
         plots = {"plots/reliability": reliability_diagram(bins, run.dir / "plots" /
                                                           "reliability.png", title)}
-        curve = robustness_curves({**clean, **results}, ev, len(attacked.labels),
+        curve = robustness_curves({**clean, **results}, ev, len(attacked),
                                   run.dir / "plots" / "robustness.png", title)
         if curve is not None:
             plots["plots/robustness"] = curve

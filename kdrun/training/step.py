@@ -136,12 +136,15 @@ class Stepper:
         self.static = (images.contiguous(memory_format=self.run.memory_format).clone(),
                        labels.clone())
         graph = torch.cuda.CUDAGraph()
+        summed = set(self.sums.totals)
         try:
             # thread_local: a DataLoader's pin-memory thread may call CUDA meanwhile
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 out = self._step(*self.static)
         except RuntimeError as error:
             self.capture, self.static = False, None
+            for key in set(self.sums.totals) - summed:  # made in the failed graph's memory
+                del self.sums.totals[key]
             torch.cuda.synchronize(self.run.device)
             reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
             log.warning("the training step could not be captured as a CUDA graph (%s): "
