@@ -188,3 +188,9 @@ def test_a_seeded_graph_run_repeats(tmp_path):
     first = train(compose_config(*overrides, "trainer.cuda_graph=true"), tmp_path / "a")
     again = train(compose_config(*overrides, "trainer.cuda_graph=true"), tmp_path / "b")
     assert first["test/acc"] == again["test/acc"] and first["train/loss"] == again["train/loss"]
+    assert first["train/captured"] and first["meta/cuda_graph"]
+
+
+def test_a_cpu_run_records_that_its_step_ran_eagerly(tmp_path):
+    results = train(compose_config("method=kd"), tmp_path)
+    assert results["meta/cuda_graph"] is False and results["train/captured"] is False

@@ -67,7 +67,7 @@ class Run:
         the thread count, GPU ones with the device and precision)."""
         return {"device": str(self.device), "precision": "fp32" if self.precision is None
                 else "bf16", "torch": str(torch.__version__), "threads": torch.get_num_threads(),
-                "processes": distributed.world_size()}
+                "processes": distributed.world_size(), "cuda_graph": self.cuda_graph}
 
     def replace(self, **changes) -> Run:
         """The same run with some parts changed (a teacher trains in its cache folder, with its

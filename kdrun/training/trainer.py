@@ -174,7 +174,8 @@ class Trainer:
             progress.record(test_metrics)
         return {**test_metrics, **progress.results(), **last,
                 "train/img_s": progress.images / progress.seconds if progress.seconds else 0.0,
-                "train/time_s": progress.seconds, "train/steps": progress.step}
+                "train/time_s": progress.seconds, "train/steps": progress.step,
+                "train/captured": stepper.captured}
 
     def _evaluate(self, method: Method, loader, val_loader,
                   with_teacher: bool) -> dict[str, float]:
