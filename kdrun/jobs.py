@@ -127,7 +127,8 @@ def train_stage(run: Run, method: Method, stage: Stage,
     cfg = run.cfg
     single = stage.name == "train"
     trainer = Trainer(run, label="" if single else f"{stage.name} ",
-                      checkpoint_name="last.pt" if single else f"last-{stage.name}.pt")
+                      checkpoint_name="last.pt" if single else f"last-{stage.name}.pt",
+                      later_epochs=stage.later_epochs)
     recipe = Recipe(stage.epochs, cfg.trainer.batch_size, cfg.optim, cfg.sched, stage.mix,
                     stage.schedule)
     results = trainer.fit(method, stage.data, recipe, stage.augment, optimizers)

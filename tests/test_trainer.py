@@ -141,6 +141,18 @@ def test_every_epoch_but_the_last_logs_the_time_left(tmp_path, caplog):
         train(compose_config("method=vanilla", "epochs=3"), tmp_path)
     epochs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
     assert ["  eta " in line for line in epochs] == [True, True, False]
+    assert not any("run ~" in line for line in epochs)  # one stage: its time left is the run's
+
+
+def test_a_multi_stage_run_also_logs_the_runs_time_left(tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="kdrun.training.trainer"):
+        train(compose_config("method=noisy_student", "method.rounds=1", "epochs=2"), tmp_path)
+    lines = {r.getMessage().split("  loss")[0]: r.getMessage() for r in caplog.records
+             if "epoch " in r.getMessage()}
+    assert ", run ~" in lines["round0 epoch 1/2"]  # round 1 still to come
+    assert "eta" in lines["round1 epoch 1/2"] and "run ~" not in lines["round1 epoch 1/2"]
 
 
 def test_max_steps_stops_early(tmp_path, caplog):

@@ -71,7 +71,8 @@ class AdaptiveDeepInversion(DeepInversion):
                           meta={"method": type(self).__name__, "teacher": self.teacher.arch})
             yield Stage(f"round{r}", replace(data, train=pool),
                         round_epochs[r - 1], metrics=self.synthesis_metrics(pool, run),
-                        schedule=schedule if r == 1 else None, continues=r > 1)
+                        schedule=schedule if r == 1 else None, continues=r > 1,
+                        later_epochs=sum(round_epochs[r:]))
 
     def pool_sizes(self) -> list[int]:
         """The pool's size in each round: pool_size/rounds images more every round."""

@@ -66,7 +66,9 @@ class Stage:
 
     By default a stage starts a fresh optimiser whose schedule spans its own epochs. A stage
     with a `schedule` starts one spanning that many steps instead, and a stage that `continues`
-    keeps the previous stage's optimiser and schedule going (the same networks train on)."""
+    keeps the previous stage's optimiser and schedule going (the same networks train on).
+    `later_epochs`: the epochs of the training stages still to come, for the run's time left
+    (estimated at this stage's pace; work between stages is not counted)."""
     name: str
     data: ImageData
     epochs: int
@@ -75,6 +77,7 @@ class Stage:
     mix: BatchMix | None = None
     schedule: Schedule | None = None
     continues: bool = False
+    later_epochs: int = 0
 
 
 def freeze(model: nn.Module) -> nn.Module:

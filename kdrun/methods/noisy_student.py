@@ -132,7 +132,7 @@ class NoisyStudent(Method):
         first = labelled if self.in_memory or not self.noisy else with_transform(
             labelled, self.noised_transform(run))
         yield Stage("round0", replace(data, train=first), epochs,
-                    augment=augment)
+                    augment=augment, later_epochs=s.rounds * epochs)
         for r in range(1, s.rounds + 1):
             self.teacher = freeze(self.student).eval()
             train, kept = self.with_pseudo_labels(labelled, unlabelled, run)
@@ -140,7 +140,8 @@ class NoisyStudent(Method):
             self.student = prepare(self.build_student(self.archs[r]), run)
             mix = None if s.unlabel_ratio is None else BatchMix(len(labelled), s.unlabel_ratio)
             yield Stage(f"round{r}", replace(data, train=train), epochs,
-                        augment=augment, mix=mix, metrics={f"round{r}/pseudo_labelled": kept})
+                        augment=augment, mix=mix, metrics={f"round{r}/pseudo_labelled": kept},
+                        later_epochs=(s.rounds - r) * epochs)
 
     def build_student(self, arch: str):
         """A new network; with the model noise (dropout, stochastic depth) when noised."""

@@ -87,14 +87,16 @@ def duration(seconds: float) -> str:
 class Trainer:
     """Trains a method for the run `run` (its settings under trainer.*, its device, precision,
     directory, seed and sink). `label` prefixes progress lines ("teacher "); each stage of a
-    multi-stage method keeps its own checkpoint file; `resume` defaults to trainer.resume.
+    multi-stage method keeps its own checkpoint file; `resume` defaults to trainer.resume;
+    `later_epochs`: the training epochs of the stages after this one (for the run's time left).
     After `fit`, `optimizers` holds the optimisers it stepped, for a stage that continues them."""
 
     def __init__(self, run: Run, label: str = "", checkpoint_name: str = CHECKPOINT_NAME,
-                 resume: bool | None = None):
+                 resume: bool | None = None, later_epochs: int = 0):
         self.run = run
         self.cfg = run.cfg.trainer
         self.label = label
+        self.later_epochs = later_epochs  # of the run's later stages, for its time left
         self.checkpoint_name = checkpoint_name
         self.resume = self.cfg.resume if resume is None else resume
 
@@ -158,7 +160,10 @@ class Trainer:
                 eta, done = "", progress.epoch - first_epoch
                 if done and not finished:  # from this fit's epochs, evaluations included
                     per_epoch = (time.perf_counter() - fit_start) / done
-                    eta = f"  eta {duration(per_epoch * (recipe.epochs - progress.epoch))}"
+                    left = per_epoch * (recipe.epochs - progress.epoch)
+                    eta = f"  eta {duration(left)}"
+                    if self.later_epochs:
+                        eta += f", run ~{duration(left + per_epoch * self.later_epochs)}"
                 log.info("%sepoch %s  loss %.4f  train acc %.2f  test acc %s%s", self.label, shown,
                          last["train/loss"], last["train/acc"],
                          f"{evaluated['test/acc']:.2f}" if evaluated else "-", eta)
