@@ -236,10 +236,9 @@ def plot_curves(keys: list[str], rows: list[Row], metric: str, out_dir: Path) ->
     accuracy per Noisy Student round: one line per combination of the other settings (named
     key=value), the mean over a row's runs with their standard deviation as error bars,
     titled, on a 0-100 % axis, as PNG and PDF."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from kdrun.evaluation.plots import save_figure  # matplotlib only when curves are drawn
 
     written = []
 
@@ -253,11 +252,7 @@ def plot_curves(keys: list[str], rows: list[Row], metric: str, out_dir: Path) ->
         ax.grid(alpha=0.3)
         if len(curves) > 1 or next(iter(curves)) != "all runs":
             ax.legend(fontsize="small")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for suffix in ("png", "pdf"):
-            fig.savefig(out_dir / f"{name}.{suffix}", dpi=150, bbox_inches="tight")
-        plt.close(fig)
-        written.append(out_dir / f"{name}.png")
+        written.append(save_figure(fig, out_dir / f"{name}.png"))
 
     def named(settings: tuple[str, ...], skip: int | None = None) -> str:
         return ", ".join(f"{k}={v}" for i, (k, v) in enumerate(zip(keys, settings))

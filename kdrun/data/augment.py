@@ -4,6 +4,8 @@ batch)."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
@@ -94,14 +96,16 @@ class RandAugment:
         self.names = list(self.torchvision._AUGMENTATION_SPACE)
         self.constants: dict[tuple, torch.Tensor] = {}  # index maps and the sharpness kernel
 
-    def magnitudes(self, name: str, height: int, width: int) -> list[float]:
-        """The op's magnitude, and its negative when the op is signed ([0.0] without one)."""
+    @functools.cache  # noqa: B019  (a handful of (op, size) keys per instance)
+    def magnitudes(self, name: str, height: int, width: int) -> tuple[float, ...]:
+        """The op's magnitude, and its negative when the op is signed ((0.0,) without one);
+        torchvision builds its table afresh on every call, so it is kept."""
         values, signed = self.torchvision._AUGMENTATION_SPACE[name]
         table = values(self.num_bins, height, width)
         if table is None:
-            return [0.0]
+            return (0.0,)
         value = float(table[self.magnitude])
-        return [value, -value] if signed else [value]
+        return (value, -value) if signed else (value,)
 
     def op(self, images: torch.Tensor, name: str, magnitude: float) -> torch.Tensor:
         """torchvision's op on a uint8 batch (geometric ops through a cached index map)."""

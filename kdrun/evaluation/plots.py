@@ -41,7 +41,7 @@ def reliability_diagram(bins: dict, path: Path, title: str) -> Path:
                linewidth=0.6)
     bottom.set(xlabel="confidence (%)", ylabel="images", yscale="symlog")
     _save_numbers(bins, path)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def robustness_curves(results: dict, attacks: dict, attacked: int, path: Path,
@@ -77,7 +77,7 @@ def robustness_curves(results: dict, attacks: dict, attacked: int, path: Path,
     fig.suptitle(f"{title}\nrobust accuracy on {attacked:,} test images (eps 0: clean accuracy "
                  f"on the whole test set)", fontsize="medium")
     _save_numbers({"clean_acc": clean, **{k: v for k, v in curves.items() if v}}, path)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def figure_title(method: str, arch: str, dataset: str) -> str:
@@ -93,7 +93,9 @@ def _save_numbers(numbers: dict, path: Path) -> None:
     path.with_suffix(".json").write_text(json.dumps(numbers, indent=1) + "\n")
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """`fig` as PNG and PDF at `path` (any suffix), closed; returns the PNG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     for suffix in FORMATS:
         fig.savefig(path.with_suffix(f".{suffix}"), dpi=150, bbox_inches="tight")
     plt.close(fig)

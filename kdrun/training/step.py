@@ -146,7 +146,7 @@ class Stepper:
             for key in set(self.sums.totals) - summed:  # made in the failed graph's memory
                 del self.sums.totals[key]
             torch.cuda.synchronize(self.run.device)
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            reason = (str(error).strip() or repr(error)).splitlines()[0]
             log.warning("the training step could not be captured as a CUDA graph (%s): "
                         "training eagerly", reason)
             return self._step(images, labels)
