@@ -49,9 +49,10 @@ from kdrun.methods.losses import distillation_kl
 from kdrun.models import build_model, build_network
 from kdrun.models.prepare import prepare
 from kdrun.runtime.device import synchronize
+from kdrun.runtime.graphs import WARMUP_STEPS
 from kdrun.runtime.run import Run
 from kdrun.training.optimizers import Optimizers
-from kdrun.training.step import WARMUP_STEPS, EpochSums, Stepper
+from kdrun.training.step import EpochSums, Stepper
 from kdrun.validate import validate
 
 BENCH_DEFAULTS = {"steps": 20, "warmup": 5, "compile": "auto", "graph": "auto",

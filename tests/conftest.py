@@ -7,10 +7,14 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 
 import kdrun.cli  # noqa: F401  (registers the schema and the teacher/student options)
 from kdrun.sinks.base import Sink
+
+# tests of CUDA graphs and fused optimisers: they run where there is a GPU (scripts/gpu_check.sh)
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 # A learnable 4-class 16x16 data set, tiny networks, one short epoch: a whole run in ~2 s.
 TINY = [

@@ -17,10 +17,9 @@ from kdrun.training.optimizers import Optimizers
 from kdrun.training.schedule import lr_factor
 from kdrun.training.step import EpochSums, Stepper, why_not_captured
 
-from conftest import compose_config, make_run
+from conftest import compose_config, cuda_only, make_run
 from test_methods import make_method, make_optimizers
 
-cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 SGD = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1, "momentum": 0.9,
        "weight_decay": 5e-4}
 COSINE = {"name": "cosine", "milestones": [], "gamma": 1.0, "warmup_epochs": 1, "min_lr": 0.0}

@@ -1,27 +1,21 @@
 """The training step, as every run and scripts/bench.py takes it: eagerly, or on CUDA captured
-once as a CUDA graph and replayed. At the papers' batch of 128 a GPU step is launch-bound
-(Python and kernel launches, not arithmetic, set the pace); a replay launches the whole step -
-forwards, the method's loss, backward, every optimiser's step, the epoch's metric sums - at
-once. Randomness inside the step comes from torch's default CUDA generator, which the graph
-advances on every replay, so each replay draws fresh noise and a seeded run repeats. The
-learning-rate schedule stays on the host: it fills the optimisers' device-tensor rates
-between replays (training/optimizers.py)."""
+once as a CUDA graph and replayed (runtime/graphs.py). At the papers' batch of 128 a GPU step is
+launch-bound; a replay launches the whole step - forwards, the method's loss, backward, every
+optimiser's step, the epoch's metric sums - at once. Noise inside the step comes from torch's
+default CUDA generator, which every replay advances, so each replay draws fresh noise and a
+seeded run repeats. The learning-rate schedule stays on the host: it fills the optimisers'
+device-tensor rates between replays (training/optimizers.py)."""
 
 from __future__ import annotations
-
-import logging
 
 import torch
 
 from kdrun.methods import Method
 from kdrun.runtime import distributed
+from kdrun.runtime.graphs import Replay
 from kdrun.runtime.run import Run
 from kdrun.training.optimizers import Optimizers
 
-log = logging.getLogger(__name__)
-# eager steps before the capture: lazy initialisation (optimiser state, cuDNN's algorithm
-# search, torch.compile's first compilation) must not happen inside it
-WARMUP_STEPS = 3
 NOT_LOGGED = ("logits", "labels")
 
 
@@ -46,6 +40,7 @@ class EpochSums:
         self.correct = torch.zeros((), device=device)
         self.counts: dict[str, int] = {}  # images behind each (a group's loss may skip steps)
         self.seen = 0
+        self.made_in_capture: set[str] = set()
 
     def add(self, out: dict[str, torch.Tensor], labels: torch.Tensor) -> None:
         """Device work only."""
@@ -56,7 +51,15 @@ class EpochSums:
             if key not in NOT_LOGGED:
                 if key not in self.totals:
                     self.totals[key] = torch.zeros((), device=self.device)
+                    if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                        self.made_in_capture.add(key)
                 self.totals[key] += value.detach().float() * n
+
+    def forget_captured(self) -> None:
+        """Drop the sums a failed capture made: they live in the dead graph's memory."""
+        for key in self.made_in_capture:
+            del self.totals[key]
+        self.made_in_capture = set()
 
     def count(self, out: dict[str, torch.Tensor], n: int) -> None:
         self.seen += n
@@ -80,35 +83,24 @@ def why_not_captured(method: Method, optimizers: Optimizers, run: Run) -> str | 
 
 class Stepper:
     """Takes a fit's training steps and adds them to `sums`: eagerly, or - when `capture` -
-    eagerly for WARMUP_STEPS steps, then as one CUDA graph captured on the next batch and
-    replayed for every batch of the same shape after it (a batch of another shape runs
-    eagerly). A step that fails to capture says why in one log line and stays eager."""
+    replayed as one CUDA graph after a few eager steps (runtime/graphs.Replay; a batch of
+    another shape runs eagerly, and a step that fails to capture stays eager)."""
 
     def __init__(self, method: Method, optimizers: Optimizers, run: Run, sums: EpochSums,
                  capture: bool):
         self.method, self.optimizers, self.run, self.sums = method, optimizers, run, sums
-        self.capture = capture
-        self.eager_steps = 0
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.static: tuple[torch.Tensor, torch.Tensor] | None = None  # the graph's inputs
-        self.static_out: dict[str, torch.Tensor] = {}
+        self.replay = Replay(run.device, capture, "the training step",
+                             on_failure=sums.forget_captured)
         if capture:
             optimizers.make_capturable(run.device)
 
     @property
     def captured(self) -> bool:
-        return self.graph is not None
+        return self.replay.captured
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self.graph is not None and images.shape == self.static[0].shape:
-            self.static[0].copy_(images)
-            self.static[1].copy_(labels)
-            self.graph.replay()
-            out = self.static_out
-        elif self.capture and self.graph is None and self.eager_steps >= WARMUP_STEPS:
-            out = self._capture(images, labels)
-        else:
-            out = self._eager(images, labels)
+        images = images.contiguous(memory_format=self.run.memory_format)
+        out = self.replay(self._step, images, labels)
         self.optimizers.advance()
         self.sums.count(out, len(labels))
         return out
@@ -119,39 +111,3 @@ class Stepper:
         out = train_step(self.method, self.optimizers, images, labels, self.run)
         self.sums.add(out, labels)
         return {key: value.detach() for key, value in out.items()}
-
-    def _eager(self, images, labels) -> dict[str, torch.Tensor]:
-        self.eager_steps += 1
-        if not self.capture:
-            return self._step(images, labels)
-        # warm-up on a side stream, as the capture will run, so lazily made state is its own
-        side, main = torch.cuda.Stream(self.run.device), torch.cuda.current_stream(self.run.device)
-        side.wait_stream(main)
-        with torch.cuda.stream(side):
-            out = self._step(images, labels)
-        main.wait_stream(side)
-        return out
-
-    def _capture(self, images, labels) -> dict[str, torch.Tensor]:
-        self.static = (images.contiguous(memory_format=self.run.memory_format).clone(),
-                       labels.clone())
-        graph = torch.cuda.CUDAGraph()
-        summed = set(self.sums.totals)
-        try:
-            # thread_local: a DataLoader's pin-memory thread may call CUDA meanwhile
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                out = self._step(*self.static)
-        except RuntimeError as error:
-            self.capture, self.static = False, None
-            for key in set(self.sums.totals) - summed:  # made in the failed graph's memory
-                del self.sums.totals[key]
-            torch.cuda.synchronize(self.run.device)
-            reason = (str(error).strip() or repr(error)).splitlines()[0]
-            log.warning("the training step could not be captured as a CUDA graph (%s): "
-                        "training eagerly", reason)
-            return self._step(images, labels)
-        self.graph, self.static_out = graph, out
-        graph.replay()  # the capture only recorded the step: now take it
-        log.info("training step captured as one CUDA graph (batch %d), replayed from here",
-                 len(labels))
-        return out
