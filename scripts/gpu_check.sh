@@ -2,10 +2,11 @@
 # kdrun's GPU check, one call on a GPU machine without network (about 8 minutes on one H100):
 # the CUDA-only tests, scripts/bench.py at batch 128 and 512 (eager, compiled, CUDA graph),
 # a real KD run timed to extrapolate 200 epochs (recompiles counted), Noisy Student, DML and
-# AFD graph vs eager, every method's quickstart on CUDA, DeepInversion's synthesis, captured
-# vs eager test accuracy at 20 epochs (two seeds), and a joblib sweep filling one GPU. The
-# last parts do not fit the default budget with the others: a later call picks them, e.g.
-#   GPU_CHECK_ONLY='teacher|synthesis|accuracy_.*|sweep_.*' GPU_CHECK_BUDGET=560
+# AFD graph vs eager, every method's quickstart on CUDA, DeepInversion's synthesis (graph vs
+# eager), captured vs eager test accuracy at 20 epochs (two seeds), and a joblib sweep filling
+# one GPU. The last parts do not fit the default budget with the others: a later call picks
+# them, e.g.
+#   GPU_CHECK_ONLY='tests|teacher|synthesis.*|accuracy_.*|sweep_.*' GPU_CHECK_BUDGET=570
 # Each part has its own time limit and failures do not stop the others; everything lands in
 # $OUT (default ./gpu-check): summary.json, the bench JSONs and logs.tar.gz.
 #
@@ -79,7 +80,8 @@ part() {
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0) \
   if torch.cuda.is_available() else 'cpu')" | tee "$OUT/device.txt"
 
-part tests 150 $PY -m pytest -q -p no:cacheprovider tests/test_step.py
+part tests 150 $PY -m pytest -q -p no:cacheprovider tests/test_step.py \
+  tests/test_deepinversion.py::test_a_captured_synthesis_gives_the_eager_images
 part bench128 240 $PY scripts/bench.py "${KD[@]}" "${CIFAR[@]}" "${STEPS[@]}" \
   bench.out="$OUT/bench128.json"
 
@@ -108,11 +110,15 @@ for yaml in conf/method/*.yaml; do
 done
 
 # DeepInversion's synthesis at the paper's CIFAR-10 batch (ResNet-34 teacher, 256 images), a
-# tenth of its 2,000 iterations: summary.json extrapolates the paper's 50,000-image pool
-part synthesis 180 $PY -m kdrun method=deepinversion teacher=resnet34 "${CIFAR[@]}" \
-  teacher.epochs=1 synthesis.pool_size=$SYNTH_POOL synthesis.batch_size=$SYNTH_POOL \
-  synthesis.iterations=$SYNTH_ITERATIONS epochs=1 trainer.max_steps=1 eval=clean \
-  hydra.run.dir="$OUT/runs/synthesis"
+# tenth of its 2,000 iterations, its iteration captured as a CUDA graph and eager:
+# summary.json extrapolates the paper's 50,000-image pool (the first part trains the teacher)
+for name in synthesis synthesis_eager; do
+  graph=$GRAPH; [ $name = synthesis_eager ] && graph=false
+  part $name 180 $PY -m kdrun method=deepinversion teacher=resnet34 "${CIFAR[@]}" \
+    teacher.epochs=1 synthesis.pool_size=$SYNTH_POOL synthesis.batch_size=$SYNTH_POOL \
+    synthesis.iterations=$SYNTH_ITERATIONS epochs=1 trainer.max_steps=1 eval=clean \
+    trainer.cuda_graph=$graph hydra.run.dir="$OUT/runs/$name"
+done
 
 # captured against eager training: test accuracy after ACCURACY_EPOCHS epochs, two seeds each
 # (compile off in both, so only the capture differs)
@@ -173,16 +179,18 @@ if results.exists():
     r = json.loads(results.read_text())
     summary.setdefault("kd_run", {}).update(
         {k: r.get(k) for k in ("test/acc", "train/img_s", "train/time_s")})
-synthesis = out / "runs" / "synthesis" / "results.json"
-if synthesis.exists():
-    r = json.loads(synthesis.read_text())
-    images, seconds = r.get("synth/images", 0), r.get("synth/seconds", 0)
-    iterations = int(sys.argv[3])
-    if images and seconds:
-        rate = images * iterations / seconds  # image-iterations per second
-        summary["synthesis"] = {"images": images, "iterations": iterations,
-                                "seconds": seconds, "image_iterations_per_s": rate,
-                                "paper_pool_hours": 50_000 * 2_000 / rate / 3600}
+for name in ("synthesis", "synthesis_eager"):
+    synthesis = out / "runs" / name / "results.json"
+    if synthesis.exists():
+        r = json.loads(synthesis.read_text())
+        images, seconds = r.get("synth/images", 0), r.get("synth/seconds", 0)
+        iterations = int(sys.argv[3])
+        if images and seconds:
+            rate = images * iterations / seconds  # image-iterations per second
+            summary[name] = {"images": images, "iterations": iterations,
+                             "seconds": seconds, "image_iterations_per_s": rate,
+                             "paper_pool_hours": 50_000 * 2_000 / rate / 3600,
+                             "captured": "captured as one CUDA graph" in text(name)}
 summary["recompiles"] = {name.stem: len(re.findall(r"Recompiling function", name.read_text(
     errors="replace"))) for name in sorted(logs.glob("*.log"))}
 summary["recompile_limit_warnings"] = sum(

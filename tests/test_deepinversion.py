@@ -14,16 +14,18 @@ from kdrun.data import TensorSplit
 from kdrun.data.pool import load_pool, save_pool
 from kdrun.methods.inversion import (
     BatchNormStatistics,
+    Competition,
     SynthesisSettings,
     Synthesizer,
     balanced_labels,
     competition,
     jensen_shannon,
+    jittered,
     total_variation,
 )
 from kdrun.models import build_model
 
-from conftest import TINY, make_run, read_results
+from conftest import TINY, cuda_only, make_run, read_results
 
 SETTINGS = SynthesisSettings(name="deepinversion", pool_size=8, batch_size=8, iterations=1,
                              lr=0.05, bn_weight=10.0, first_bn_weight=1.0, tv_weight=2.5e-5,
@@ -129,6 +131,54 @@ def test_images_move_freely_while_optimised_and_are_clamped_once_at_the_end():
     assert reach[False] > 0.05  # NVlabs' CIFAR-10 loop: no clamp while optimising
     assert reach[True] == 0  # the clamped loop stays inside [0, 1] in pixels
     assert make_run("method=deepinversion").cfg.method.clamp is False
+
+
+def test_the_jitter_is_torchs_roll_then_flip_as_one_gather():
+    x = torch.randn(2, 3, 5, 7)
+    for dy in (-2, 0, 3):
+        for dx in (-3, 1, 6):
+            for flip in (0, 1):
+                expected = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+                expected = expected.flip(3) if flip else expected
+                assert torch.equal(jittered(x, torch.tensor([dy, dx, flip])), expected)
+
+
+def tiny_classifier():
+    return build_model("resnet8", 4, [0.5] * 3, [0.25] * 3)
+
+
+def test_batches_of_one_shape_share_one_loop_restarted_as_if_new():
+    torch.manual_seed(0)
+    teacher, student = tiny_classifier().eval(), tiny_classifier()
+    settings = dataclasses.replace(SETTINGS, iterations=4, jitter=2, flip=True)
+    synthesizer = Synthesizer(teacher, settings, make_run(), Competition(0.5, 3.0))
+    first, second = (synthesizer.batch(torch.arange(8) % 4, 16,
+                                       torch.Generator().manual_seed(5), student)
+                     for _ in range(2))
+    assert len(synthesizer.batches) == 1  # the second batch restarted the first's loop
+    assert torch.equal(first, second)  # with fresh Adam moments and its draws from the first
+    assert all(p.grad is None for p in student.parameters())  # images optimised, not weights
+
+
+@cuda_only
+def test_a_captured_synthesis_gives_the_eager_images():
+    torch.manual_seed(0)
+    teacher, student = tiny_classifier().cuda().eval(), tiny_classifier().cuda()
+    settings = dataclasses.replace(SETTINGS, iterations=8, jitter=2, flip=True, clamp=True)
+    labels = (torch.arange(8) % 4).cuda()
+    images, captured = {}, {}
+    for graph in (False, True):
+        run = make_run("trainer.device=cuda").replace(cuda_graph=graph, compile=False)
+        synthesizer = Synthesizer(teacher, settings, run, Competition(0.5, 3.0))
+        # the second batch is replayed from its first iteration on
+        images[graph] = [synthesizer.optimise(labels, 16, torch.Generator().manual_seed(b),
+                                              student) for b in range(2)]
+        captured[graph] = [b.replay.captured for b in synthesizer.batches.values()]
+    assert captured == {False: [False], True: [True]}
+    for eager, replayed in zip(images[False], images[True]):
+        # a replay that reused one jitter draw, or kept the last batch's Adam moments, would
+        # move the images elsewhere
+        torch.testing.assert_close(replayed, eager, rtol=1e-3, atol=1e-3)
 
 
 def test_the_pool_file_round_trips_with_a_png_grid(tmp_path):

@@ -2,12 +2,17 @@
 1912.08795): a batch of images, started from N(0, 1) in the network's normalised input space, is
 optimised with Adam towards target labels while its statistics at every BatchNorm layer are
 pulled to the layer's running statistics. The parts of the loss are separate functions so each
-can be tested; `Synthesizer` runs the loop."""
+can be tested; `Synthesizer` runs the loop. With CUDA graphs on (`trainer.cuda_graph`, the
+default with CUDA) an iteration - jitter, forward, backward, Adam - is captured once and
+replayed for every iteration of every batch of the pool, as the training step is
+(runtime/graphs.py): the jitter is drawn on the host ahead of the loop and applied on the
+device, so eager and captured iterations take the same draws."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +22,7 @@ from torch import nn
 from kdrun.checks import require
 from kdrun.methods.base import MethodSettings
 from kdrun.models import Classifier
+from kdrun.runtime.graphs import Replay
 from kdrun.runtime.run import Run
 
 
@@ -125,6 +131,7 @@ class Synthesizer:
         self.settings = settings
         self.run = run  # autocast, the networks' memory format, and the sink for loss terms
         self.competition = competition
+        self.batches: dict[tuple, ImageBatch] = {}
 
     def pixel_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The normalised-space values of pixel 0 and pixel 1, per channel."""
@@ -134,6 +141,7 @@ class Synthesizer:
     def losses(self, x: torch.Tensor, labels: torch.Tensor, bn: BatchNormStatistics,
                student: Classifier | None) -> dict[str, torch.Tensor]:
         s = self.settings
+        bn.terms.clear()  # an unfinished forward's (a failed capture's) must not count
         with self.run.autocast():
             logits = self.teacher.net(x)
         terms = {"ce": F.cross_entropy(logits.float(), labels), "bn": bn.loss(),
@@ -162,11 +170,9 @@ class Synthesizer:
         kept inside the pixel range after every Adam step (NVlabs' ImageNet code); without,
         as NVlabs' CIFAR-10 code does, it moves freely until `batch` clamps it."""
         s = self.settings
-        device = labels.device
         channels = self.teacher.mean.shape[1]
-        low, high = self.pixel_bounds()
         size = image_size // 2 if s.multi_resolution else image_size
-        x = torch.randn(len(labels), channels, size, size, generator=generator).to(device)
+        x = torch.randn(len(labels), channels, size, size, generator=generator).to(labels.device)
         bn = BatchNormStatistics(self.teacher.net, s.first_bn_weight)
         self.teacher.eval()
         if student is not None:
@@ -179,27 +185,94 @@ class Synthesizer:
                 if x.shape[-1] != phase_size:
                     x = F.interpolate(x, size=(phase_size, phase_size), mode="bilinear",
                                       align_corners=False)
-                x = x.detach().requires_grad_(True)
-                optimizer = torch.optim.Adam([x], lr=s.lr)
+                images = self.images_like(x, iterations, student)
+                images.restart(x, labels, jitter_draws(iterations, s.jitter, s.flip, generator))
                 for _ in range(iterations):
-                    terms = self.losses(self.jittered(x, generator), labels, bn, student)
-                    optimizer.zero_grad(set_to_none=True)
-                    terms["loss"].backward()
-                    optimizer.step()
-                    if s.clamp:
-                        with torch.no_grad():
-                            x.copy_(torch.maximum(torch.minimum(x, high), low))
+                    terms = images.replay(partial(images.iteration, bn))
+                x = images.x.detach().clone()  # the next batch restarts the same tensor
         finally:
             bn.remove()
         self.run.sink.log({f"synth/{k}": v.item() for k, v in terms.items()})
-        return x.detach()
+        return x
 
-    def jittered(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """A random roll of up to `jitter` pixels and, optionally, a random flip."""
-        s = self.settings
-        if s.jitter:
-            dy, dx = torch.randint(-s.jitter, s.jitter + 1, (2,), generator=generator).tolist()
-            x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
-        if s.flip and torch.rand((), generator=generator).item() < 0.5:
-            x = x.flip(3)
-        return x.contiguous(memory_format=self.run.memory_format)
+    def images_like(self, x: torch.Tensor, iterations: int,
+                    student: Classifier | None) -> ImageBatch:
+        """The ImageBatch for batches shaped like `x`, made once and restarted for each: its
+        captured iteration serves every batch of the pool of that shape."""
+        key = (tuple(x.shape), iterations, id(student))
+        if key not in self.batches:
+            self.batches[key] = ImageBatch(self, x, iterations, student)
+        return self.batches[key]
+
+
+def jitter_draws(iterations: int, pixels: int, flip: bool,
+                 generator: torch.Generator) -> torch.Tensor:
+    """Each iteration's random roll (dy, dx) of up to `pixels` and flip (0 or 1), as an
+    (iterations, 3) tensor, drawn from the batch's CPU generator in the loop's order."""
+    draws = torch.zeros(iterations, 3, dtype=torch.long)
+    for row in draws:
+        if pixels:
+            row[:2] = torch.randint(-pixels, pixels + 1, (2,), generator=generator)
+        if flip and torch.rand((), generator=generator).item() < 0.5:
+            row[2] = 1
+    return draws
+
+
+def jittered(x: torch.Tensor, draw: torch.Tensor) -> torch.Tensor:
+    """`x` rolled by (dy, dx) and then, if flip, mirrored left to right - as torch.roll and
+    torch.flip do it, but as one gather of pixel indices computed on the device from the
+    draw, so a captured iteration applies each replay's own draw."""
+    height, width = x.shape[-2:]
+    dy, dx, flip = draw.unbind()
+    rows = (torch.arange(height, device=x.device) - dy) % height
+    columns = torch.arange(width, device=x.device)
+    columns = (torch.where(flip.bool(), width - 1 - columns, columns) - dx) % width
+    pixels = (rows[:, None] * width + columns[None, :]).flatten()
+    return x.flatten(2).index_select(2, pixels).view_as(x)
+
+
+class ImageBatch:
+    """A batch of images being optimised at one resolution, with all the state of its loop on
+    the device - the images, their Adam, every iteration's jitter draw and which is next - so
+    an iteration runs eagerly or as a replay of one CUDA graph (`replay`, when the run
+    captures: after a few eager iterations of the first batch, every iteration of every batch
+    of this shape is a replay). `restart` starts the next batch in place."""
+
+    def __init__(self, synthesizer: Synthesizer, like: torch.Tensor, iterations: int,
+                 student: Classifier | None):
+        run = synthesizer.run
+        self.synthesizer, self.student = synthesizer, student
+        self.x = torch.zeros_like(like, requires_grad=True)
+        self.labels = torch.zeros(len(like), dtype=torch.long, device=like.device)
+        self.draws = torch.zeros(iterations, 3, dtype=torch.long, device=like.device)
+        self.next = torch.zeros((), dtype=torch.long, device=like.device)
+        capture = run.cuda_graph and like.device.type == "cuda"
+        self.optimizer = torch.optim.Adam(
+            [self.x], lr=synthesizer.settings.lr,
+            **({"fused": True, "capturable": True} if capture else {}))
+        self.low, self.high = synthesizer.pixel_bounds()
+        self.replay = Replay(like.device, capture, "the synthesis iteration")
+
+    def restart(self, x: torch.Tensor, labels: torch.Tensor, draws: torch.Tensor) -> None:
+        """Start from `x` towards `labels` with fresh Adam moments, the draws from the first."""
+        with torch.no_grad():
+            self.x.copy_(x)
+        self.labels.copy_(labels)
+        self.draws.copy_(draws)
+        self.next.zero_()
+        for value in self.optimizer.state[self.x].values():
+            value.zero_()  # Adam's step count and moments: as a fresh Adam's
+
+    def iteration(self, bn: BatchNormStatistics) -> dict[str, torch.Tensor]:
+        """One Adam step on the jittered images' loss: device work only."""
+        draw = self.draws.index_select(0, self.next.view(1))[0]  # no read-back to the host
+        self.next += 1
+        x = jittered(self.x, draw).contiguous(memory_format=self.synthesizer.run.memory_format)
+        terms = self.synthesizer.losses(x, self.labels, bn, self.student)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward(inputs=[self.x])  # the networks' weights need no gradient
+        self.optimizer.step()
+        if self.synthesizer.settings.clamp:
+            with torch.no_grad():
+                self.x.copy_(torch.maximum(torch.minimum(self.x, self.high), self.low))
+        return {key: value.detach() for key, value in terms.items()}
