@@ -4,9 +4,14 @@
 # a real KD run timed to extrapolate 200 epochs (recompiles counted), Noisy Student, DML and
 # AFD graph vs eager, every method's quickstart on CUDA, DeepInversion's synthesis (graph vs
 # eager), captured vs eager test accuracy at 20 epochs (two seeds), and a joblib sweep filling
-# one GPU. The last parts do not fit the default budget with the others: a later call picks
-# them, e.g.
-#   GPU_CHECK_ONLY='tests|teacher|synthesis.*|accuracy_.*|sweep_.*' GPU_CHECK_BUDGET=570
+# one GPU. The last parts do not fit the default budget with the others. On an H200 they take
+# about 14 minutes more (estimated from the parts measured: teacher 85 s, a captured 20-epoch
+# run ~45 s, an eager one ~125 s), so two calls on one warm machine, the second straight
+# after the first (a cache in /tmp outlives a call; one in the carried .gpu/ does not):
+#   KDRUN_CACHE=/tmp/kdrun-cache GPU_CHECK_ONLY='tests|teacher|synthesis.*|sweep_.*' \
+#     GPU_CHECK_BUDGET=450 bash .gpu/kit.sh bash scripts/gpu_check.sh
+#   KDRUN_CACHE=/tmp/kdrun-cache GPU_CHECK_ONLY='teacher|accuracy_.*' \
+#     GPU_CHECK_BUDGET=380 bash .gpu/kit.sh bash scripts/gpu_check.sh
 # Each part has its own time limit and failures do not stop the others; everything lands in
 # $OUT (default ./gpu-check): summary.json, the bench JSONs and logs.tar.gz.
 #
@@ -32,7 +37,7 @@ STEPS=(bench.steps=200 bench.warmup=20 bench.workers=12)
 EPOCHS=5          # of the timed KD run (200 are extrapolated from these)
 QUICK=(experiment=quickstart logger=none eval=clean trainer.compile=false epochs=3
        teacher.epochs=5)
-SWEEP_EPOCHS=2
+SWEEP_EPOCHS=5    # of each sweep job (epochs 2..5 are timed together)
 SYNTH_POOL=256
 SYNTH_ITERATIONS=200
 ACCURACY_EPOCHS=20
@@ -44,7 +49,7 @@ if [ "${GPU_CHECK_TINY:-}" ]; then
   EPOCHS=2
   QUICK+=(epochs=1 teacher.epochs=1 trainer.device=cpu synthesis.pool_size=16
           synthesis.iterations=2 dataset.test_subset=64 trainer.max_steps=2)
-  SWEEP_EPOCHS=1
+  SWEEP_EPOCHS=2
   SYNTH_POOL=8
   SYNTH_ITERATIONS=2
   ACCURACY_EPOCHS=1
@@ -123,10 +128,11 @@ done
 # captured against eager training: test accuracy after ACCURACY_EPOCHS epochs, two seeds each
 # (compile off in both, so only the capture differs)
 for seed in 0 1; do
-  for graph in $GRAPH false; do
-    part accuracy_graph_${graph}_seed$seed 240 $PY -m kdrun "${KD[@]}" "${CIFAR[@]}" \
+  for step in captured eager; do
+    graph=$GRAPH; [ $step = eager ] && graph=false
+    part accuracy_${step}_seed$seed 240 $PY -m kdrun "${KD[@]}" "${CIFAR[@]}" \
       teacher.epochs=1 epochs=$ACCURACY_EPOCHS eval=clean trainer.compile=false \
-      trainer.cuda_graph=$graph seed=$seed hydra.run.dir="$OUT/runs/accuracy_${graph}_$seed"
+      trainer.cuda_graph=$graph seed=$seed hydra.run.dir="$OUT/runs/accuracy_${step}_$seed"
   done
 done
 
@@ -204,16 +210,29 @@ for path in sorted(logs.glob("quick_*.log")):
         "eager": re.findall(r"not captured as a CUDA graph: ([^;]*)", log)
         + re.findall(r"could not be captured as a CUDA graph \(([^)]*)", log)}
 for n in (1, 2, 4):
-    rates = [json.loads(p.read_text()).get("train/img_s", 0)
-             for p in (out / "runs" / f"sweep_n{n}").glob("*/results.json")]
+    # all jobs' images of epochs 2..K over the span from the first job's epoch 1 to the last
+    # job's epoch K (per-epoch evaluation included): jobs that did not overlap count as such
+    rates, windows, images = [], [], 0.0
+    for path in sorted((out / "runs" / f"sweep_n{n}").glob("*/results.json")):
+        r = json.loads(path.read_text())
+        rates.append(r.get("train/img_s", 0))
+        log = "".join(p.read_text(errors="replace") for p in path.parent.glob("*.log"))
+        times = [datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f")
+                 for m in stamp.finditer(log)]
+        if len(times) >= 2:
+            windows.append((times[0], times[-1]))
+            images += rates[-1] * r.get("train/time_s", 0) * (len(times) - 1) / len(times)
     if rates:
-        summary[f"sweep_n{n}"] = {"jobs": len(rates), "img_s_each": rates,
-                                  "img_s_total": sum(rates)}
+        summary[f"sweep_n{n}"] = {"jobs": len(rates), "img_s_each": rates}
+    if windows:
+        span = (max(end for _, end in windows) - min(start for start, _ in windows))
+        summary[f"sweep_n{n}"]["img_s_together"] = images / span.total_seconds()
 accuracy = {}
 for path in sorted((out / "runs").glob("accuracy_*_*/results.json")):
-    graph, seed = path.parent.name.removeprefix("accuracy_").rsplit("_", 1)
-    accuracy.setdefault(f"cuda_graph={graph}", {})[f"seed{seed}"] = json.loads(
-        path.read_text())["test/acc"]
+    step, seed = path.parent.name.removeprefix("accuracy_").rsplit("_", 1)
+    r = json.loads(path.read_text())
+    accuracy.setdefault(step, {})[f"seed{seed}"] = {
+        "test/acc": r["test/acc"], "train/captured": r.get("train/captured")}
 if accuracy:
     summary["accuracy_graph_vs_eager"] = accuracy
 (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")

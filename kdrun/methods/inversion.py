@@ -188,7 +188,7 @@ class Synthesizer:
                 images = self.images_like(x, iterations, student)
                 images.restart(x, labels, jitter_draws(iterations, s.jitter, s.flip, generator))
                 for _ in range(iterations):
-                    terms = images.replay(partial(images.iteration, bn))
+                    terms = images.replay(partial(self.iteration, images, bn, student))
                 x = images.x.detach().clone()  # the next batch restarts the same tensor
         finally:
             bn.remove()
@@ -198,11 +198,26 @@ class Synthesizer:
     def images_like(self, x: torch.Tensor, iterations: int,
                     student: Classifier | None) -> ImageBatch:
         """The ImageBatch for batches shaped like `x`, made once and restarted for each: its
-        captured iteration serves every batch of the pool of that shape."""
+        captured iteration serves every batch of the pool of that shape (and student)."""
         key = (tuple(x.shape), iterations, id(student))
         if key not in self.batches:
-            self.batches[key] = ImageBatch(self, x, iterations, student)
+            capture = self.run.cuda_graph and x.device.type == "cuda"
+            self.batches[key] = ImageBatch(x, iterations, self.settings.lr, capture)
         return self.batches[key]
+
+    def iteration(self, images: ImageBatch, bn: BatchNormStatistics,
+                  student: Classifier | None) -> dict[str, torch.Tensor]:
+        """One Adam step on the jittered images' loss: device work only."""
+        x = jittered(images.x, images.next_draw()).contiguous(memory_format=self.run.memory_format)
+        terms = self.losses(x, images.labels, bn, student)
+        images.optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward(inputs=[images.x])  # the networks' weights need no gradient
+        images.optimizer.step()
+        if self.settings.clamp:
+            low, high = self.pixel_bounds()
+            with torch.no_grad():
+                images.x.copy_(torch.maximum(torch.minimum(images.x, high), low))
+        return {key: value.detach() for key, value in terms.items()}
 
 
 def jitter_draws(iterations: int, pixels: int, flip: bool,
@@ -238,19 +253,13 @@ class ImageBatch:
     captures: after a few eager iterations of the first batch, every iteration of every batch
     of this shape is a replay). `restart` starts the next batch in place."""
 
-    def __init__(self, synthesizer: Synthesizer, like: torch.Tensor, iterations: int,
-                 student: Classifier | None):
-        run = synthesizer.run
-        self.synthesizer, self.student = synthesizer, student
+    def __init__(self, like: torch.Tensor, iterations: int, lr: float, capture: bool):
         self.x = torch.zeros_like(like, requires_grad=True)
         self.labels = torch.zeros(len(like), dtype=torch.long, device=like.device)
         self.draws = torch.zeros(iterations, 3, dtype=torch.long, device=like.device)
         self.next = torch.zeros((), dtype=torch.long, device=like.device)
-        capture = run.cuda_graph and like.device.type == "cuda"
         self.optimizer = torch.optim.Adam(
-            [self.x], lr=synthesizer.settings.lr,
-            **({"fused": True, "capturable": True} if capture else {}))
-        self.low, self.high = synthesizer.pixel_bounds()
+            [self.x], lr=lr, **({"fused": True, "capturable": True} if capture else {}))
         self.replay = Replay(like.device, capture, "the synthesis iteration")
 
     def restart(self, x: torch.Tensor, labels: torch.Tensor, draws: torch.Tensor) -> None:
@@ -263,16 +272,8 @@ class ImageBatch:
         for value in self.optimizer.state[self.x].values():
             value.zero_()  # Adam's step count and moments: as a fresh Adam's
 
-    def iteration(self, bn: BatchNormStatistics) -> dict[str, torch.Tensor]:
-        """One Adam step on the jittered images' loss: device work only."""
+    def next_draw(self) -> torch.Tensor:
+        """This iteration's jitter draw, and the counter moved on: device work only."""
         draw = self.draws.index_select(0, self.next.view(1))[0]  # no read-back to the host
         self.next += 1
-        x = jittered(self.x, draw).contiguous(memory_format=self.synthesizer.run.memory_format)
-        terms = self.synthesizer.losses(x, self.labels, bn, self.student)
-        self.optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward(inputs=[self.x])  # the networks' weights need no gradient
-        self.optimizer.step()
-        if self.synthesizer.settings.clamp:
-            with torch.no_grad():
-                self.x.copy_(torch.maximum(torch.minimum(self.x, self.high), self.low))
-        return {key: value.detach() for key, value in terms.items()}
+        return draw
