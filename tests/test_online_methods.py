@@ -129,10 +129,12 @@ def test_afd_networks_learn_to_fool_a_discriminator_their_loss_never_trains():
     method = afd(disc_every=1000)  # D is updated on step 0 only
     optimizers = make_optimizers(method, lr=0.05)
     method.training_step(IMAGES, LABELS)  # step 0: the one discriminator update, not taken here
+    method.step_taken()
     judge_before = [p.clone() for p in method.discriminators.parameters()]
     features = []
     for _ in range(5):
         out = method.training_step(IMAGES, LABELS)
+        method.step_taken()
         assert "loss/disc" not in out
         features.append(out["feature"].item())
         optimizers.step(out)

@@ -94,14 +94,25 @@ def test_checkpoints_hold_plain_rates_and_resume_eagerly_or_captured():
 def test_methods_that_cannot_be_captured_say_why():
     run = make_run()
     assert why_not_captured(make_method("kd"), make_optimizers(make_method("kd")), run) is None
-    afd = make_method("afd", disc_every=2)
-    assert "disc_every=2" in why_not_captured(afd, make_optimizers(afd), run)
-    afd_every_step = make_method("afd", disc_every=1)
-    assert why_not_captured(afd_every_step, make_optimizers(afd_every_step), run) is None
+    ragged = make_method("kd")
+    ragged.uncapturable = lambda: "its step keeps only the images it gets right"
+    assert why_not_captured(ragged, make_optimizers(ragged), run) == (
+        "its step keeps only the images it gets right")
     rmsprop = {"_target_": "torch.optim.RMSprop", "_partial_": True, "lr": 0.01}
     kd = make_method("kd")
     assert "RMSprop has no fused CUDA step" in why_not_captured(
         kd, cosine_optimizers(kd, rmsprop), run)
+
+
+def test_each_form_of_a_step_gets_its_own_replay_and_host_counters_move_every_step():
+    method = make_method("afd", disc_every=3).train()
+    step = Stepper(method, make_optimizers(method), make_run(), EpochSums(torch.device("cpu")),
+                   capture=False)
+    updated = ["loss/disc" in step(*batch(i)) for i in range(7)]
+    assert updated == [True, False, False, True, False, False, True]
+    assert method.steps == 7  # counted on the host, so also under replays (and checkpointed)
+    assert set(step.replays) == {None, "with the discriminators' update"}
+    assert step.sums.counts["loss/disc"] == 3 * 8 and step.sums.counts["loss"] == 7 * 8
 
 
 def test_noisy_students_noised_rounds_are_captured_only_with_device_noise():
@@ -161,6 +172,21 @@ def test_a_few_graph_steps_give_the_eager_losses(optim):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
     assert graph.sums.totals["loss"].item() == pytest.approx(
         eager.sums.totals["loss"].item(), rel=1e-4)
+
+
+@cuda_only
+def test_both_forms_of_afds_step_are_captured_and_give_the_eager_losses():
+    run = cuda_run()
+    steppers = [stepper(make_method("afd", disc_every=2), run, capture)
+                for capture in (False, True)]
+    for step in range(12):
+        images, labels = batch(step, "cuda")
+        outs = [s(images, labels) for s in steppers]
+        assert outs[1]["loss"].item() == pytest.approx(outs[0]["loss"].item(), rel=1e-4,
+                                                       abs=1e-5), step
+        assert ("loss/disc" in outs[1]) == ("loss/disc" in outs[0]) == (step % 2 == 0)
+    assert [r.captured for r in steppers[1].replays.values()] == [True, True]
+    assert steppers[1].method.steps == 12
 
 
 @cuda_only

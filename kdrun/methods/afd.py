@@ -98,11 +98,15 @@ class AFD(DML):
         return {"disc": OptimizerGroup(list(self.discriminators.parameters()),
                                        self.settings.disc_optim)}
 
-    def uncapturable(self) -> str | None:
-        if self.adversarial and self.settings.disc_every > 1:
-            return (f"method.disc_every={self.settings.disc_every} changes the step between "
-                    f"steps (1 captures it)")
-        return None
+    def updates_discriminators(self) -> bool:
+        """Whether the next step updates the discriminators (every `disc_every`-th step)."""
+        return self.adversarial and self.steps % self.settings.disc_every == 0
+
+    def step_variant(self) -> str | None:
+        return "with the discriminators' update" if self.updates_discriminators() else None
+
+    def step_taken(self) -> None:
+        self.steps += 1
 
     def get_extra_state(self) -> dict[str, int]:
         return {"steps": self.steps}
@@ -115,9 +119,7 @@ class AFD(DML):
         logits = [out[0] for out in outputs]
         features = [out[1][-1] for out in outputs]
         ce, kl = self.logit_losses(logits, labels)
-        update_disc = self.adversarial and self.steps % self.settings.disc_every == 0
-        if self.training:
-            self.steps += 1
+        update_disc = self.updates_discriminators()
         feature_loss, disc_loss = 0, 0
         for i, (k, j) in enumerate(self.pairs):
             fake = match_size(self.transfers[i](features[k]), features[j])

@@ -125,11 +125,21 @@ class Method(nn.Module):
         return {}
 
     def uncapturable(self) -> str | None:
-        """Why this method's training step cannot be captured once as a CUDA graph and
-        replayed (host control flow that differs between steps, data-dependent shapes, host
-        work per image), or None. Its Python runs at capture only: counters kept in Python
-        do not advance on replays."""
+        """Why this method's training step cannot be captured as a CUDA graph and replayed
+        (data-dependent shapes, host work per image), or None. Its Python runs at capture
+        only: host choices between steps go in `step_variant`, counters in `step_taken`."""
         return None
+
+    def step_variant(self) -> str | None:
+        """Which form the next training step takes, where a choice made on the host changes it
+        from step to step (AFD updates its discriminators every `disc_every` steps): a short
+        name for the log, or None for the usual form. Each form is captured as a CUDA graph
+        of its own."""
+        return None
+
+    def step_taken(self) -> None:
+        """Host bookkeeping after every training step, outside any graph: the counters that
+        choose the next `step_variant`."""
 
     def optimizer_groups(self) -> dict[str, OptimizerGroup]:
         """Parameter groups with optimisers of their own; every other trainable parameter is

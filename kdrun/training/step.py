@@ -84,23 +84,30 @@ def why_not_captured(method: Method, optimizers: Optimizers, run: Run) -> str | 
 class Stepper:
     """Takes a fit's training steps and adds them to `sums`: eagerly, or - when `capture` -
     replayed as one CUDA graph after a few eager steps (runtime/graphs.Replay; a batch of
-    another shape runs eagerly, and a step that fails to capture stays eager)."""
+    another shape runs eagerly, and a step that fails to capture stays eager). A method whose
+    step takes several forms (`Method.step_variant`) gets a graph for each."""
 
     def __init__(self, method: Method, optimizers: Optimizers, run: Run, sums: EpochSums,
                  capture: bool):
         self.method, self.optimizers, self.run, self.sums = method, optimizers, run, sums
-        self.replay = Replay(run.device, capture, "the training step",
-                             on_failure=sums.forget_captured)
+        self.capture = capture
+        self.replays: dict[str | None, Replay] = {}  # one per form of the step
         if capture:
             optimizers.make_capturable(run.device)
 
     @property
     def captured(self) -> bool:
-        return self.replay.captured
+        return any(replay.captured for replay in self.replays.values())
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         images = images.contiguous(memory_format=self.run.memory_format)
-        out = self.replay(self._step, images, labels)
+        variant = self.method.step_variant()
+        if variant not in self.replays:
+            what = "the training step" + (f" {variant}" if variant else "")
+            self.replays[variant] = Replay(self.run.device, self.capture, what,
+                                           on_failure=self.sums.forget_captured)
+        out = self.replays[variant](self._step, images, labels)
+        self.method.step_taken()
         self.optimizers.advance()
         self.sums.count(out, len(labels))
         return out
