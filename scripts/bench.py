@@ -14,6 +14,9 @@ Overrides are kdrun's own (the same config tree); `bench.*` keys belong to this 
     bench.workers=2     DataLoader workers of the reference loop
     bench.eval_images=0 also time PGD-20 (L-inf 8/255) and the corruption suite on this many
                         test images (0: skip)
+    bench.synthesis=0   time a data-free method's synthesis instead of training: this many
+                        Adam iterations on one batch of synthesis.batch_size images, eagerly and
+                        (with bench.graph) captured as a CUDA graph, after an untimed batch
     bench.out=bench.json
 The networks are randomly initialised (the timing does not depend on the weights). The
 reference loop is the ordinary way to write KD: a torchvision data set with PIL transforms in
@@ -24,6 +27,7 @@ root (root/train/<class>/...) or CIFAR's python pickles.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
@@ -45,18 +49,22 @@ from kdrun.evaluation.attacks import robust_accuracy
 from kdrun.evaluation.corruptions import corruption_accuracy
 from kdrun.methods import METHODS, Networks, build_method
 from kdrun.methods.base import Schedule
+from kdrun.methods.deepinversion import DeepInversion
+from kdrun.methods.inversion import Synthesizer, balanced_labels
 from kdrun.methods.losses import distillation_kl
 from kdrun.models import build_model, build_network
 from kdrun.models.prepare import prepare
 from kdrun.runtime.device import synchronize
 from kdrun.runtime.graphs import WARMUP_STEPS
 from kdrun.runtime.run import Run
+from kdrun.sinks.base import Sink
 from kdrun.training.optimizers import Optimizers
 from kdrun.training.step import EpochSums, Stepper
 from kdrun.validate import validate
 
 BENCH_DEFAULTS = {"steps": 20, "warmup": 5, "compile": "auto", "graph": "auto",
-                  "reference": True, "workers": 2, "eval_images": 0, "out": "bench.json"}
+                  "reference": True, "workers": 2, "eval_images": 0, "synthesis": 0,
+                  "out": "bench.json"}
 
 
 def split_args(args: list[str]) -> tuple[list[str], dict]:
@@ -101,6 +109,16 @@ def timed(step, stream, warmup: int, steps: int, batch_size: int, device) -> flo
     return steps * batch_size / (time.perf_counter() - start)
 
 
+def networks(cfg) -> Networks:
+    """The config's networks, randomly initialised from its seed."""
+    torch.manual_seed(cfg.seed)
+    make_model = functools.partial(build_model, num_classes=cfg.dataset.num_classes,
+                                   mean=cfg.dataset.mean, std=cfg.dataset.std)
+    needs_teacher = METHODS.get(cfg.method.name).needs_teacher
+    teacher = make_model(cfg.teacher.arch) if needs_teacher else None
+    return Networks(make_model(cfg.student.arch), teacher, make_model)
+
+
 def kdrun_throughput(run: Run, data, bench: dict, compiled: bool,
                      graph: bool) -> float | None:
     """kdrun's own training step in the method's first stage (Noisy Student's noised round 0;
@@ -108,12 +126,7 @@ def kdrun_throughput(run: Run, data, bench: dict, compiled: bool,
     channels_last; on CUDA optionally compiled and/or captured as a CUDA graph (the warm-up
     steps cover the capture)."""
     cfg, run = run.cfg, run.replace(compile=compiled, cuda_graph=graph)
-    torch.manual_seed(cfg.seed)
-    method_cls = METHODS.get(cfg.method.name)
-    make_model = functools.partial(build_model, num_classes=cfg.dataset.num_classes,
-                                   mean=cfg.dataset.mean, std=cfg.dataset.std)
-    teacher = make_model(cfg.teacher.arch) if method_cls.needs_teacher else None
-    method = build_method(cfg.method, Networks(make_model(cfg.student.arch), teacher, make_model))
+    method = build_method(cfg.method, networks(cfg))
     prepare(method, run)
     stage = next(method.stages(data, cfg.epochs, run))
     loader = make_loader(stage.data.train, cfg.trainer.batch_size, run, train=True,
@@ -129,6 +142,31 @@ def kdrun_throughput(run: Run, data, bench: dict, compiled: bool,
               f"its graph row is left out")
         return None
     return rate
+
+
+def synthesis_throughput(run: Run, iterations: int, compiled: bool, graph: bool) -> float:
+    """Image-iterations per second of the method's synthesis (DeepInversion's loop, with the
+    student too for Adaptive DeepInversion): one untimed batch (warm-up and capture), then
+    one timed batch of `iterations` Adam steps on synthesis.batch_size images."""
+    cfg, run = run.cfg, run.replace(compile=compiled, cuda_graph=graph, sink=Sink())
+    method = build_method(cfg.method, networks(cfg))
+    prepare(method, run)
+    settings = dataclasses.replace(method.settings, iterations=iterations)
+    synthesizer = Synthesizer(method.teacher, settings, run, method.competition())
+    student = method.student if method.competition() is not None else None
+    labels = balanced_labels(settings.batch_size, cfg.dataset.num_classes,
+                             torch.Generator().manual_seed(cfg.seed)).to(run.device)
+
+    def one_batch() -> float:
+        synchronize(run.device)
+        start = time.perf_counter()
+        synthesizer.optimise(labels, cfg.dataset.image_size,
+                             torch.Generator().manual_seed(cfg.seed), student)
+        synchronize(run.device)
+        return time.perf_counter() - start
+
+    one_batch()  # warm-up and capture
+    return settings.batch_size * iterations / one_batch()
 
 
 def reference_dataset(cfg):
@@ -213,52 +251,80 @@ def wanted(setting: str, device: torch.device) -> bool:
     return setting == "true" or (setting == "auto" and device.type == "cuda")
 
 
+def variants(throughput, compile_too: bool, graph_too: bool) -> dict[str, float]:
+    """`throughput(compiled, graph)` for eager and each asked-for variant, by row name; a
+    variant that could not run (None) is left out."""
+    rows = {"ours": throughput(False, False)}
+    if compile_too:
+        rows["ours_compiled"] = throughput(True, False)
+    if graph_too:
+        rows["ours_graph"] = throughput(False, True)
+    if graph_too and compile_too:
+        rows["ours_graph_compiled"] = throughput(True, True)
+    return {name: value for name, value in rows.items() if value is not None}
+
+
 def main(args: list[str]) -> dict:
     overrides, bench = split_args(args)
     with initialize_config_module("kdrun.conf", version_base="1.3"):
         cfg = compose("config", overrides=["logger=none", *overrides])
     validate(cfg)
+    if bench["synthesis"] and not issubclass(METHODS.get(cfg.method.name), DeepInversion):
+        raise KdrunError(f"bench.synthesis times a data-free method's synthesis, and "
+                         f"method={cfg.method.name} has none: use method=deepinversion, "
+                         f"adaptive_deepinversion or deepdream")
     run = Run.start(cfg, Path("."), sink=None)
     device = run.device
-    data = load_dataset(cfg.dataset, cfg.cache_dir)
     compile_too = wanted(bench["compile"], device)
     graph_too = wanted(bench["graph"], device)
-    rows = {"ours": kdrun_throughput(run, data, bench, compiled=False, graph=False)}
-    if compile_too:
-        rows["ours_compiled"] = kdrun_throughput(run, data, bench, compiled=True, graph=False)
-    if graph_too:
-        rows["ours_graph"] = kdrun_throughput(run, data, bench, compiled=False, graph=True)
-    if graph_too and compile_too:
-        rows["ours_graph_compiled"] = kdrun_throughput(run, data, bench, compiled=True,
-                                                       graph=True)
-    if bench["reference"]:
-        rows["ref"] = reference_throughput(cfg, device, bench)
-    rows = {name: value for name, value in rows.items() if value is not None}
-    result = {f"{name}_img_s": value for name, value in rows.items()}
-    if "ref_img_s" in result:
+    data = load_dataset(cfg.dataset, cfg.cache_dir)
+    if bench["synthesis"]:
+        rows = variants(functools.partial(synthesis_throughput, run, bench["synthesis"]),
+                        compile_too, graph_too)
+        unit, baseline = "img_iter_s", "ours"  # captured against eager
+    else:
+        rows = variants(functools.partial(kdrun_throughput, run, data, bench), compile_too,
+                        graph_too)
+        if bench["reference"]:
+            rows["ref"] = reference_throughput(cfg, device, bench)
+        unit, baseline = "img_s", "ref"
+    result = {f"{name}_{unit}": value for name, value in rows.items()}
+    if baseline in rows:
         result.update({"ratio" if name == "ours" else f"ratio_{name.removeprefix('ours_')}":
-                       value / rows["ref"] for name, value in rows.items() if name != "ref"})
+                       value / rows[baseline] for name, value in rows.items()
+                       if name != baseline})
     if bench["eval_images"]:
         result.update(evaluation_times(run, data, bench))
     result.update({
         "method": cfg.method.name, "teacher": cfg.teacher.arch, "student": cfg.student.arch,
-        "dataset": cfg.dataset.name, "batch_size": cfg.trainer.batch_size,
-        "steps": bench["steps"], "warmup": bench["warmup"], "device": str(device),
+        "dataset": cfg.dataset.name, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "precision": "fp32" if run.precision is None else "bf16",
         "threads": torch.get_num_threads(), "torch": torch.__version__})
+    if bench["synthesis"]:
+        result.update({"synthesis_batch": cfg.method.batch_size,
+                       "synthesis_iterations": bench["synthesis"]})
+    else:
+        result.update({"batch_size": cfg.trainer.batch_size, "steps": bench["steps"],
+                       "warmup": bench["warmup"]})
     Path(bench["out"]).write_text(json.dumps(result, indent=2) + "\n")
-    print(table(result, rows))
+    print(table(result, rows, baseline))
     return result
 
 
-def table(result: dict, rows: dict[str, float]) -> str:
+def table(result: dict, rows: dict[str, float], baseline: str) -> str:
     teacher = f"{result['teacher']} -> " if METHODS.get(result["method"]).needs_teacher else ""
-    lines = [f"{result['method']}: {teacher}{result['student']} on {result['dataset']}, "
-             f"batch {result['batch_size']}, {result['device_name']}",
-             "| loop | img/s | vs reference |", "|---|---:|---:|"]
+    if "synthesis_batch" in result:
+        title = (f"{result['method']}'s synthesis from {result['teacher']}, batch "
+                 f"{result['synthesis_batch']}, {result['synthesis_iterations']} iterations")
+        header = "| loop | image-iterations/s | vs eager |"
+    else:
+        title = (f"{result['method']}: {teacher}{result['student']} on {result['dataset']}, "
+                 f"batch {result['batch_size']}")
+        header = "| loop | img/s | vs reference |"
+    lines = [f"{title}, {result['device_name']}", header, "|---|---:|---:|"]
     for name, value in rows.items():
-        ratio = f"{value / rows['ref']:.2f}x" if "ref" in rows else "-"
+        ratio = f"{value / rows[baseline]:.2f}x" if baseline in rows else "-"
         lines.append(f"| {name} | {value:.0f} | {ratio} |")
     if "pgd20_s" in result:
         lines.append(f"PGD-20 on {result['eval_images']} images: {result['pgd20_s']:.1f} s; "

@@ -8,7 +8,7 @@
 # about 14 minutes more (estimated from the parts measured: teacher 85 s, a captured 20-epoch
 # run ~45 s, an eager one ~125 s), so two calls on one warm machine, the second straight
 # after the first (a cache in /tmp outlives a call; one in the carried .gpu/ does not):
-#   KDRUN_CACHE=/tmp/kdrun-cache GPU_CHECK_ONLY='tests|teacher|synthesis.*|sweep_.*' \
+#   KDRUN_CACHE=/tmp/kdrun-cache GPU_CHECK_ONLY='tests|teacher|synthesis|sweep_.*' \
 #     GPU_CHECK_BUDGET=450 bash .gpu/kit.sh bash scripts/gpu_check.sh
 #   KDRUN_CACHE=/tmp/kdrun-cache GPU_CHECK_ONLY='teacher|accuracy_.*' \
 #     GPU_CHECK_BUDGET=380 bash .gpu/kit.sh bash scripts/gpu_check.sh
@@ -38,7 +38,7 @@ EPOCHS=5          # of the timed KD run (200 are extrapolated from these)
 QUICK=(experiment=quickstart logger=none eval=clean trainer.compile=false epochs=3
        teacher.epochs=5)
 SWEEP_EPOCHS=5    # of each sweep job (epochs 2..5 are timed together)
-SYNTH_POOL=256
+SYNTH_BATCH=256
 SYNTH_ITERATIONS=200
 ACCURACY_EPOCHS=20
 GRAPH=true        # trainer.cuda_graph of the accuracy runs' captured half
@@ -50,7 +50,7 @@ if [ "${GPU_CHECK_TINY:-}" ]; then
   QUICK+=(epochs=1 teacher.epochs=1 trainer.device=cpu synthesis.pool_size=16
           synthesis.iterations=2 dataset.test_subset=64 trainer.max_steps=2)
   SWEEP_EPOCHS=2
-  SYNTH_POOL=8
+  SYNTH_BATCH=8
   SYNTH_ITERATIONS=2
   ACCURACY_EPOCHS=1
   GRAPH=false     # no CUDA here: both halves eager, to check the script
@@ -108,22 +108,22 @@ for m in dml afd; do
     "${CIFAR[@]}" "${STEPS[@]}" bench.compile=false bench.reference=false \
     bench.out="$OUT/bench_$m.json"
 done
+# AFD updating its discriminators every other step: two forms of the step, a graph each
+part bench_afd_disc_every2 120 $PY scripts/bench.py method=afd student=wrn_16_2 \
+  "method.peers=[wrn_16_2]" method.disc_every=2 "${CIFAR[@]}" "${STEPS[@]}" bench.compile=false \
+  bench.reference=false bench.out="$OUT/bench_afd_disc_every2.json"
 
 for yaml in conf/method/*.yaml; do
   m=$(basename "$yaml" .yaml)
   part quick_$m 60 $PY -m kdrun "${QUICK[@]}" method=$m hydra.run.dir="$OUT/runs/quick_$m"
 done
 
-# DeepInversion's synthesis at the paper's CIFAR-10 batch (ResNet-34 teacher, 256 images), a
-# tenth of its 2,000 iterations, its iteration captured as a CUDA graph and eager:
-# summary.json extrapolates the paper's 50,000-image pool (the first part trains the teacher)
-for name in synthesis synthesis_eager; do
-  graph=$GRAPH; [ $name = synthesis_eager ] && graph=false
-  part $name 180 $PY -m kdrun method=deepinversion teacher=resnet34 "${CIFAR[@]}" \
-    teacher.epochs=1 synthesis.pool_size=$SYNTH_POOL synthesis.batch_size=$SYNTH_POOL \
-    synthesis.iterations=$SYNTH_ITERATIONS epochs=1 trainer.max_steps=1 eval=clean \
-    trainer.cuda_graph=$graph hydra.run.dir="$OUT/runs/$name"
-done
+# DeepInversion's synthesis at the paper's CIFAR-10 setting (ResNet-34 teacher, batch 256),
+# SYNTH_ITERATIONS Adam iterations timed eager, captured and captured + compiled side by side
+# (random-initialised teacher): summary.json extrapolates the paper's 50,000-image pool
+part synthesis 180 $PY scripts/bench.py method=deepinversion teacher=resnet34 "${CIFAR[@]}" \
+  "${STEPS[@]}" synthesis.batch_size=$SYNTH_BATCH bench.synthesis=$SYNTH_ITERATIONS \
+  bench.out="$OUT/bench_synthesis.json"
 
 # captured against eager training: test accuracy after ACCURACY_EPOCHS epochs, two seeds each
 # (compile off in both, so only the capture differs)
@@ -144,7 +144,7 @@ for n in 1 2 4; do
     "seed=$seeds" hydra.sweep.dir="$OUT/runs/sweep_n$n"
 done
 
-$PY - "$OUT" "$EPOCHS" "$SYNTH_ITERATIONS" <<'EOF'
+$PY - "$OUT" "$EPOCHS" <<'EOF'
 """summary.json: every part's status and time, the benches, the KD run's epoch times (200
 epochs extrapolated), recompiles, which steps were captured, the sweeps' total img/s."""
 import json
@@ -185,18 +185,10 @@ if results.exists():
     r = json.loads(results.read_text())
     summary.setdefault("kd_run", {}).update(
         {k: r.get(k) for k in ("test/acc", "train/img_s", "train/time_s")})
-for name in ("synthesis", "synthesis_eager"):
-    synthesis = out / "runs" / name / "results.json"
-    if synthesis.exists():
-        r = json.loads(synthesis.read_text())
-        images, seconds = r.get("synth/images", 0), r.get("synth/seconds", 0)
-        iterations = int(sys.argv[3])
-        if images and seconds:
-            rate = images * iterations / seconds  # image-iterations per second
-            summary[name] = {"images": images, "iterations": iterations,
-                             "seconds": seconds, "image_iterations_per_s": rate,
-                             "paper_pool_hours": 50_000 * 2_000 / rate / 3600,
-                             "captured": "captured as one CUDA graph" in text(name)}
+synthesis = summary.get("bench_synthesis", {})
+for key, rate in list(synthesis.items()):
+    if key.endswith("_img_iter_s"):  # 2,000 iterations for each of 50,000 images
+        synthesis[key.replace("_img_iter_s", "_paper_pool_hours")] = 50_000 * 2_000 / rate / 3600
 summary["recompiles"] = {name.stem: len(re.findall(r"Recompiling function", name.read_text(
     errors="replace"))) for name in sorted(logs.glob("*.log"))}
 summary["recompile_limit_warnings"] = sum(

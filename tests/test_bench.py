@@ -45,4 +45,20 @@ def test_bench_refuses_an_unknown_setting_in_one_line(tmp_path, cli_env):
     assert proc.stderr.strip().splitlines() == [
         "error: bench.stpes is not a benchmark setting: use one of bench.steps, bench.warmup, "
         "bench.compile, bench.graph, bench.reference, bench.workers, bench.eval_images, "
-        "bench.out"]
+        "bench.synthesis, bench.out"]
+
+
+def test_bench_times_a_data_free_methods_synthesis_and_refuses_other_methods(tmp_path, cli_env):
+    tiny = ("teacher=resnet8", "student=resnet8", "dataset=synthetic", "trainer.device=cpu",
+            "method.batch_size=8", "bench.synthesis=4")
+    proc = bench("method=adaptive_deepinversion", *tiny, cwd=tmp_path, env=cli_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["ours_img_iter_s"] > 0 and "ours_img_s" not in result
+    assert (result["synthesis_batch"], result["synthesis_iterations"]) == (8, 4)
+    assert "image-iterations/s" in proc.stdout
+    proc = bench("method=kd", *tiny[:-2], "bench.synthesis=4", cwd=tmp_path, env=cli_env)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "error: bench.synthesis times a data-free method's synthesis, and method=kd has none: "
+        "use method=deepinversion, adaptive_deepinversion or deepdream"]
