@@ -144,7 +144,8 @@ def kdrun_throughput(run: Run, data, bench: dict, compiled: bool,
     return rate
 
 
-def synthesis_throughput(run: Run, iterations: int, compiled: bool, graph: bool) -> float:
+def synthesis_throughput(run: Run, iterations: int, compiled: bool,
+                         graph: bool) -> float | None:
     """Image-iterations per second of the method's synthesis (DeepInversion's loop, with the
     student too for Adaptive DeepInversion): one untimed batch (warm-up and capture), then
     one timed batch of `iterations` Adam steps on synthesis.batch_size images."""
@@ -166,7 +167,12 @@ def synthesis_throughput(run: Run, iterations: int, compiled: bool, graph: bool)
         return time.perf_counter() - start
 
     one_batch()  # warm-up and capture
-    return settings.batch_size * iterations / one_batch()
+    seconds = one_batch()
+    if graph and not any(images.replay.captured for images in synthesizer.batches.values()):
+        print(f"the synthesis iteration was not captured as a CUDA graph (the log says why; "
+              f"it needs over {WARMUP_STEPS} iterations): its graph rows are left out")
+        return None
+    return settings.batch_size * iterations / seconds
 
 
 def reference_dataset(cfg):
