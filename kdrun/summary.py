@@ -55,12 +55,15 @@ def summary(cfg: DictConfig, results: dict[str, Any], run_dir: Path) -> str:
         lines.append(f"  mean corruption acc  {results['corrupt/mean_acc']:.2f} %")
     lines += shift_and_ood_lines(results)
     lines.append(f"  calibration error (ECE)  {results['calib/ece']:.2f} %")
+    graph = " (as a CUDA graph)"
     if "synth/img_s" in results:
         lines.append(f"  synthesis  {results['synth/images']} images, "
-                     f"{results['synth/img_s']:.1f} img/s; teacher acc on them "
+                     f"{results['synth/img_s']:.1f} img/s"
+                     f"{graph if results.get('synth/captured') else ''}; teacher acc on them "
                      f"{results['synth/teacher_acc']:.2f} %")
     if "train/img_s" in results:
-        lines.append(f"  training speed  {results['train/img_s']:.0f} img/s")
+        lines.append(f"  training speed  {results['train/img_s']:.0f} img/s"
+                     f"{graph if results.get('train/captured') else ''}")
     lines.append(f"  run directory  {run_dir}")
     return "\n".join(lines)
 

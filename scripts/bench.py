@@ -168,7 +168,7 @@ def synthesis_throughput(run: Run, iterations: int, compiled: bool,
 
     one_batch()  # warm-up and capture
     seconds = one_batch()
-    if graph and not any(images.replay.captured for images in synthesizer.batches.values()):
+    if graph and not synthesizer.captured:
         print(f"the synthesis iteration was not captured as a CUDA graph (the log says why; "
               f"it needs over {WARMUP_STEPS} iterations): its graph rows are left out")
         return None

@@ -177,14 +177,17 @@ def test_the_summary_names_the_settings_and_every_round(tmp_path):
     results = {"meta/student_arch": "resnet8", "method/rounds": 2, "test/acc": 40.0,
                "test/best_acc": 41.0, "calib/ece": 3.0, "round0/test/acc": 30.0,
                "round1/test/acc": 35.0, "round1/pseudo_labelled": 120,
-               "round2/test/acc": 40.0, "round2/pseudo_labelled": 130}
+               "round2/test/acc": 40.0, "round2/pseudo_labelled": 130,
+               "train/img_s": 49738.0, "train/captured": True}
     lines = summary(cfg, results, tmp_path).splitlines()
     assert lines[0] == "noisy_student: resnet8 on synthetic, 3 epochs, rounds 2"
+    assert "  training speed  49738 img/s (as a CUDA graph)" in lines
     assert "  round0 test acc   30.00 %" in lines
     assert "  round2 test acc   40.00 %  (130 pseudo-labelled images)" in lines
-    kd = summary(compose_config("method=kd"), {**results, "method/alpha": 0.9, "method/T": 4.0},
-                 tmp_path).splitlines()
+    kd = summary(compose_config("method=kd"), {**results, "method/alpha": 0.9, "method/T": 4.0,
+                                                "train/captured": False}, tmp_path).splitlines()
     assert kd[0].startswith("kd: resnet8 on synthetic, 1 epochs, alpha 0.9, T 4.0")
+    assert "  training speed  49738 img/s" in kd
 
 
 def test_the_summary_gives_units_peers_and_a_note_on_ood_scores_below_chance(tmp_path):

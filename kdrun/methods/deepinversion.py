@@ -46,7 +46,8 @@ class DeepInversion(KD):
 
     def __init__(self, settings: DeepInversionSettings, networks: Networks):
         super().__init__(settings, networks)
-        self.synthesised: dict[str, Any] = {"synth/images": 0, "synth/seconds": 0.0}
+        self.synthesised: dict[str, Any] = {"synth/images": 0, "synth/seconds": 0.0,
+                                             "synth/captured": False}
 
     def competition(self) -> Competition | None:
         """Adaptive DeepInversion's extra synthesis term; none here."""
@@ -114,6 +115,7 @@ class DeepInversion(KD):
         run.sink.images({"synth/samples": grid})
         self.synthesised["synth/images"] += size
         self.synthesised["synth/seconds"] += elapsed
+        self.synthesised["synth/captured"] |= synthesizer.captured
         return pool
 
     @torch.inference_mode()

@@ -133,6 +133,11 @@ class Synthesizer:
         self.competition = competition
         self.batches: dict[tuple, ImageBatch] = {}
 
+    @property
+    def captured(self) -> bool:
+        """Whether any of its iterations was replayed as a CUDA graph."""
+        return any(images.replay.captured for images in self.batches.values())
+
     def pixel_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The normalised-space values of pixel 0 and pixel 1, per channel."""
         mean, std = self.teacher.mean, self.teacher.std
