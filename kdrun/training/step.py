@@ -61,6 +61,11 @@ class EpochSums:
             del self.totals[key]
         self.made_in_capture = set()
 
+    def keep_captured(self) -> None:
+        """The sums made since the last call belong to a graph that was captured: they stay
+        (a later failed capture must not drop them)."""
+        self.made_in_capture = set()
+
     def count(self, out: dict[str, torch.Tensor], n: int) -> None:
         self.seen += n
         for key in out:
@@ -107,6 +112,7 @@ class Stepper:
             self.replays[variant] = Replay(self.run.device, self.capture, what,
                                            on_failure=self.sums.forget_captured)
         out = self.replays[variant](self._step, images, labels)
+        self.sums.keep_captured()
         self.method.step_taken()
         self.optimizers.advance()
         self.sums.count(out, len(labels))
