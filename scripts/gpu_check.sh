@@ -5,13 +5,14 @@
 # AFD graph vs eager, every method's quickstart on CUDA, DeepInversion's synthesis (graph vs
 # eager), captured vs eager test accuracy at 20 epochs (two seeds), and a joblib sweep filling
 # one GPU. The last parts do not fit the default budget with the others. On an H200 they take
-# about 14 minutes more (estimated from the parts measured: teacher 85 s, a captured 20-epoch
-# run ~45 s, an eager one ~125 s), so two calls on one warm machine, the second straight
-# after the first (a cache in /tmp outlives a call; one in the carried .gpu/ does not):
-#   KDRUN_CACHE=/tmp/kdrun-cache GPU_CHECK_ONLY='tests|teacher|synthesis|sweep_.*' \
-#     GPU_CHECK_BUDGET=450 bash .gpu/kit.sh bash scripts/gpu_check.sh
-#   KDRUN_CACHE=/tmp/kdrun-cache GPU_CHECK_ONLY='teacher|accuracy_.*' \
-#     GPU_CHECK_BUDGET=380 bash .gpu/kit.sh bash scripts/gpu_check.sh
+# about 11 minutes more (estimated from the parts measured: teacher 85 s, a captured 20-epoch
+# run ~45 s, an eager one ~125 s, the four together ~3 minutes), so two calls on one warm
+# machine, the second straight after the first (a cache in /tmp outlives a call; one in the
+# carried .gpu/ does not, and without it the accuracy jobs train the teacher first):
+#   KDRUN_CACHE=/tmp/kdrun-cache GPU_CHECK_ONLY='tests|teacher|synthesis|bench_afd.*|sweep_.*' \
+#     GPU_CHECK_BUDGET=480 bash .gpu/kit.sh bash scripts/gpu_check.sh
+#   KDRUN_CACHE=/tmp/kdrun-cache GPU_CHECK_ONLY=accuracy GPU_CHECK_BUDGET=360 \
+#     bash .gpu/kit.sh bash scripts/gpu_check.sh
 # Each part has its own time limit and failures do not stop the others; everything lands in
 # $OUT (default ./gpu-check): summary.json, the bench JSONs and logs.tar.gz.
 #
@@ -126,15 +127,11 @@ part synthesis 180 $PY scripts/bench.py method=deepinversion teacher=resnet34 "$
   bench.out="$OUT/bench_synthesis.json"
 
 # captured against eager training: test accuracy after ACCURACY_EPOCHS epochs, two seeds each
-# (compile off in both, so only the capture differs)
-for seed in 0 1; do
-  for step in captured eager; do
-    graph=$GRAPH; [ $step = eager ] && graph=false
-    part accuracy_${step}_seed$seed 240 $PY -m kdrun "${KD[@]}" "${CIFAR[@]}" \
-      teacher.epochs=1 epochs=$ACCURACY_EPOCHS eval=clean trainer.compile=false \
-      trainer.cuda_graph=$graph seed=$seed hydra.run.dir="$OUT/runs/accuracy_${step}_$seed"
-  done
-done
+# (compile off in both, so only the capture differs), the four runs at once on the one GPU:
+# accuracy does not depend on the pace (cuDNN's timed choice of algorithms aside)
+part accuracy 360 $PY -m kdrun -m hydra/launcher=joblib hydra.launcher.n_jobs=4 "${KD[@]}" \
+  "${CIFAR[@]}" teacher.epochs=1 epochs=$ACCURACY_EPOCHS eval=clean trainer.compile=false \
+  "trainer.cuda_graph=$GRAPH,false" seed=0,1 hydra.sweep.dir="$OUT/runs/accuracy"
 
 # N jobs of one sweep on the one GPU at once (the teacher is cached above)
 for n in 1 2 4; do
@@ -220,9 +217,10 @@ for n in (1, 2, 4):
         span = (max(end for _, end in windows) - min(start for start, _ in windows))
         summary[f"sweep_n{n}"]["img_s_together"] = images / span.total_seconds()
 accuracy = {}
-for path in sorted((out / "runs").glob("accuracy_*_*/results.json")):
-    step, seed = path.parent.name.removeprefix("accuracy_").rsplit("_", 1)
+for path in sorted((out / "runs" / "accuracy").glob("*/results.json")):
     r = json.loads(path.read_text())
+    seed = re.search(r"^seed: (\d+)", (path.parent / "config.yaml").read_text(), re.M).group(1)
+    step = "captured" if r.get("meta/cuda_graph") else "eager"
     accuracy.setdefault(step, {})[f"seed{seed}"] = {
         "test/acc": r["test/acc"], "train/captured": r.get("train/captured")}
 if accuracy:
