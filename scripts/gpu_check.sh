@@ -4,15 +4,18 @@
 # a real KD run timed to extrapolate 200 epochs (recompiles counted), Noisy Student, DML and
 # AFD graph vs eager, every method's quickstart on CUDA, DeepInversion's synthesis (graph vs
 # eager), captured vs eager test accuracy at 20 epochs (two seeds), and a joblib sweep filling
-# one GPU. The last parts do not fit the default budget with the others. On an H200 they take
-# about 11 minutes more (estimated from the parts measured: teacher 85 s, a captured 20-epoch
-# run ~45 s, an eager one ~125 s, the four together ~3 minutes), so two calls on one warm
-# machine, the second straight after the first (a cache in /tmp outlives a call; one in the
-# carried .gpu/ does not, and without it the accuracy jobs train the teacher first):
-#   KDRUN_CACHE=/tmp/kdrun-cache GPU_CHECK_ONLY='tests|teacher|synthesis|bench_afd.*|sweep_.*' \
-#     GPU_CHECK_BUDGET=480 bash .gpu/kit.sh bash scripts/gpu_check.sh
-#   KDRUN_CACHE=/tmp/kdrun-cache GPU_CHECK_ONLY=accuracy GPU_CHECK_BUDGET=360 \
+# one GPU. The last parts do not fit the default budget with the others: on an H200 they take
+# about 12 minutes more (estimated from the parts measured: a captured 20-epoch run ~45 s, an
+# eager one ~125 s, the four at once ~3-4 minutes with the teacher's training, 200 epochs ~4.3
+# minutes), so two calls on one warm machine, the second straight after the first (a cache in
+# /tmp outlives a call; one in the carried .gpu/ does not):
+#   KDRUN_CACHE=/tmp/kdrun-cache GPU_CHECK_BUDGET=420 \
+#     GPU_CHECK_ONLY='tests|synthesis|bench_afd_disc_every2|accuracy' \
 #     bash .gpu/kit.sh bash scripts/gpu_check.sh
+#   KDRUN_CACHE=/tmp/kdrun-cache GPU_CHECK_ONLY='kd_200|sweep_n[24]' GPU_CHECK_BUDGET=400 \
+#     bash .gpu/kit.sh bash scripts/gpu_check.sh
+# The accuracy runs train the teacher the others use; the 200-epoch run (only when
+# GPU_CHECK_ONLY names it) is also the sweep's one-job figure.
 # Each part has its own time limit and failures do not stop the others; everything lands in
 # $OUT (default ./gpu-check): summary.json, the bench JSONs and logs.tar.gz.
 #
@@ -36,6 +39,7 @@ CIFAR=(dataset=cifar10 "dataset.root=$DATA" logger=none)
 KD=(method=kd teacher=wrn_40_2 student=wrn_16_2)
 STEPS=(bench.steps=200 bench.warmup=20 bench.workers=12)
 EPOCHS=5          # of the timed KD run (200 are extrapolated from these)
+FULL_EPOCHS=200   # of the last part's KD run
 QUICK=(experiment=quickstart logger=none eval=clean trainer.compile=false epochs=3
        teacher.epochs=5)
 SWEEP_EPOCHS=5    # of each sweep job (epochs 2..5 are timed together)
@@ -48,6 +52,7 @@ if [ "${GPU_CHECK_TINY:-}" ]; then
   KD=(method=kd teacher=resnet8 student=resnet8)
   STEPS=(bench.steps=2 bench.warmup=1 bench.workers=0 bench.compile=false bench.graph=false)
   EPOCHS=2
+  FULL_EPOCHS=2
   QUICK+=(epochs=1 teacher.epochs=1 trainer.device=cpu synthesis.pool_size=16
           synthesis.iterations=2 dataset.test_subset=64 trainer.max_steps=2)
   SWEEP_EPOCHS=2
@@ -133,15 +138,23 @@ part accuracy 360 $PY -m kdrun -m hydra/launcher=joblib hydra.launcher.n_jobs=4 
   "${CIFAR[@]}" teacher.epochs=1 epochs=$ACCURACY_EPOCHS eval=clean trainer.compile=false \
   "trainer.cuda_graph=$GRAPH,false" seed=0,1 hydra.sweep.dir="$OUT/runs/accuracy"
 
-# N jobs of one sweep on the one GPU at once (the teacher is cached above)
-for n in 1 2 4; do
+# the real thing, a 200-epoch KD run with the teacher cached, only when GPU_CHECK_ONLY names
+# it (over 4 minutes); its speed is also that of one sweep job alone
+if [ "${GPU_CHECK_ONLY:-}" ]; then
+  part kd_200 420 $PY -m kdrun "${KD[@]}" "${CIFAR[@]}" teacher.epochs=1 epochs=$FULL_EPOCHS \
+    hydra.run.dir="$OUT/runs/kd_200"
+fi
+
+# N jobs of one sweep on the one GPU at once (the teacher is cached above; one job alone is
+# the 200-epoch run)
+for n in 2 4; do
   seeds=$(seq -s, 0 $((n - 1)))
   part sweep_n$n 150 $PY -m kdrun -m hydra/launcher=joblib hydra.launcher.n_jobs=$n \
     "${KD[@]}" "${CIFAR[@]}" teacher.epochs=1 epochs=$SWEEP_EPOCHS eval=clean \
     "seed=$seeds" hydra.sweep.dir="$OUT/runs/sweep_n$n"
 done
 
-$PY - "$OUT" "$EPOCHS" <<'EOF'
+$PY - "$OUT" "$EPOCHS" "$FULL_EPOCHS" <<'EOF'
 """summary.json: every part's status and time, the benches, the KD run's epoch times (200
 epochs extrapolated), recompiles, which steps were captured, the sweeps' total img/s."""
 import json
@@ -151,7 +164,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-out, epochs = Path(sys.argv[1]), int(sys.argv[2])
+out, epochs, full_epochs = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 logs = out / "logs"
 parts = [json.loads(line) for line in (out / "sections.jsonl").read_text().splitlines()]
 summary = {"device": (out / "device.txt").read_text().strip(),
@@ -167,21 +180,23 @@ def text(name):
 
 
 stamp = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+)\].*?- epoch (\d+)/(\d+)", re.M)
-kd = text("kd_run")
-times = [datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f") for m in stamp.finditer(kd)
-         if m.group(3) == str(epochs)]
-if len(times) >= 2:
-    steps = [(b - a).total_seconds() for a, b in zip(times, times[1:])]
-    epoch_s = statistics.median(steps)
-    wall = summary["parts"]["kd_run"]["seconds"]
-    summary["kd_run"] = {"epochs": epochs, "wall_s": wall, "epoch_s": steps,
-                         "median_epoch_s": epoch_s,
-                         "extrapolated_200_epochs_min": (wall + (200 - epochs) * epoch_s) / 60}
-results = out / "runs" / "kd" / "results.json"
-if results.exists():
-    r = json.loads(results.read_text())
-    summary.setdefault("kd_run", {}).update(
-        {k: r.get(k) for k in ("test/acc", "train/img_s", "train/time_s")})
+for part, run, run_epochs in (("kd_run", "kd", epochs), ("kd_200", "kd_200", full_epochs)):
+    times = [datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f")
+             for m in stamp.finditer(text(part)) if m.group(3) == str(run_epochs)]
+    if len(times) >= 2:
+        steps = [(b - a).total_seconds() for a, b in zip(times, times[1:])]
+        epoch_s = statistics.median(steps)
+        wall = summary["parts"][part]["seconds"]
+        summary[part] = {"epochs": run_epochs, "wall_s": wall, "wall_min": wall / 60,
+                         "median_epoch_s": epoch_s}
+        if run_epochs < 200:
+            summary[part].update(epoch_s=steps, extrapolated_200_epochs_min=(
+                wall + (200 - run_epochs) * epoch_s) / 60)
+    results = out / "runs" / run / "results.json"
+    if results.exists():
+        r = json.loads(results.read_text())
+        summary.setdefault(part, {}).update(
+            {k: r.get(k) for k in ("test/acc", "train/img_s", "train/time_s", "train/captured")})
 synthesis = summary.get("bench_synthesis", {})
 for key, rate in list(synthesis.items()):
     if key.endswith("_img_iter_s"):  # 2,000 iterations for each of 50,000 images
@@ -198,24 +213,36 @@ for path in sorted(logs.glob("quick_*.log")):
         "captured": log.count("captured as one CUDA graph"),
         "eager": re.findall(r"not captured as a CUDA graph: ([^;]*)", log)
         + re.findall(r"could not be captured as a CUDA graph \(([^)]*)", log)}
-for n in (1, 2, 4):
-    # all jobs' images of epochs 2..K over the span from the first job's epoch 1 to the last
-    # job's epoch K (per-epoch evaluation included): jobs that did not overlap count as such
+
+
+def together(run_dirs):
+    """The jobs' images of epochs 2..K over the span from the first job's epoch 1 to the last
+    job's epoch K (per-epoch evaluation included), so jobs that did not overlap count as such;
+    and each job's own train/img_s."""
     rates, windows, images = [], [], 0.0
-    for path in sorted((out / "runs" / f"sweep_n{n}").glob("*/results.json")):
-        r = json.loads(path.read_text())
+    for run_dir in run_dirs:
+        r = json.loads((run_dir / "results.json").read_text())
         rates.append(r.get("train/img_s", 0))
-        log = "".join(p.read_text(errors="replace") for p in path.parent.glob("*.log"))
+        log = "".join(p.read_text(errors="replace") for p in run_dir.glob("*.log"))
         times = [datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f")
                  for m in stamp.finditer(log)]
         if len(times) >= 2:
             windows.append((times[0], times[-1]))
             images += rates[-1] * r.get("train/time_s", 0) * (len(times) - 1) / len(times)
-    if rates:
-        summary[f"sweep_n{n}"] = {"jobs": len(rates), "img_s_each": rates}
+    found = {"jobs": len(rates), "img_s_each": rates}
     if windows:
-        span = (max(end for _, end in windows) - min(start for start, _ in windows))
-        summary[f"sweep_n{n}"]["img_s_together"] = images / span.total_seconds()
+        span = max(end for _, end in windows) - min(start for start, _ in windows)
+        found["img_s_together"] = images / span.total_seconds()
+    return found
+
+
+for n in (2, 4):
+    jobs = sorted(p.parent for p in (out / "runs" / f"sweep_n{n}").glob("*/results.json"))
+    if jobs:
+        summary[f"sweep_n{n}"] = together(jobs)
+# one job alone: the 200-epoch run, measured the same way
+if (out / "runs" / "kd_200" / "results.json").exists():
+    summary["sweep_n1"] = together([out / "runs" / "kd_200"])
 accuracy = {}
 for path in sorted((out / "runs" / "accuracy").glob("*/results.json")):
     r = json.loads(path.read_text())
