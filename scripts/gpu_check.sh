@@ -20,6 +20,8 @@
 # $OUT (default ./gpu-check): summary.json, the bench JSONs and logs.tar.gz.
 #
 #   bash ../shared/gpu/prepare.sh        # here: fills .gpu/ (wheels, CIFAR-10, launcher)
+#   pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d .gpu/wheels \
+#     pytest pluggy iniconfig pygments packaging hydra-joblib-launcher joblib  # tests, sweeps
 #   device run, carry [".gpu"]:  bash .gpu/kit.sh bash scripts/gpu_check.sh
 #
 # GPU_CHECK_ONLY=REGEX runs only the parts whose names match (e.g. 'tests|kd_run|quick_.*');
