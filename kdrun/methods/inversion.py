@@ -132,16 +132,13 @@ class Synthesizer:
         self.run = run  # autocast, the networks' memory format, and the sink for loss terms
         self.competition = competition
         self.batches: dict[tuple, ImageBatch] = {}
+        # the normalised-space values of pixel 0 and pixel 1, per channel (`clamp`'s range)
+        self.low, self.high = (0 - teacher.mean) / teacher.std, (1 - teacher.mean) / teacher.std
 
     @property
     def captured(self) -> bool:
         """Whether any of its iterations was replayed as a CUDA graph."""
         return any(images.replay.captured for images in self.batches.values())
-
-    def pixel_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The normalised-space values of pixel 0 and pixel 1, per channel."""
-        mean, std = self.teacher.mean, self.teacher.std
-        return (0 - mean) / std, (1 - mean) / std
 
     def losses(self, x: torch.Tensor, labels: torch.Tensor, bn: BatchNormStatistics,
                student: Classifier | None) -> dict[str, torch.Tensor]:
@@ -219,9 +216,8 @@ class Synthesizer:
         terms["loss"].backward(inputs=[images.x])  # the networks' weights need no gradient
         images.optimizer.step()
         if self.settings.clamp:
-            low, high = self.pixel_bounds()
             with torch.no_grad():
-                images.x.copy_(torch.maximum(torch.minimum(images.x, high), low))
+                images.x.clamp_(self.low, self.high)
         return {key: value.detach() for key, value in terms.items()}
 
 

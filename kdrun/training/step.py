@@ -21,8 +21,8 @@ NOT_LOGGED = ("logits", "labels")
 
 def train_step(method: Method, optimizers: Optimizers, images: torch.Tensor,
                labels: torch.Tensor, run: Run) -> dict[str, torch.Tensor]:
-    """One optimisation step's device work (the schedule's step is the caller's)."""
-    images = images.contiguous(memory_format=run.memory_format)
+    """One optimisation step's device work (the schedule's step is the caller's); `images` in
+    the run's memory format (the Stepper converts them once, before a replay copies them)."""
     with run.autocast():
         out = method.training_step(images, labels)
     optimizers.update(out)
