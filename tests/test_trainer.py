@@ -144,6 +144,15 @@ def test_every_epoch_but_the_last_logs_the_time_left(tmp_path, caplog):
     assert not any("run ~" in line for line in epochs)  # one stage: its time left is the run's
 
 
+def test_the_time_left_leaves_out_the_first_epochs_compilation():
+    from kdrun.training.trainer import Pace
+
+    pace = Pace(100.0, 5)  # a fit resumed after 5 epochs
+    assert pace.per_epoch(130.0, 6) == 30.0  # only the first epoch, compilation and all
+    assert pace.per_epoch(132.0, 7) == 2.0
+    assert pace.per_epoch(136.0, 9) == 2.0
+
+
 def test_a_multi_stage_run_also_logs_the_runs_time_left(tmp_path, caplog):
     import logging
 

@@ -74,6 +74,22 @@ class _Progress:
         return selected
 
 
+class Pace:
+    """A fit's seconds per epoch, evaluations included: from its start until its first epoch
+    is done, then from the end of that epoch, which pays for compilation and capture (on a GPU
+    it can take ten times a later one)."""
+
+    def __init__(self, start: float, epoch: int):
+        self.since, self.epoch, self.first_done = start, epoch, False
+
+    def per_epoch(self, now: float, epoch: int) -> float:
+        """The pace at `now`, when `epoch` epochs are done (called once per finished epoch)."""
+        pace = (now - self.since) / (epoch - self.epoch)
+        if not self.first_done:
+            self.since, self.epoch, self.first_done = now, epoch, True
+        return pace
+
+
 def duration(seconds: float) -> str:
     """'45s', '12m05s', '3h07m'."""
     seconds = round(seconds)
@@ -135,7 +151,7 @@ class Trainer:
         last: dict[str, float] = {}
         test_metrics: dict[str, float] = {}
         max_steps = self.cfg.max_steps or math.inf
-        fit_start, first_epoch = time.perf_counter(), progress.epoch
+        pace = Pace(time.perf_counter(), progress.epoch)
         try:
             while progress.epoch < recipe.epochs and progress.step < max_steps:
                 train_loader.set_epoch(progress.epoch)
@@ -157,9 +173,9 @@ class Trainer:
                 run.sink.log({"epoch": progress.epoch, "step": progress.step, **last, **evaluated})
                 shown = f"{progress.epoch}/{recipe.epochs}" if complete else (
                     f"{progress.epoch + 1}/{recipe.epochs} (stopped at trainer.max_steps)")
-                eta, done = "", progress.epoch - first_epoch
-                if done and not finished:  # from this fit's epochs, evaluations included
-                    per_epoch = (time.perf_counter() - fit_start) / done
+                eta = ""
+                if complete and not finished:
+                    per_epoch = pace.per_epoch(time.perf_counter(), progress.epoch)
                     left = per_epoch * (recipe.epochs - progress.epoch)
                     eta = f"  eta {duration(left)}"
                     if self.later_epochs:
