@@ -259,8 +259,9 @@ class ImageBatch:
         self.labels = torch.zeros(len(like), dtype=torch.long, device=like.device)
         self.draws = torch.zeros(iterations, 3, dtype=torch.long, device=like.device)
         self.next = torch.zeros((), dtype=torch.long, device=like.device)
+        # fused on CUDA, eager or captured alike (the CPU keeps torch's default Adam)
         self.optimizer = torch.optim.Adam(
-            [self.x], lr=lr, **({"fused": True, "capturable": True} if capture else {}))
+            [self.x], lr=lr, **({"fused": True, "capturable": capture} if like.is_cuda else {}))
         self.replay = Replay(like.device, capture, "the synthesis iteration")
 
     def restart(self, x: torch.Tensor, labels: torch.Tensor, draws: torch.Tensor) -> None:

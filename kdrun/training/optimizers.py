@@ -2,9 +2,12 @@
 'loss', plus one per parameter group the method declares (`Method.optimizer_groups`), each
 minimising its own 'loss/<group>'. All follow the run's learning-rate schedule, stepped once
 per batch. Under torch.distributed the gradients are averaged across ranks before the step.
-For a step captured as a CUDA graph (training/step.py) the optimisers are made `capturable`:
-fused kernels that read the learning rate from a device tensor, which the schedule fills on
-the host, so every replay steps with the current rate."""
+On CUDA the optimisers take torch's fused steps, eager or captured alike, so capturing the step
+changes its speed and not its arithmetic (torch's fused and multi-tensor Adam round
+differently, and Adam's normalised update turns that into visible differences within a few
+steps). For a step captured as a CUDA graph (training/step.py) they are also made
+`capturable`: the fused kernels read the learning rate from a device tensor, which the
+schedule fills on the host, so every replay steps with the current rate."""
 
 from __future__ import annotations
 
@@ -37,7 +40,8 @@ class Optimizers:
         main_lr = self.optimizers[MAIN].param_groups[0]["lr"]
         self.schedulers = {name: build_scheduler(sched, opt, length, main_lr)
                            for name, opt in self.optimizers.items()}
-        self.device: torch.device | None = None  # set by `make_capturable`
+        self.device: torch.device | None = None  # set by `use_fused` / `make_capturable`
+        self.capturable = False
 
     def uncapturable(self) -> str | None:
         """Why these optimisers cannot step inside a CUDA graph, or None."""
@@ -47,10 +51,19 @@ class Optimizers:
                         f"(use SGD, Adam or AdamW)")
         return None
 
+    def use_fused(self, device: torch.device) -> None:
+        """Fused steps on CUDA for the optimisers that have one (the CPU keeps torch's default
+        steps)."""
+        self.device = device
+        if device.type == "cuda":
+            for opt in filter(lambda opt: isinstance(opt, FUSED), self.optimizers.values()):
+                for group in opt.param_groups:
+                    group.update(fused=True, foreach=False)
+
     def make_capturable(self, device: torch.device) -> None:
         """Fused steps with the learning rate in a device tensor (state moved alongside), so
         the step can be captured once and replayed; the schedule keeps filling the rate."""
-        self.device = device
+        self.device, self.capturable = device, True
         for opt in self.optimizers.values():
             for group in opt.param_groups:
                 group.update(fused=True, foreach=False)
@@ -112,5 +125,7 @@ class Optimizers:
         for name, opt in self.optimizers.items():
             opt.load_state_dict(state[name]["optimizer"])
             self.schedulers[name].load_state_dict(state[name]["scheduler"])
-        if self.device is not None:
+        if self.capturable:
             self.make_capturable(self.device)
+        elif self.device is not None:
+            self.use_fused(self.device)

@@ -99,6 +99,8 @@ class Stepper:
         self.replays: dict[str | None, Replay] = {}  # one per form of the step
         if capture:
             optimizers.make_capturable(run.device)
+        else:
+            optimizers.use_fused(run.device)
 
     @property
     def captured(self) -> bool:
