@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
 # kdrun's GPU check, one call on a GPU machine without network (about 8 minutes on one H100):
-# the CUDA-only tests, scripts/bench.py at batch 128 and 512 (eager, compiled, CUDA graph),
-# a real KD run timed to extrapolate 200 epochs (recompiles counted), Noisy Student, DML and
-# AFD graph vs eager, every method's quickstart on CUDA, DeepInversion's synthesis (graph vs
-# eager), captured vs eager test accuracy at 20 epochs (two seeds), and a joblib sweep filling
-# one GPU. The last parts do not fit the default budget with the others: on an H200 they take
-# about 12 minutes more (estimated from the parts measured: a captured 20-epoch run ~45 s, an
-# eager one ~125 s, the four at once ~3-4 minutes with the teacher's training, 200 epochs ~4.3
-# minutes), so two calls on one warm machine, the second straight after the first (a cache in
-# /tmp outlives a call; one in the carried .gpu/ does not):
-#   KDRUN_CACHE=/tmp/kdrun-cache GPU_CHECK_BUDGET=420 \
-#     GPU_CHECK_ONLY='tests|synthesis|bench_afd_disc_every2|accuracy' \
+# the CUDA-only tests, scripts/bench.py at batch 128 and 512 (eager, compiled, CUDA graph) and
+# on the machine's CPU, a real KD run timed to extrapolate 200 epochs (recompiles counted),
+# Noisy Student, DML and AFD graph vs eager, every method's quickstart on CUDA, DeepInversion's
+# synthesis (graph vs eager), captured vs eager test accuracy at 20 epochs (two seeds), and
+# joblib sweeps of 2 and 4 jobs on the one GPU. Not all of it fits one call: the parts named
+# below took, on an H200 on 2026-11-26, tests 35 s, teacher 89 s, kd_200 270 s, accuracy
+# 145 s, bench_cpu 28 s, sweep_n2 41 s, sweep_n4 49 s, synthesis 30 s, bench_afd_disc_every2
+# 19 s. Two calls on one warm machine measure what the default call leaves out; the machine
+# goes back 30 s after a call, so the second must follow at once (a cache in /tmp outlives a
+# call; one in the carried .gpu/ does not):
+#   KDRUN_CACHE=/tmp/kdrun-cache GPU_CHECK_BUDGET=570 \
+#     GPU_CHECK_ONLY='tests|teacher|kd_200|accuracy' bash .gpu/kit.sh bash scripts/gpu_check.sh
+#   KDRUN_CACHE=/tmp/kdrun-cache GPU_CHECK_BUDGET=240 \
+#     GPU_CHECK_ONLY='bench_cpu|bench_afd_disc_every2|synthesis|sweep_n[24]' \
 #     bash .gpu/kit.sh bash scripts/gpu_check.sh
-#   KDRUN_CACHE=/tmp/kdrun-cache GPU_CHECK_ONLY='kd_200|sweep_n[24]' GPU_CHECK_BUDGET=400 \
-#     bash .gpu/kit.sh bash scripts/gpu_check.sh
-# The accuracy runs train the teacher the others use; the 200-epoch run (only when
+# The teacher part caches the teacher the later runs use; the 200-epoch run (only when
 # GPU_CHECK_ONLY names it) is also the sweep's one-job figure.
 # Each part has its own time limit and failures do not stop the others; everything lands in
 # $OUT (default ./gpu-check): summary.json, the bench JSONs and logs.tar.gz.
@@ -46,6 +47,7 @@ QUICK=(experiment=quickstart logger=none eval=clean trainer.compile=false epochs
        teacher.epochs=5)
 SWEEP_EPOCHS=5    # of each sweep job (epochs 2..5 are timed together)
 SYNTH_BATCH=256
+CPU_STEPS=20      # of the CPU bench
 SYNTH_ITERATIONS=200
 ACCURACY_EPOCHS=20
 GRAPH=true        # trainer.cuda_graph of the accuracy runs' captured half
@@ -59,6 +61,7 @@ if [ "${GPU_CHECK_TINY:-}" ]; then
           synthesis.iterations=2 dataset.test_subset=64 trainer.max_steps=2)
   SWEEP_EPOCHS=2
   SYNTH_BATCH=8
+  CPU_STEPS=2
   SYNTH_ITERATIONS=2
   ACCURACY_EPOCHS=1
   GRAPH=false     # no CUDA here: both halves eager, to check the script
@@ -104,8 +107,21 @@ part teacher 120 $PY -m kdrun "${KD[@]}" "${CIFAR[@]}" teacher.epochs=1 epochs=1
 part kd_run 240 $PY -m kdrun "${KD[@]}" "${CIFAR[@]}" teacher.epochs=1 epochs=$EPOCHS \
   hydra.run.dir="$OUT/runs/kd"
 
+# the real thing, a 200-epoch KD run with the teacher cached, only when GPU_CHECK_ONLY names
+# it (over 4 minutes); its speed is also that of one sweep job alone
+if [ "${GPU_CHECK_ONLY:-}" ]; then
+  part kd_200 420 $PY -m kdrun "${KD[@]}" "${CIFAR[@]}" teacher.epochs=1 epochs=$FULL_EPOCHS \
+    hydra.run.dir="$OUT/runs/kd_200"
+fi
+
 part bench512 120 $PY scripts/bench.py "${KD[@]}" "${CIFAR[@]}" "${STEPS[@]}" \
   trainer.batch_size=512 bench.compile=false bench.out="$OUT/bench512.json"
+
+# the same bench on the machine's CPU (bf16 where it has AVX-512 BF16 or AMX): the CPU must keep
+# its lead over the reference (summary.json says which bf16 instructions the CPU has)
+part bench_cpu 150 $PY scripts/bench.py "${KD[@]}" "${CIFAR[@]}" trainer.device=cpu \
+  bench.steps=$CPU_STEPS bench.warmup=3 bench.workers=4 bench.compile=false bench.graph=false \
+  bench.out="$OUT/bench_cpu.json"
 
 # multi-network methods and Noisy Student: graph against eager (compile off, to time the step)
 part bench_noisy_student 120 $PY scripts/bench.py method=noisy_student student=wrn_28_2 \
@@ -127,11 +143,12 @@ for yaml in conf/method/*.yaml; do
 done
 
 # DeepInversion's synthesis at the paper's CIFAR-10 setting (ResNet-34 teacher, batch 256),
-# SYNTH_ITERATIONS Adam iterations timed eager, captured and captured + compiled side by side
-# (random-initialised teacher): summary.json extrapolates the paper's 50,000-image pool
+# SYNTH_ITERATIONS Adam iterations timed eager and captured side by side
+# (random-initialised teacher): summary.json extrapolates the paper's 50,000-image pool. Compile
+# off: compiling ResNet-34's forward and backward would cost more of the check than it tells
 part synthesis 180 $PY scripts/bench.py method=deepinversion teacher=resnet34 "${CIFAR[@]}" \
   "${STEPS[@]}" synthesis.batch_size=$SYNTH_BATCH bench.synthesis=$SYNTH_ITERATIONS \
-  bench.out="$OUT/bench_synthesis.json"
+  bench.compile=false bench.out="$OUT/bench_synthesis.json"
 
 # captured against eager training: test accuracy after ACCURACY_EPOCHS epochs, two seeds each
 # (compile off in both, so only the capture differs), the four runs at once on the one GPU:
@@ -139,13 +156,6 @@ part synthesis 180 $PY scripts/bench.py method=deepinversion teacher=resnet34 "$
 part accuracy 360 $PY -m kdrun -m hydra/launcher=joblib hydra.launcher.n_jobs=4 "${KD[@]}" \
   "${CIFAR[@]}" teacher.epochs=1 epochs=$ACCURACY_EPOCHS eval=clean trainer.compile=false \
   "trainer.cuda_graph=$GRAPH,false" seed=0,1 hydra.sweep.dir="$OUT/runs/accuracy"
-
-# the real thing, a 200-epoch KD run with the teacher cached, only when GPU_CHECK_ONLY names
-# it (over 4 minutes); its speed is also that of one sweep job alone
-if [ "${GPU_CHECK_ONLY:-}" ]; then
-  part kd_200 420 $PY -m kdrun "${KD[@]}" "${CIFAR[@]}" teacher.epochs=1 epochs=$FULL_EPOCHS \
-    hydra.run.dir="$OUT/runs/kd_200"
-fi
 
 # N jobs of one sweep on the one GPU at once (the teacher is cached above; one job alone is
 # the 200-epoch run)
@@ -169,7 +179,10 @@ from pathlib import Path
 out, epochs, full_epochs = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 logs = out / "logs"
 parts = [json.loads(line) for line in (out / "sections.jsonl").read_text().splitlines()]
+cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
 summary = {"device": (out / "device.txt").read_text().strip(),
+           "cpu": {"model": next(iter(re.findall(r"^model name\s*: (.*)$", cpuinfo, re.M)), None),
+                   "bf16": sorted(set(re.findall(r"\b(avx512_bf16|amx_bf16)\b", cpuinfo)))},
            "parts": {p["part"]: {"rc": p["rc"], "seconds": round(p["seconds"], 1)}
                      for p in parts}}
 for bench in sorted(out.glob("bench*.json")):
