@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kdrun.checks import check_optim, require
 from kdrun.config import choice, schema_keys, unknown_keys
-from kdrun.data import dataset_settings
+from kdrun.data import dataset_settings, named_dataset_cfg
 from kdrun.errors import ConfigError
 from kdrun.evaluation.corruptions import CORRUPTIONS
 from kdrun.methods import METHODS, method_settings
@@ -53,6 +53,9 @@ def validate(cfg: DictConfig) -> None:
                     "dir>/checkpoints/student.pt)")
 
     dataset_settings(cfg.dataset)
+    for kind in ("shift", "ood"):  # the evaluation's data sets, each in its role
+        for name, root in cfg.eval[kind].items():
+            named_dataset_cfg(name, root, cfg.dataset, role=f"eval.{kind}.{name}")
 
     check_arch(cfg.student.arch, key="student.arch")
     for section in ("student", "teacher"):

@@ -280,3 +280,57 @@ def test_every_batched_randaugment_op_is_torchvisions_on_each_image():
                 expected = reference._apply_image_or_video_transform(
                     image, name, m, interpolation=reference.interpolation, fill=reference._fill)
                 assert torch.equal(result, expected), (name, m)
+
+
+# A data set with settings of its own (SVHN's `extra`) in every role a data set can have, each
+# through a whole tiny run on the digits (the same ten classes) with SVHN's real .mat files.
+SVHN_ROLES = {
+    "training set": (["dataset=svhn", "dataset.root={svhn}", "dataset.extra=true",
+                      "+eval.ood.digits=null"], "ood/digits/msp/auroc"),
+    "eval.shift": (["dataset=digits", "+eval.shift.svhn={svhn}"], "ood/svhn/acc"),
+    "eval.ood": (["dataset=digits", "+eval.ood.svhn={svhn}"], "ood/svhn/energy/auroc"),
+    "dataset.test_set": (["dataset=digits", "dataset.test_set=svhn", "dataset.root={svhn}"],
+                         "test/acc"),
+    "method.unlabelled": (["dataset=digits", "method=noisy_student", "method.rounds=1",
+                           "method.unlabelled=svhn", "method.unlabelled_root={svhn}",
+                           "method.labelled_fraction=1", "method.threshold=0",
+                           "method.balance=false"],
+                          "round1/pseudo_labelled"),
+}
+
+
+@pytest.mark.parametrize("role", SVHN_ROLES)
+def test_a_data_set_with_settings_of_its_own_works_in_every_role(role, tmp_path):
+    from kdrun.jobs import train
+
+    write_svhn(tmp_path, {"train": 8, "test": 4, "extra": 5})
+    overrides, key = SVHN_ROLES[role]
+    cfg = compose_config(*(o.format(svhn=tmp_path) for o in overrides), "dataset.train_subset=64",
+                         "trainer.batch_size=4", "teacher.batch_size=4", "teacher.epochs=1")
+    results = train(cfg, tmp_path / "run")
+    assert key in results
+    if role == "dataset.test_set":  # SVHN's 4 test images evaluated the digits student
+        assert results["test/acc"] % 25 == 0
+    if role == "method.unlabelled":  # all 8 SVHN training images were pseudo-labelled
+        assert results["round1/pseudo_labelled"] == 8
+
+
+@pytest.mark.parametrize("role", ["eval.ood", "eval.shift", "dataset.test_set",
+                                  "method.unlabelled"])
+def test_a_pool_file_can_only_be_the_training_set_said_in_one_line(role, tmp_path):
+    from kdrun.validate import validate
+
+    overrides = {"eval.ood": ["+eval.ood.synthetic_pool=null"],
+                 "eval.shift": ["+eval.shift.synthetic_pool=null"],
+                 "dataset.test_set": ["dataset.test_set=synthetic_pool"],
+                 "method.unlabelled": ["method=noisy_student",
+                                       "method.unlabelled=synthetic_pool"]}[role]
+    cfg = compose_config("dataset=digits", *overrides)
+    with pytest.raises(ConfigError, match=f"^{role}.*synthetic_pool can only be the training "
+                                          "set"):
+        if role == "method.unlabelled":
+            from kdrun.jobs import train
+
+            train(cfg, tmp_path)
+        else:
+            validate(cfg)

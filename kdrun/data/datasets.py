@@ -5,6 +5,7 @@ themselves live in kdrun/data/sets/, one module each."""
 
 from __future__ import annotations
 
+import dataclasses
 from importlib.resources import files
 from pathlib import Path
 
@@ -17,12 +18,14 @@ from kdrun.data.types import ImageData, hold_out, subset
 from kdrun.errors import ConfigError, DataNotFoundError
 
 
-def dataset_settings(cfg: DictConfig) -> DatasetSettings:
-    """The data set's settings, typed and checked (ConfigError: one line)."""
-    module = DATASETS.get(cfg.get("name"), key="dataset.name")
+def dataset_settings(cfg: DictConfig, key: str = "dataset") -> DatasetSettings:
+    """The data set's settings, typed and checked (ConfigError: one line); `key` is where the
+    config names the data set (dataset, or a role such as eval.ood.svhn)."""
+    module = DATASETS.get(cfg.get("name"), key=f"{key}.name")
     if cfg.get("test_set") is not None:
         DATASETS.get(cfg.test_set, key="dataset.test_set")
-    return typed_settings(cfg, getattr(module, "Settings", DatasetSettings), "dataset",
+        named_dataset_cfg(cfg.test_set, cfg.root, base=cfg, role="dataset.test_set")
+    return typed_settings(cfg, getattr(module, "Settings", DatasetSettings), key,
                           f"data set {cfg.name}", f"conf/dataset/{cfg.name}.yaml")
 
 
@@ -30,7 +33,7 @@ def load_dataset(cfg: DictConfig, cache_dir: str) -> ImageData:
     """The configured data set, with the configured subsets, its class count checked."""
     data = _read(cfg, cache_dir)
     if cfg.get("test_set") is not None:
-        real = _read(named_dataset_cfg(cfg.test_set, cfg.root, base=cfg), cache_dir)
+        real = load_named_dataset(cfg.test_set, cfg.root, cfg, "dataset.test_set", cache_dir)
         if real.classes != data.classes:
             raise DataNotFoundError(f"the classes of {cfg.name} ({', '.join(data.classes[:3])}, "
                                     f"...) are not those of {cfg.test_set} at {cfg.root}: set "
@@ -55,14 +58,37 @@ def _read(cfg: DictConfig, cache_dir: str) -> ImageData:
     return module.load(cfg, Path(cfg.root).expanduser(), Path(cache_dir).expanduser() / "data")
 
 
-def named_dataset_cfg(name: str, root: str | None, base: DictConfig) -> DictConfig:
-    """conf/dataset/<name>.yaml over the run's data-set settings, at the run's image size."""
+# The settings every data set has (DatasetSettings): the ones a data set named in another role
+# takes from the run's data set, before its own YAML overrides them.
+SHARED_KEYS = tuple(f.name for f in dataclasses.fields(DatasetSettings))
+
+
+def named_dataset_cfg(name: str, root: str | None, base: DictConfig, role: str) -> DictConfig:
+    """The data set `name` in a role beside the run's (`role`: dataset.test_set, eval.ood.svhn,
+    method.unlabelled, ...): the run's shared settings (download, workers, image size), then
+    conf/dataset/<name>.yaml with its own keys (SVHN's `extra`), the whole split, read from
+    `root` (None: the YAML's). Typed and checked like the run's data set: one line naming the
+    role when something is wrong."""
+    if getattr(DATASETS.get(name, key=role), "TRAINING_SET_ONLY", False):
+        raise ConfigError(f"{role}: {name} can only be the training set (dataset={name}): "
+                          "choose another data set here")
     path = files("kdrun.conf").joinpath("dataset", f"{name}.yaml")
-    if not path.is_file():
-        raise ConfigError(f"{name} is not a data set: choose one of conf/dataset/")
-    cfg = OmegaConf.merge(base, OmegaConf.load(str(path)))
+    shared = {key: base[key] for key in SHARED_KEYS if key in base}
+    cfg = OmegaConf.merge(OmegaConf.create(shared), OmegaConf.load(str(path)))
     cfg.image_size = base.image_size
     cfg.train_subset, cfg.test_subset, cfg.test_set, cfg.val_size = None, None, None, 0
     if root is not None:
         cfg.root = root
+    dataset_settings(cfg, key=role)
     return cfg
+
+
+def load_named_dataset(name: str, root: str | None, base: DictConfig, role: str,
+                       cache_dir: str) -> ImageData:
+    """The whole data set `name` in `role` (named_dataset_cfg); a missing one says which role
+    asked for it."""
+    cfg = named_dataset_cfg(name, root, base, role)
+    try:
+        return load_dataset(cfg, cache_dir)
+    except DataNotFoundError as err:
+        raise DataNotFoundError(f"{role}: {err}") from None

@@ -52,7 +52,8 @@ def fetch(name: str, root: Path, download: Callable[[], object]) -> None:
 def missing(name: str, root: Path, looked_for: str, how: str) -> DataNotFoundError:
     return DataNotFoundError(
         f"{name} not found in {root} (looked for {looked_for}, or train/ and test/ class "
-        f"folders): {how}; or point dataset.root (or $KDRUN_DATA) at the folder that holds it")
+        f"folders): {how}; or give the folder that holds it (dataset.root for the training set, "
+        "the path after a role's key such as eval.ood.svhn=PATH, $KDRUN_DATA for all)")
 
 
 def _read_cifar_batches(folder: Path, files: list[str], label_key: str) -> TensorSplit:

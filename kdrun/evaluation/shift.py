@@ -16,21 +16,19 @@ from omegaconf import DictConfig
 from sklearn.metrics import roc_auc_score, roc_curve
 from torch import nn
 
-from kdrun.data import ImageData, load_dataset, make_loader, named_dataset_cfg
+from kdrun.data import ImageData, load_named_dataset, make_loader
 from kdrun.errors import ConfigError
 from kdrun.runtime.run import Run
 
 
 def load_eval_sets(eval_cfg: DictConfig, dataset_cfg: DictConfig, cache_dir: str
-                   ) -> dict[str, dict[str, tuple[ImageData, DictConfig]]]:
+                   ) -> dict[str, dict[str, ImageData]]:
     """The configured shift and far-OOD sets, loaded when the run starts (a missing one
     fails in seconds, not after training)."""
-    sets: dict[str, dict] = {"shift": {}, "ood": {}}
-    for kind, named in sets.items():
-        for name, root in eval_cfg[kind].items():
-            cfg = named_dataset_cfg(name, root, dataset_cfg)
-            named[name] = (load_dataset(cfg, cache_dir), cfg)
-    return sets
+    return {kind: {name: load_named_dataset(name, root, dataset_cfg, f"eval.{kind}.{name}",
+                                            cache_dir)
+                   for name, root in eval_cfg[kind].items()}
+            for kind in ("shift", "ood")}
 
 
 def class_mapping(shift_classes: list[str], train_classes: list[str], name: str) -> torch.Tensor:
@@ -94,12 +92,12 @@ def evaluate_shift_and_ood(model: nn.Module, data: ImageData, eval_sets, test: P
         loader = make_loader(split, run.cfg.eval.batch_size, run, train=False)
         return predictions(model, loader, run.autocast)
 
-    for name, (shifted, _) in eval_sets["shift"].items():
+    for name, shifted in eval_sets["shift"].items():
         mapping = class_mapping(shifted.classes, data.classes, name).to(run.device)
         shift = predict(shifted.test)
         results[f"ood/{name}/acc"] = 100 * (shift.classes == mapping[shift.labels]).float(
             ).mean().item()
-    for name, (far, _) in eval_sets["ood"].items():
+    for name, far in eval_sets["ood"].items():
         far_scores = predict(far.test).scores
         for score in OOD_SCORES:
             detected = ood_detection(test.scores[score], far_scores[score])

@@ -16,9 +16,8 @@ from kdrun.data import (
     BatchMix,
     ImageData,
     TensorSplit,
-    load_dataset,
+    load_named_dataset,
     make_loader,
-    named_dataset_cfg,
 )
 from kdrun.data.augment import (
     RandAugment,
@@ -170,8 +169,8 @@ class NoisyStudent(Method):
             if isinstance(labelled, TensorSplit):
                 return labelled, read_images(files, run.cfg.dataset.image_size)
             return labelled, ImageFiles(files)
-        named = named_dataset_cfg(s.unlabelled, s.unlabelled_root, run.cfg.dataset)
-        unlabelled = load_dataset(named, run.cfg.cache_dir).train
+        unlabelled = load_named_dataset(s.unlabelled, s.unlabelled_root, run.cfg.dataset,
+                                        "method.unlabelled", run.cfg.cache_dir).train
         if isinstance(unlabelled, TensorSplit) != isinstance(labelled, TensorSplit):
             raise ConfigError(f"method.unlabelled={s.unlabelled} and the labelled data set "
                               "must both be small-image (in-memory) or both large-image "

@@ -14,6 +14,10 @@ from kdrun.data.settings import DatasetSettings
 from kdrun.data.types import ImageData
 from kdrun.errors import ConfigError
 
+# Its images are one file (dataset.path) that no other role names: it cannot be an evaluation
+# set, a test set or Noisy Student's unlabelled pool.
+TRAINING_SET_ONLY = True
+
 
 @dataclass
 class Settings(DatasetSettings):
