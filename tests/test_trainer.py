@@ -242,6 +242,65 @@ def test_a_job_waiting_for_another_to_train_the_teacher_says_so(tmp_path, caplog
     assert entered.is_set()
 
 
+def damage_file(path, how: str) -> None:
+    """What a full disk or a killed copy leaves (truncated), or a flipped byte in the weights,
+    which torch.load reads without complaint (corrupted)."""
+    data = bytearray(path.read_bytes())
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(data)
+
+
+@pytest.mark.parametrize("how", ["truncated", "corrupted"])
+def test_a_damaged_cached_teacher_is_said_in_one_line_and_trained_again(tmp_path, caplog, how):
+    import logging
+
+    from kdrun.runtime.checkpoint import digest_path, sha256
+
+    cfg = compose_config(f"cache_dir={tmp_path}")
+    data = load_dataset(cfg.dataset, cfg.cache_dir)
+    good, _ = resolve_teacher(make_run(f"cache_dir={tmp_path}"), data)
+    path = cache_entry(cfg) / "teacher.pt"
+    assert digest_path(path).read_text() == f"{sha256(path)}  teacher.pt\n"
+    damage_file(path, how)
+    again = make_run(f"cache_dir={tmp_path}")
+    with caplog.at_level(logging.WARNING, logger="kdrun.training.teachers"):
+        healed, _ = resolve_teacher(again, data)
+    damaged = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
+    assert len(damaged) == 1 and str(path) in damaged[0] and "training it again" in damaged[0]
+    assert "\n" not in damaged[0]
+    assert any("teacher/train/loss" in row for row in again.sink.rows)  # trained again
+    assert digest_path(path).read_text().split()[0] == sha256(path)
+    assert all(torch.equal(x, y) for x, y in  # the same seeded recipe, the same teacher
+               zip(good.state_dict().values(), healed.state_dict().values()))
+
+
+def test_a_cached_teacher_from_before_digests_is_checked_once_and_kept(tmp_path):
+    from kdrun.runtime.checkpoint import digest_path
+
+    cfg = compose_config(f"cache_dir={tmp_path}")
+    data = load_dataset(cfg.dataset, cfg.cache_dir)
+    resolve_teacher(make_run(f"cache_dir={tmp_path}"), data)
+    record = digest_path(cache_entry(cfg) / "teacher.pt")
+    written = record.read_text()
+    record.unlink()  # an entry cached by an older kdrun
+    later = make_run(f"cache_dir={tmp_path}")
+    resolve_teacher(later, data)
+    assert later.sink.rows == [] and record.read_text() == written
+
+
+def test_the_quickstart_teacher_has_one_cache_key_from_any_working_directory(tmp_path,
+                                                                             monkeypatch):
+    keys = []
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        monkeypatch.chdir(tmp_path / folder)
+        keys.append(cache_entry(compose_config("dataset=digits", tiny=False)))
+    assert keys[0] == keys[1]
+
+
 def test_cache_key_follows_the_teacher_recipe_not_the_student_settings():
     base = cache_entry(compose_config())
     assert cache_entry(compose_config("alpha=0.1", "optim.lr=0.01", "seed=7", "epochs=9")) == base

@@ -15,7 +15,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from kdrun.data.types import TensorSplit
-from kdrun.errors import DataNotFoundError
+from kdrun.errors import CheckpointError, DataNotFoundError
+from kdrun.runtime import checkpoint
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -39,15 +40,17 @@ def read_image_folder(root: Path, image_size: int,
         raise FileNotFoundError(f"no images under {root}")
     cache = cache_dir / f"{_fingerprint(root, files, image_size)}.pt"
     if cache.is_file():
-        stored = torch.load(cache, weights_only=True)
-        return TensorSplit(stored["images"], stored["labels"]), stored["classes"]
+        try:
+            stored = checkpoint.load(cache)
+            return TensorSplit(stored["images"], stored["labels"]), stored["classes"]
+        except (CheckpointError, KeyError, TypeError) as err:
+            log.warning("the decoded copy %s is damaged (%s); decoding the images again",
+                        cache, str(err).splitlines()[0][:120])
     log.info("decoding %d images under %s (once; cached in %s)", len(files), root, cache_dir)
     images = read_images([path for path, _ in files], image_size).images
     split = TensorSplit(images, torch.tensor([label for _, label in files]))
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"images": split.images, "labels": split.labels, "classes": classes}, tmp)
-    os.replace(tmp, cache)
+    checkpoint.save_atomic({"images": split.images, "labels": split.labels,
+                            "classes": classes}, cache)
     return split, classes
 
 

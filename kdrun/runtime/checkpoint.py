@@ -1,12 +1,16 @@
 """Checkpoint files: written atomically (a crash never leaves half a file), read with
-weights_only=True (a checkpoint cannot run code). Under torch.distributed only rank 0 writes:
-every rank holds the same weights."""
+weights_only=True (a checkpoint cannot run code), any unreadable file one line. Files that are
+kept for reuse (the teacher cache) record their SHA-256 beside them, so damage done after
+writing (a full disk, a killed copy, a flipped byte) is found before the file is trusted.
+Under torch.distributed only rank 0 writes: every rank holds the same weights."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +63,51 @@ def load(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
                                   "Use a checkpoint kdrun wrote") from None
         raise CheckpointError(f"{path} is not a PyTorch checkpoint (unreadable as one): give "
                               "a file kdrun wrote") from None
-    except (RuntimeError, EOFError, ValueError) as err:
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError, TypeError, AttributeError,
+            IndexError, UnicodeDecodeError, zipfile.BadZipFile) as err:  # a damaged file
         raise CheckpointError(f"{path} is truncated or not a PyTorch checkpoint "
                               f"({(str(err) or type(err).__name__).splitlines()[0][:80]}): "
                               "copy it again, or give another file") from None
+
+
+DIGEST_SUFFIX = ".sha256"  # teacher.pt -> teacher.pt.sha256, in sha256sum's format
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def digest_path(path: Path) -> Path:
+    return path.with_name(path.name + DIGEST_SUFFIX)
+
+
+def record_digest(path: Path) -> None:
+    """`path`'s SHA-256 beside it (`sha256sum -c` checks it too), written atomically."""
+    if not distributed.is_main():
+        return
+    record = digest_path(path)
+    tmp = record.with_name(f"{TEMP_PREFIX}{record.name}.tmp{os.getpid()}")
+    tmp.write_text(f"{sha256(path)}  {path.name}\n")
+    os.replace(tmp, record)
+
+
+def damage(path: Path) -> str | None:
+    """Why the kept file `path` cannot be trusted, or None when it is intact: its SHA-256 is
+    not the one recorded when it was written, or (a file kept before digests were recorded)
+    it does not load; such a file that loads gets its digest recorded now."""
+    record = digest_path(path)
+    if record.is_file():
+        expected = (record.read_text().split() or ["(none)"])[0]
+        actual = sha256(path)
+        return None if actual == expected else (f"its SHA-256 is {actual}, not {expected} as "
+                                                "recorded when it was written")
+    try:
+        load(path)
+    except CheckpointError:
+        return "it does not load as a checkpoint"
+    record_digest(path)
+    return None

@@ -22,7 +22,7 @@ from filelock import FileLock, Timeout
 from omegaconf import DictConfig
 
 from kdrun.config import to_dict
-from kdrun.data import ImageData, TensorSplit
+from kdrun.data import DATASETS, ImageData, TensorSplit
 from kdrun.data.noise import flip_labels
 from kdrun.errors import ConfigError
 from kdrun.methods import Networks
@@ -30,7 +30,7 @@ from kdrun.methods.base import MethodSettings
 from kdrun.methods.vanilla import Vanilla
 from kdrun.models import Classifier, build_model
 from kdrun.models.files import load_model, save_model
-from kdrun.runtime import distributed
+from kdrun.runtime import checkpoint, distributed
 from kdrun.runtime.device import seed_everything
 from kdrun.runtime.run import Run
 from kdrun.sinks import PrefixedSink
@@ -58,7 +58,10 @@ def cache_entry(cfg: DictConfig) -> Path:
     """The cache folder of the teacher `cfg` asks for: the same recipe, the same folder."""
     dataset = {k: v for k, v in {**KEY_DEFAULTS, **to_dict(cfg.dataset)}.items()
                if k not in RUNTIME_ONLY_DATASET_KEYS}
-    dataset["root"] = str(Path(dataset["root"]).expanduser().resolve())
+    if getattr(DATASETS.get(cfg.dataset.name), "READS_ROOT", True):
+        dataset["root"] = str(Path(dataset["root"]).expanduser().resolve())
+    else:  # a root that is never read would tie the key to the working directory
+        dataset.pop("root")
     t = to_dict(cfg.teacher)
     recipe = {"dataset": dataset, "arch": t["arch"], "drop_rate": t["drop_rate"],
               "seed": t["seed"], "epochs": t["epochs"], "batch_size": t["batch_size"],
@@ -119,7 +122,7 @@ def _cached(run: Run, data: ImageData) -> Path:
     lock = _held(FileLock(str(entry) + ".lock"), entry) if distributed.is_main() \
         else contextlib.nullcontext()
     with lock:
-        if distributed.from_main(path.is_file):
+        if distributed.from_main(lambda: _intact(path)):
             return path
         log.info("teacher: no cached %s for this recipe; training it first (cached in %s)",
                  cfg.teacher.arch, entry)
@@ -135,9 +138,24 @@ def _cached(run: Run, data: ImageData) -> Path:
             "test/acc": metrics["test/acc"], "recipe": to_dict(cfg.teacher),
             "dataset": cfg.dataset.name,
             "environment": teacher_run.environment()})
+        checkpoint.record_digest(path)
         if distributed.is_main():  # the resume state is no use once the teacher is done
             shutil.rmtree(trainer.checkpoint_path.parent, ignore_errors=True)
     return path
+
+
+def _intact(path: Path) -> bool:
+    """Whether the cache holds a teacher at `path` that can be trusted. A damaged one (a full
+    disk, a killed copy) is said in one line and removed, so it is trained again."""
+    if not path.is_file():
+        return False
+    problem = checkpoint.damage(path)
+    if problem is None:
+        return True
+    log.warning("teacher: the cached %s is damaged (%s); training it again", path, problem)
+    path.unlink()
+    checkpoint.digest_path(path).unlink(missing_ok=True)
+    return False
 
 
 @contextlib.contextmanager

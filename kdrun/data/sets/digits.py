@@ -11,6 +11,8 @@ from omegaconf import DictConfig
 from kdrun.data.formats import to_rgb_uint8
 from kdrun.data.types import ImageData, TensorSplit, holdout_split
 
+READS_ROOT = False  # the images ship inside scikit-learn: dataset.root is never read
+
 
 def load(cfg: DictConfig, root: Path, cache_dir: Path) -> ImageData:
     from sklearn.datasets import load_digits

@@ -12,6 +12,8 @@ from omegaconf import DictConfig
 from kdrun.data.formats import to_rgb_uint8
 from kdrun.data.types import ImageData, TensorSplit, holdout_split
 
+READS_ROOT = False  # the images are generated from split_seed: dataset.root is never read
+
 
 def load(cfg: DictConfig, root: Path, cache_dir: Path) -> ImageData:
     g = torch.Generator().manual_seed(cfg.split_seed)
