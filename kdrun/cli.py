@@ -18,7 +18,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from kdrun.config import choice
-from kdrun.errors import Interrupted, KdrunError
+from kdrun.errors import Interrupted, KdrunError, RunDirectoryTaken
 from kdrun.options import register_configs
 from kdrun.runtime import checkpoint, distributed
 from kdrun.summary import summary
@@ -159,7 +159,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
         sys.exit(130)
     except KdrunError as err:
         log.error("%s", err)
-        record_error(run_dir, f"{err}\n")
+        if not isinstance(err, RunDirectoryTaken):  # that directory is another run's
+            record_error(run_dir, f"{err}\n")
         if multirun:  # the other jobs of the sweep go on
             return None
         sys.exit(1)

@@ -13,6 +13,9 @@ class DataNotFoundError(KdrunError):
     """A data set is not where the config says."""
 
 
+class RunDirectoryTaken(KdrunError):
+    """The run directory belongs to another run: nothing is written into it."""
+
 
 class CheckpointError(KdrunError):
     """A file given or found as a checkpoint cannot be read as one."""

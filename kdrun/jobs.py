@@ -27,6 +27,7 @@ from kdrun.models.prepare import prepare
 from kdrun.runtime import distributed
 from kdrun.runtime.device import seed_everything
 from kdrun.runtime.run import Run
+from kdrun.runtime.run_directory import claimed
 from kdrun.sinks import build_sinks
 from kdrun.training.optimizers import Optimizers
 from kdrun.training.teachers import resolve_teacher
@@ -38,19 +39,20 @@ log = logging.getLogger("kdrun")
 
 @contextlib.contextmanager
 def start_run(cfg: DictConfig, run_dir: Path, sweep_group: str | None, run_name: str | None):
-    """What every run shares: validation before any work, the run directory's record, the
-    inputs, and the run object with its sinks (always closed). Yields (run, data, eval sets).
+    """What every run shares: its run directory claimed (run_directory.py), validation before
+    any work, the run directory's record, the inputs, and the run object with its sinks
+    (always closed). Yields (run, data, eval sets).
     The sinks open once the inputs are read, so a missing data set opens no W&B run."""
-    validate(cfg)
-    if distributed.is_main():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    data, eval_sets = load_inputs(cfg)
-    sink = build_sinks(cfg, run_dir, sweep_group, run_name)
-    try:
-        yield Run.start(cfg, run_dir, sink), data, eval_sets
-    finally:
-        sink.close()
+    with claimed(run_dir, resume=cfg.trainer.resume):
+        validate(cfg)
+        if distributed.is_main():
+            OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        data, eval_sets = load_inputs(cfg)
+        sink = build_sinks(cfg, run_dir, sweep_group, run_name)
+        try:
+            yield Run.start(cfg, run_dir, sink), data, eval_sets
+        finally:
+            sink.close()
 
 
 def load_inputs(cfg: DictConfig) -> tuple[ImageData, dict]:

@@ -17,7 +17,8 @@ Overrides are kdrun's own (the same config tree); `bench.*` keys belong to this 
     bench.synthesis=0   time a data-free method's synthesis instead of training: this many
                         Adam iterations on one batch of synthesis.batch_size images, eagerly and
                         (with bench.graph) captured as a CUDA graph, after an untimed batch
-    bench.out=bench.json
+The results go to <run dir>/bench.json, the run directory being hydra.run.dir=DIR as for kdrun
+(default outputs/bench/<date>/<time>-<process id>); the path is printed.
 The networks are randomly initialised (the timing does not depend on the weights). The
 reference loop is the ordinary way to write KD: a torchvision data set with PIL transforms in
 DataLoader workers, fp32, default memory format, teacher under no_grad, the loss read with
@@ -30,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,7 +43,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision import transforms as T
 
-from kdrun.cli import expand_home
+from kdrun.cli import expand_home, unusable_output_dir
 from kdrun.data import load_dataset, make_loader
 from kdrun.data.types import subset
 from kdrun.errors import KdrunError
@@ -57,21 +59,30 @@ from kdrun.models.prepare import prepare
 from kdrun.runtime.device import synchronize
 from kdrun.runtime.graphs import WARMUP_STEPS
 from kdrun.runtime.run import Run
+from kdrun.runtime.run_directory import claimed
 from kdrun.sinks.base import Sink
 from kdrun.training.optimizers import Optimizers
 from kdrun.training.step import EpochSums, Stepper
 from kdrun.validate import validate
 
 BENCH_DEFAULTS = {"steps": 20, "warmup": 5, "compile": "auto", "graph": "auto",
-                  "reference": True, "workers": 2, "eval_images": 0, "synthesis": 0,
-                  "out": "bench.json"}
+                  "reference": True, "workers": 2, "eval_images": 0, "synthesis": 0}
 
 
-def split_args(args: list[str]) -> tuple[list[str], dict]:
-    """kdrun overrides, and this script's bench.* settings (typed like their defaults)."""
-    overrides, bench = [], dict(BENCH_DEFAULTS)
+def default_run_dir() -> Path:
+    return Path("outputs", "bench", time.strftime("%Y-%m-%d"),
+                f"{time.strftime('%H-%M-%S')}-{os.getpid()}")
+
+
+def split_args(args: list[str]) -> tuple[list[str], dict, Path]:
+    """kdrun overrides, this script's bench.* settings (typed like their defaults), and the
+    run directory (hydra.run.dir)."""
+    overrides, bench, run_dir = [], dict(BENCH_DEFAULTS), default_run_dir()
     for arg in expand_home(args):
         key, _, value = arg.partition("=")
+        if key == "hydra.run.dir":
+            run_dir = Path(value)
+            continue
         if not key.startswith("bench."):
             overrides.append(arg)
             continue
@@ -84,7 +95,7 @@ def split_args(args: list[str]) -> tuple[list[str], dict]:
             bench[name] = value.lower() in ("1", "true", "yes")
         else:
             bench[name] = type(default)(value)
-    return overrides, bench
+    return overrides, bench, run_dir
 
 
 def batches(loader):
@@ -271,7 +282,7 @@ def variants(throughput, compile_too: bool, graph_too: bool) -> dict[str, float]
 
 
 def main(args: list[str]) -> dict:
-    overrides, bench = split_args(args)
+    overrides, bench, run_dir = split_args(args)
     with initialize_config_module("kdrun.conf", version_base="1.3"):
         cfg = compose("config", overrides=["logger=none", *overrides])
     validate(cfg)
@@ -279,7 +290,15 @@ def main(args: list[str]) -> dict:
         raise KdrunError(f"bench.synthesis times a data-free method's synthesis, and "
                          f"method={cfg.method.name} has none: use method=deepinversion, "
                          f"adaptive_deepinversion or deepdream")
-    run = Run.start(cfg, Path("."), sink=None)
+    problem = unusable_output_dir([f"hydra.run.dir={run_dir}"])
+    if problem:
+        raise KdrunError(problem)
+    with claimed(run_dir, resume=False):  # one bench at a time writes its directory
+        return measure(cfg, bench, run_dir)
+
+
+def measure(cfg, bench: dict, run_dir: Path) -> dict:
+    run = Run.start(cfg, run_dir, sink=None)
     device = run.device
     compile_too = wanted(bench["compile"], device)
     graph_too = wanted(bench["graph"], device)
@@ -315,8 +334,9 @@ def main(args: list[str]) -> dict:
     else:
         result.update({"batch_size": cfg.trainer.batch_size, "steps": bench["steps"],
                        "warmup": bench["warmup"]})
-    Path(bench["out"]).write_text(json.dumps(result, indent=2) + "\n")
+    (run_dir / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
     print(table(result, rows, baseline))
+    print(f"results: {run_dir.absolute() / 'bench.json'}")
     return result
 
 

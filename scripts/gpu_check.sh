@@ -18,7 +18,7 @@
 # The teacher part caches the teacher the later runs use; the 200-epoch run (only when
 # GPU_CHECK_ONLY names it) is also the sweep's one-job figure.
 # Each part has its own time limit and failures do not stop the others; everything lands in
-# $OUT (default ./gpu-check): summary.json, the bench JSONs and logs.tar.gz.
+# $OUT (default ./gpu-check): summary.json, bench/<part>/bench.json and logs.tar.gz.
 #
 #   bash ../shared/gpu/prepare.sh        # here: fills .gpu/ (wheels, CIFAR-10, launcher)
 #   pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d .gpu/wheels \
@@ -99,7 +99,7 @@ $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_na
 part tests 150 $PY -m pytest -q -p no:cacheprovider tests/test_step.py \
   tests/test_deepinversion.py::test_a_captured_synthesis_gives_the_eager_images
 part bench128 240 $PY scripts/bench.py "${KD[@]}" "${CIFAR[@]}" "${STEPS[@]}" \
-  bench.out="$OUT/bench128.json"
+  hydra.run.dir="$OUT/bench/bench128"
 
 # a real run: the teacher cached first, then EPOCHS timed epochs with the standard evaluation
 part teacher 120 $PY -m kdrun "${KD[@]}" "${CIFAR[@]}" teacher.epochs=1 epochs=1 eval=clean \
@@ -115,27 +115,27 @@ if [ "${GPU_CHECK_ONLY:-}" ]; then
 fi
 
 part bench512 120 $PY scripts/bench.py "${KD[@]}" "${CIFAR[@]}" "${STEPS[@]}" \
-  trainer.batch_size=512 bench.compile=false bench.out="$OUT/bench512.json"
+  trainer.batch_size=512 bench.compile=false hydra.run.dir="$OUT/bench/bench512"
 
 # the same bench on the machine's CPU (bf16 where it has AVX-512 BF16 or AMX): the CPU must keep
 # its lead over the reference (summary.json says which bf16 instructions the CPU has)
 part bench_cpu 150 $PY scripts/bench.py "${KD[@]}" "${CIFAR[@]}" trainer.device=cpu \
   bench.steps=$CPU_STEPS bench.warmup=3 bench.workers=4 bench.compile=false bench.graph=false \
-  bench.out="$OUT/bench_cpu.json"
+  hydra.run.dir="$OUT/bench/bench_cpu"
 
 # multi-network methods and Noisy Student: graph against eager (compile off, to time the step)
 part bench_noisy_student 120 $PY scripts/bench.py method=noisy_student student=wrn_28_2 \
   "${CIFAR[@]}" "${STEPS[@]}" bench.compile=false bench.reference=false \
-  bench.out="$OUT/bench_noisy_student.json"
+  hydra.run.dir="$OUT/bench/bench_noisy_student"
 for m in dml afd; do
   part bench_$m 120 $PY scripts/bench.py method=$m student=wrn_16_2 "method.peers=[wrn_16_2]" \
     "${CIFAR[@]}" "${STEPS[@]}" bench.compile=false bench.reference=false \
-    bench.out="$OUT/bench_$m.json"
+    hydra.run.dir="$OUT/bench/bench_$m"
 done
 # AFD updating its discriminators every other step: two forms of the step, a graph each
 part bench_afd_disc_every2 120 $PY scripts/bench.py method=afd student=wrn_16_2 \
   "method.peers=[wrn_16_2]" method.disc_every=2 "${CIFAR[@]}" "${STEPS[@]}" bench.compile=false \
-  bench.reference=false bench.out="$OUT/bench_afd_disc_every2.json"
+  bench.reference=false hydra.run.dir="$OUT/bench/bench_afd_disc_every2"
 
 for yaml in conf/method/*.yaml; do
   m=$(basename "$yaml" .yaml)
@@ -148,7 +148,7 @@ done
 # off: compiling ResNet-34's forward and backward would cost more of the check than it tells
 part synthesis 180 $PY scripts/bench.py method=deepinversion teacher=resnet34 "${CIFAR[@]}" \
   "${STEPS[@]}" synthesis.batch_size=$SYNTH_BATCH bench.synthesis=$SYNTH_ITERATIONS \
-  bench.compile=false bench.out="$OUT/bench_synthesis.json"
+  bench.compile=false hydra.run.dir="$OUT/bench/bench_synthesis"
 
 # captured against eager training: test accuracy after ACCURACY_EPOCHS epochs, two seeds each
 # (compile off in both, so only the capture differs), the four runs at once on the one GPU:
@@ -185,8 +185,8 @@ summary = {"device": (out / "device.txt").read_text().strip(),
                    "bf16": sorted(set(re.findall(r"\b(avx512_bf16|amx_bf16)\b", cpuinfo)))},
            "parts": {p["part"]: {"rc": p["rc"], "seconds": round(p["seconds"], 1)}
                      for p in parts}}
-for bench in sorted(out.glob("bench*.json")):
-    summary[bench.stem] = json.loads(bench.read_text())
+for bench in sorted(out.glob("bench/*/bench.json")):
+    summary[bench.parent.name] = json.loads(bench.read_text())
 
 
 def text(name):

@@ -31,7 +31,13 @@ def test_bench_times_both_loops_and_the_evaluation(tmp_path, cli_env):
                  "bench.eval_images=8", "eval.corruptions=[gaussian_noise,contrast]",
                  "eval.severities=[1,5]", cwd=tmp_path, env=cli_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((tmp_path / "bench.json").read_text())
+    written = sorted(p for p in tmp_path.rglob("*") if p.is_file()
+                     and not {"data", "cache"} & set(p.relative_to(tmp_path).parts))
+    run_dir = written[0].parent  # everything in one run directory, and its path printed
+    assert run_dir.parent.parent == tmp_path / "outputs" / "bench"
+    assert all(p.parent == run_dir for p in written), written
+    assert f"results: {run_dir / 'bench.json'}" in proc.stdout
+    result = json.loads((run_dir / "bench.json").read_text())
     assert result["ours_img_s"] > 0 and result["ref_img_s"] > 0
     assert result["ratio"] == pytest.approx(result["ours_img_s"] / result["ref_img_s"])
     assert result["pgd20_s"] > 0 and result["corruption_evals"] == 4
@@ -45,15 +51,16 @@ def test_bench_refuses_an_unknown_setting_in_one_line(tmp_path, cli_env):
     assert proc.stderr.strip().splitlines() == [
         "error: bench.stpes is not a benchmark setting: use one of bench.steps, bench.warmup, "
         "bench.compile, bench.graph, bench.reference, bench.workers, bench.eval_images, "
-        "bench.synthesis, bench.out"]
+        "bench.synthesis"]
 
 
 def test_bench_times_a_data_free_methods_synthesis_and_refuses_other_methods(tmp_path, cli_env):
     tiny = ("teacher=resnet8", "student=resnet8", "dataset=synthetic", "trainer.device=cpu",
             "method.batch_size=8", "bench.synthesis=4")
-    proc = bench("method=adaptive_deepinversion", *tiny, cwd=tmp_path, env=cli_env)
+    proc = bench("method=adaptive_deepinversion", *tiny, f"hydra.run.dir={tmp_path}/run",
+                 cwd=tmp_path, env=cli_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((tmp_path / "bench.json").read_text())
+    result = json.loads((tmp_path / "run" / "bench.json").read_text())
     assert result["ours_img_iter_s"] > 0 and "ours_img_s" not in result
     assert (result["synthesis_batch"], result["synthesis_iterations"]) == (8, 4)
     assert "image-iterations/s" in proc.stdout

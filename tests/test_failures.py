@@ -9,7 +9,7 @@ import pickle
 import shlex
 import signal
 import subprocess
-import time
+import sys
 
 import pytest
 import torch
@@ -84,23 +84,46 @@ def test_a_diverging_loss_stops_the_run_with_one_line_and_no_checkpoint(tmp_path
     assert "training diverged" in (tmp_path / "run" / "error.txt").read_text()
 
 
+# Ctrl-C at a known point: the real `kdrun` entry point, in a process that sends itself SIGINT
+# as soon as epoch 1's checkpoint is written (not when a poll happens to see the file). Its
+# SIGINT is the default, as in a terminal's foreground job: a job that a non-interactive shell
+# starts in the background inherits SIGINT ignored, and Python keeps it so.
+INTERRUPT_AFTER_FIRST_CHECKPOINT = """
+import os, signal, sys
+from kdrun.cli import main
+from kdrun.training.trainer import Trainer
+
+save = Trainer._save
+
+def save_then_interrupt(self, *args):
+    save(self, *args)
+    os.kill(os.getpid(), signal.SIGINT)
+
+Trainer._save = save_then_interrupt
+sys.argv = ["kdrun", *sys.argv[1:]]
+main()
+"""
+
+
+def default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume_it(tmp_path, cli_env):
     run_dir = tmp_path / "run"
-    args = ["kdrun", *TINY, "method=vanilla", "epochs=40", "trainer.log_every=1",
+    args = [*TINY, "method=vanilla", "epochs=40", "trainer.log_every=1",
             f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen(args, env=cli_env, cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and not (run_dir / "checkpoints" / "last.pt").exists():
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr[-2000:]
-    errors = [line for line in (stdout + stderr).splitlines() if "ERROR" in line]
-    assert len(errors) == 1 and "training interrupted in epoch" in errors[0], stderr[-2000:]
-    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
-    assert "training interrupted in epoch" in (run_dir / "error.txt").read_text()
+    proc = subprocess.run([sys.executable, "-c", INTERRUPT_AFTER_FIRST_CHECKPOINT, *args],
+                          env=cli_env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          preexec_fn=default_sigint)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    errors = error_lines(proc)
+    assert len(errors) == 1 and "training interrupted in epoch 2 of 40" in errors[0], \
+        proc.stderr[-2000:]
+    assert "its last checkpoint is epoch 1" in errors[0]
+    assert "Traceback" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr
+    assert "training interrupted in epoch 2" in (run_dir / "error.txt").read_text()
     command = errors[0].split("resume with: ", 1)[1]
     assert "trainer.resume=true" in command and f"hydra.run.dir={run_dir}" in command
     resumed = subprocess.run(shlex.split(command), env=cli_env, cwd=tmp_path,
@@ -164,3 +187,96 @@ def test_a_missing_data_set_opens_no_wandb_run(tmp_path, cli_env):
                  cwd=tmp_path)
     assert proc.returncode == 1 and "CIFAR-10 not found" in proc.stderr + proc.stdout
     assert not (tmp_path / "run" / "wandb").exists()
+
+
+def test_every_way_torch_load_fails_on_a_cut_file_is_one_line(tmp_path):
+    from kdrun.errors import CheckpointError
+    from kdrun.models import build_model
+    from kdrun.runtime.checkpoint import load
+
+    model = build_model("resnet8", 10, [0.5] * 3, [0.5] * 3)
+    whole = tmp_path / "whole.pt"
+    torch.save({"arch": "resnet8", "state_dict": model.net.state_dict()}, whole)
+    data, cut = whole.read_bytes(), tmp_path / "cut.pt"
+    raised = set()
+    for size in range(0, len(data), len(data) // 400):  # where a full disk or a kill stops it
+        cut.write_bytes(data[:size])
+        with pytest.raises(Exception) as by_torch:
+            torch.load(cut, weights_only=True)
+        raised.add(type(by_torch.value))
+        with pytest.raises(CheckpointError, match=f"^{cut} is (truncated|not a PyTorch)"):
+            load(cut)
+    assert {EOFError, RuntimeError, OSError} <= raised  # OSError: [Errno 22] Invalid argument
+
+
+HOLD_RUN_DIRECTORY = """
+import sys, time
+from pathlib import Path
+from kdrun.runtime.run_directory import claimed
+
+with claimed(Path(sys.argv[1]), resume=False):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+def test_a_run_directory_held_by_a_live_run_is_refused_and_a_killed_runs_is_not(tmp_path,
+                                                                              cli_env):
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_RUN_DIRECTORY, str(run_dir)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        refused = kdrun(*TINY, f"hydra.run.dir={run_dir}", env=cli_env, cwd=tmp_path)
+        assert refused.returncode == 1
+        assert error_lines(refused) and len(error_lines(refused)) == 1
+        assert f"{run_dir} is in use by another run (process {holder.pid} on " in \
+            error_lines(refused)[0]
+        assert "choose another hydra.run.dir" in error_lines(refused)[0]
+        assert not (run_dir / "error.txt").exists() and not (run_dir / "config.yaml").exists()
+    finally:
+        holder.kill()  # SIGKILL: no clean-up runs, the lock file stays behind
+        holder.wait()
+    assert (run_dir / ".kdrun.lock").exists()
+    proc = kdrun(*TINY, f"hydra.run.dir={run_dir}", env=cli_env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 0 <= read_results(run_dir)["test/acc"] <= 100
+
+
+@pytest.mark.slow
+def test_a_second_run_into_a_finished_runs_directory_mixes_nothing(tmp_path, cli_env):
+    run_dir = tmp_path / "run"
+    first = kdrun(*TINY, "epochs=2", f"hydra.run.dir={run_dir}", env=cli_env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    kept = {name: (run_dir / name).read_bytes() for name in ("results.json", "metrics.jsonl")}
+    second = kdrun(*TINY, "epochs=3", "seed=1", f"hydra.run.dir={run_dir}", env=cli_env,
+                   cwd=tmp_path)
+    assert second.returncode == 1
+    assert len(error_lines(second)) == 1
+    assert f"{run_dir} already holds a run (results.json): continue it with " \
+           f"trainer.resume=true hydra.run.dir={run_dir}" in error_lines(second)[0]
+    assert {name: (run_dir / name).read_bytes() for name in kept} == kept
+    assert not (run_dir / "error.txt").exists()
+
+
+@pytest.mark.slow
+def test_runs_started_together_get_directories_of_their_own(tmp_path, cli_env):
+    procs = [subprocess.Popen(["kdrun", *TINY], env=cli_env, cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    for proc in procs:
+        assert proc.wait(timeout=300) == 0, proc.stderr.read()[-2000:]
+    run_dirs = sorted(p.parent for p in (tmp_path / "outputs").glob("*/*/results.json"))
+    assert len(run_dirs) == 2
+    assert {d.name.rsplit("-", 1)[1] for d in run_dirs} == {str(p.pid) for p in procs}
+
+
+@pytest.mark.slow
+def test_a_missing_evaluation_set_with_settings_of_its_own_is_one_line_naming_its_role(
+        tmp_path, cli_env):
+    proc = kdrun(*TINY, f"+eval.ood.svhn={tmp_path}/nowhere", f"hydra.run.dir={tmp_path}/run",
+                 env=cli_env, cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert len(error_lines(proc)) == 1
+    assert f"eval.ood.svhn: SVHN not found in {tmp_path}/nowhere" in error_lines(proc)[0]
