@@ -58,11 +58,16 @@ def claimed(run_dir: Path, resume: bool):
                                     "choose another hydra.run.dir")
         owner.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                      "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                                     "command": [Path(sys.argv[0]).name, *sys.argv[1:]]}))
+                                     "command": [_program(), *sys.argv[1:]]}))
         yield
     finally:
         owner.unlink(missing_ok=True)
         lock.release()
+
+
+def _program() -> str:
+    name = Path(sys.argv[0]).name
+    return "python -m kdrun" if name == "__main__.py" else name
 
 
 def _owner(run_dir: Path) -> str:
