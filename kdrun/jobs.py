@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from kdrun.data import ImageData, load_dataset, make_loader
 from kdrun.evaluation.accuracy import evaluate
 from kdrun.evaluation.shift import load_eval_sets
 from kdrun.evaluation.suite import evaluate_beyond_clean
-from kdrun.methods import METHODS, Method, Networks, build_method
+from kdrun.methods import METHODS, Method, Networks, build_method, method_settings
 from kdrun.methods.base import Stage
 from kdrun.models import build_model
 from kdrun.models.files import load_classifier, save_model
@@ -45,6 +46,7 @@ def start_run(cfg: DictConfig, run_dir: Path, sweep_group: str | None, run_name:
     The sinks open once the inputs are read, so a missing data set opens no W&B run."""
     with claimed(run_dir, resume=cfg.trainer.resume):
         validate(cfg)
+        record_method_defaults(cfg)
         if distributed.is_main():
             OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
         data, eval_sets = load_inputs(cfg)
@@ -53,6 +55,21 @@ def start_run(cfg: DictConfig, run_dir: Path, sweep_group: str | None, run_name:
             yield Run.start(cfg, run_dir, sink), data, eval_sets
         finally:
             sink.close()
+
+
+def record_method_defaults(cfg: DictConfig) -> None:
+    """A method setting left null and filled in by the method (`sigma: null` -> 0.2) written
+    into the config, so config.yaml and W&B show the value the run used - at the top-level key
+    it interpolates (`sigma: ${sigma}`) when it has one, so both places agree."""
+    used = dataclasses.asdict(method_settings(cfg.method))
+    written = OmegaConf.to_container(cfg.method, resolve=False)
+    for key, value in used.items():
+        if key in cfg.method and cfg.method[key] is None and value is not None:
+            source = re.fullmatch(r"\$\{(\w+)\}", str(written[key]))
+            if source and source[1] in cfg:
+                cfg[source[1]] = value
+            else:
+                cfg.method[key] = value
 
 
 def load_inputs(cfg: DictConfig) -> tuple[ImageData, dict]:

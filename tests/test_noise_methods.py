@@ -154,3 +154,14 @@ def test_a_noise_method_named_without_sigma_gets_noise_and_sigma_0_stays_a_contr
         assert method_settings(compose_config(f"method={name}", "sigma=0.05").method).sigma == 0.05
     results = train(compose_config("method=soft_randomization", "trainer.max_steps=1"), tmp_path)
     assert results["method/sigma"] == 0.2 and results["method/noise_space"] == "pixel"
+
+
+def test_config_yaml_records_the_sigma_a_noise_method_filled_in(tmp_path):
+    """What ran is what config.yaml says: `kdrun method=soft_randomization` trains with 0.2."""
+    cfg = compose_config("method=soft_randomization", "trainer.max_steps=1")
+    train(cfg, tmp_path)
+    written = OmegaConf.load(tmp_path / "config.yaml")
+    assert written.sigma == 0.2 and written.method.sigma == 0.2
+    control = tmp_path / "control"
+    train(compose_config("method=soft_randomization", "sigma=0", "trainer.max_steps=1"), control)
+    assert OmegaConf.load(control / "config.yaml").method.sigma == 0
