@@ -25,7 +25,7 @@ from kdrun.methods.inversion import (
 )
 from kdrun.models import build_model
 
-from conftest import TINY, cuda_only, make_run, read_results
+from conftest import TINY, compose_config, cuda_only, make_run, read_results
 
 SETTINGS = SynthesisSettings(name="deepinversion", pool_size=8, batch_size=8, iterations=1,
                              lr=0.05, bn_weight=10.0, first_bn_weight=1.0, tv_weight=2.5e-5,
@@ -101,6 +101,36 @@ def test_competition_rewards_disagreement_with_the_student():
     assert competition(agree, strong, 3.0) < competition(agree, mild, 3.0) < 1
 
 
+def test_nvlabs_competition_is_their_clamped_kl_from_the_mean_on_fixed_tensors():
+    """NVlabs' code (deepinversion.py, cifar10/deepinversion_cifar10.py), written out as they
+    write it: P (student), Q (teacher) and M clamped after M is formed, KLDivLoss(log P, M)."""
+    from kdrun.methods.inversion import nvlabs_jensen_shannon
+
+    teacher = torch.tensor([[4.0, 0.0, -2.0], [0.5, 1.0, 0.0], [9.0, -9.0, 0.0]])
+    student = torch.tensor([[-1.0, 3.0, 0.0], [0.5, 1.0, 0.2], [0.0, 0.0, 0.0]])
+    T = 3.0
+    P, Q = torch.softmax(student / T, dim=1), torch.softmax(teacher / T, dim=1)
+    M = 0.5 * (P + Q)
+    P, Q, M = P.clamp(0.01, 0.99), Q.clamp(0.01, 0.99), M.clamp(0.01, 0.99)
+    kl = nn.KLDivLoss(reduction="batchmean")
+    theirs = 0.5 * kl(torch.log(P), M) + 0.5 * kl(torch.log(Q), M)
+    assert nvlabs_jensen_shannon(teacher, student, T).item() == pytest.approx(theirs.item())
+    assert competition(teacher, student, T, "nvlabs").item() == pytest.approx(
+        1 - theirs.clamp(0, 1).item())
+    assert competition(teacher, student, T, "js") != competition(teacher, student, T, "nvlabs")
+
+
+def test_the_data_free_methods_distil_by_kl_alone_and_adi_weighs_competition_as_the_paper():
+    """The paper's distillation loss is the KL to the teacher (alpha 1, no cross-entropy to the
+    synthesis labels); NVlabs' README: competition weight 0.2 was used in the paper."""
+    from kdrun.methods import method_settings
+
+    for name in ("deepinversion", "adaptive_deepinversion", "deepdream"):
+        assert method_settings(compose_config(f"method={name}").method).alpha == 1.0, name
+    adi = method_settings(compose_config("method=adaptive_deepinversion").method)
+    assert (adi.competition_weight, adi.competition_T, adi.competition_form) == (0.2, 3.0, "js")
+
+
 def test_targets_are_balanced_over_classes():
     labels = balanced_labels(103, 10, torch.Generator().manual_seed(0))
     counts = torch.bincount(labels, minlength=10)
@@ -116,6 +146,25 @@ def test_a_synthesised_batch_is_uint8_images_at_the_asked_size_and_multi_resolut
         images = Synthesizer(teacher, settings, make_run()).batch(
             torch.arange(4), 16, g)
         assert images.dtype == torch.uint8 and images.shape == (4, 3, 16, 16)
+
+
+def test_multi_resolution_pools_the_full_size_images_first_as_nvlabs_imagenet_code():
+    teacher = build_model("resnet8", 4, [0.5] * 3, [0.25] * 3).eval()
+    seen = []
+    teacher.net.register_forward_pre_hook(lambda _, inputs: seen.append(inputs[0].shape[-1]))
+    settings = dataclasses.replace(SETTINGS, iterations=4, multi_resolution=True, jitter=2)
+    x = Synthesizer(teacher, settings, make_run()).optimise(
+        torch.arange(4), 16, torch.Generator().manual_seed(0))
+    assert seen == [8, 8, 16, 16] and x.shape[-1] == 16
+
+
+def test_the_l2_prior_is_each_images_unsquared_norm_averaged_on_fixed_tensors():
+    from kdrun.methods.inversion import l2_prior
+
+    x = torch.zeros(2, 3, 2, 2)
+    x[0, 0, 0, 0], x[0, 1, 1, 1] = 3.0, 4.0  # norm 5
+    x[1] = 1.0  # norm sqrt(12)
+    assert l2_prior(x).item() == pytest.approx((5 + 12 ** 0.5) / 2)
 
 
 def test_images_move_freely_while_optimised_and_are_clamped_once_at_the_end():

@@ -14,7 +14,7 @@ from kdrun.data.device_loader import num_batches
 from kdrun.data.pool import save_pool
 from kdrun.methods.base import Schedule, Stage
 from kdrun.methods.deepinversion import POOL_FILE, DeepInversion, DeepInversionSettings
-from kdrun.methods.inversion import Competition
+from kdrun.methods.inversion import COMPETITION_FORMS, Competition
 from kdrun.runtime.run import Run
 
 
@@ -22,6 +22,7 @@ from kdrun.runtime.run import Run
 class AdaptiveDeepInversionSettings(DeepInversionSettings):
     competition_weight: float = MISSING  # alpha_c
     competition_T: float = MISSING  # temperature of the JS divergence
+    competition_form: str = MISSING  # js: the paper's JS | nvlabs: NVlabs' clamped variant
     rounds: int = MISSING  # synthesis/distillation rounds
 
     def __post_init__(self) -> None:
@@ -31,12 +32,15 @@ class AdaptiveDeepInversionSettings(DeepInversionSettings):
         require(self.rounds >= 1, "method.rounds", self.rounds, "use >= 1")
         require(self.competition_T > 0, "method.competition_T", self.competition_T,
                 "the temperature must be > 0")
+        require(self.competition_form in COMPETITION_FORMS, "method.competition_form",
+                self.competition_form, f"choose {' or '.join(COMPETITION_FORMS)}")
 
 
 class AdaptiveDeepInversion(DeepInversion):
     """Adaptive DeepInversion (Yin et al., arXiv 1912.08795): the synthesis loss adds
     competition_weight * (1 - JS(p_teacher, p_student)) at temperature competition_T, favouring
-    images the current student gets wrong. The student is in the loop, so stages alternate:
+    images the current student gets wrong (the paper's JS, or with competition_form=nvlabs
+    the clamped variant NVlabs' code computes). The student is in the loop, so stages alternate:
     each of `rounds` rounds synthesises pool_size/rounds images with the current student, then
     distils on the pool so far.
 
@@ -49,7 +53,8 @@ class AdaptiveDeepInversion(DeepInversion):
     Settings = AdaptiveDeepInversionSettings
 
     def competition(self) -> Competition:
-        return Competition(self.settings.competition_weight, self.settings.competition_T)
+        s = self.settings
+        return Competition(s.competition_weight, s.competition_T, s.competition_form)
 
     def stages(self, data: ImageData, epochs: int, run: Run):
         s = self.settings

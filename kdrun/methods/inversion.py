@@ -64,6 +64,13 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
     return sum(torch.linalg.vector_norm(d) for d in diffs)
 
 
+def l2_prior(x: torch.Tensor) -> torch.Tensor:
+    """Each image's (unsquared) L2 norm, averaged over the batch: NVlabs' ImageNet code
+    (`torch.norm(inputs_jit.view(bs, -1), dim=1).mean()`); their CIFAR-10 script takes the
+    norm of the whole batch, which grows with the batch size."""
+    return torch.linalg.vector_norm(x.flatten(1).float(), dim=1).mean()
+
+
 def jensen_shannon(logits_p: torch.Tensor, logits_q: torch.Tensor, T: float) -> torch.Tensor:
     """JS divergence between the temperature-T softmaxes, averaged over the batch (nats)."""
     p, q = F.softmax(logits_p.float() / T, dim=1), F.softmax(logits_q.float() / T, dim=1)
@@ -75,11 +82,31 @@ def jensen_shannon(logits_p: torch.Tensor, logits_q: torch.Tensor, T: float) -> 
     return (0.5 * (kl_to_m(p) + kl_to_m(q))).mean()
 
 
-def competition(teacher_logits: torch.Tensor, student_logits: torch.Tensor,
-                T: float) -> torch.Tensor:
+def nvlabs_jensen_shannon(logits_p: torch.Tensor, logits_q: torch.Tensor,
+                          T: float) -> torch.Tensor:
+    """The divergence NVlabs' code uses for the competition (deepinversion.py and the CIFAR-10
+    script): the temperature-T softmaxes P, Q and their mean M, each then clamped to
+    [0.01, 0.99], and 0.5 KL(M||P) + 0.5 KL(M||Q) averaged over the batch - as their
+    KLDivLoss(log P, M) computes it, the KL from M rather than to it."""
+    p, q = F.softmax(logits_p.float() / T, dim=1), F.softmax(logits_q.float() / T, dim=1)
+    m = 0.5 * (p + q)
+    p, q, m = p.clamp(0.01, 0.99), q.clamp(0.01, 0.99), m.clamp(0.01, 0.99)
+
+    def kl_from_m(a: torch.Tensor) -> torch.Tensor:
+        return (m * (m.log() - a.log())).sum(dim=1)
+
+    return (0.5 * (kl_from_m(p) + kl_from_m(q))).mean()
+
+
+COMPETITION_FORMS = {"js": jensen_shannon, "nvlabs": nvlabs_jensen_shannon}
+
+
+def competition(teacher_logits: torch.Tensor, student_logits: torch.Tensor, T: float,
+                form: str = "js") -> torch.Tensor:
     """Adaptive DeepInversion's term, 1 - JS(p_T, p_S) clipped to [0, 1]: small where the
-    student disagrees with the teacher, so minimising it favours such images."""
-    return 1 - jensen_shannon(teacher_logits, student_logits, T).clamp(0, 1)
+    student disagrees with the teacher, so minimising it favours such images. `form`: the
+    paper's JS ("js") or NVlabs' clamped variant ("nvlabs")."""
+    return 1 - COMPETITION_FORMS[form](teacher_logits, student_logits, T).clamp(0, 1)
 
 
 def balanced_labels(n: int, num_classes: int, generator: torch.Generator) -> torch.Tensor:
@@ -101,7 +128,7 @@ class SynthesisSettings(MethodSettings):
     l2_weight: float = MISSING
     jitter: int = MISSING  # pixels of random roll per iteration
     flip: bool = MISSING
-    multi_resolution: bool = MISSING  # half resolution for the first half of the iterations
+    multi_resolution: bool = MISSING  # first half of the iterations seen 2x2-average-pooled
     clamp: bool = MISSING  # clamp to the pixel range after every step (else once at the end)
 
     def __post_init__(self) -> None:
@@ -117,9 +144,11 @@ class SynthesisSettings(MethodSettings):
 
 @dataclass
 class Competition:
-    """Adaptive DeepInversion's term: weight alpha_c of 1 - JS at temperature T."""
+    """Adaptive DeepInversion's term: weight alpha_c of 1 - JS at temperature T, in the paper's
+    form or NVlabs' (COMPETITION_FORMS)."""
     weight: float
     T: float
+    form: str = "js"
 
 
 class Synthesizer:
@@ -147,13 +176,14 @@ class Synthesizer:
         with self.run.autocast():
             logits = self.teacher.net(x)
         terms = {"ce": F.cross_entropy(logits.float(), labels), "bn": bn.loss(),
-                 "tv": total_variation(x), "l2": x.pow(2).sum() / len(x)}
+                 "tv": total_variation(x), "l2": l2_prior(x)}
         loss = (terms["ce"] + s.bn_weight * terms["bn"] + s.tv_weight * terms["tv"]
                 + s.l2_weight * terms["l2"])
         if student is not None and self.competition is not None:
             with self.run.autocast():
                 student_logits = student.net(x)
-            terms["competition"] = competition(logits, student_logits, self.competition.T)
+            terms["competition"] = competition(logits, student_logits, self.competition.T,
+                                               self.competition.form)
             loss = loss + self.competition.weight * terms["competition"]
         terms["loss"] = loss
         return terms
@@ -173,44 +203,47 @@ class Synthesizer:
         as NVlabs' CIFAR-10 code does, it moves freely until `batch` clamps it."""
         s = self.settings
         channels = self.teacher.mean.shape[1]
-        size = image_size // 2 if s.multi_resolution else image_size
-        x = torch.randn(len(labels), channels, size, size, generator=generator).to(labels.device)
+        x = torch.randn(len(labels), channels, image_size, image_size,
+                        generator=generator).to(labels.device)
         bn = BatchNormStatistics(self.teacher.net, s.first_bn_weight)
         self.teacher.eval()
         if student is not None:
             student.eval()
         try:
-            phases = [(size, math.ceil(s.iterations / 2)), (image_size, s.iterations // 2)] \
-                if s.multi_resolution else [(image_size, s.iterations)]
+            # NVlabs' ImageNet code: one full-size tensor, seen 2x2-average-pooled (with half
+            # the jitter) in the first phase, then as it is; a fresh Adam for each phase
+            phases = [(True, math.ceil(s.iterations / 2), s.jitter // 2),
+                      (False, s.iterations // 2, s.jitter)] \
+                if s.multi_resolution else [(False, s.iterations, s.jitter)]
             terms = {}
-            for phase_size, iterations in phases:
-                if x.shape[-1] != phase_size:
-                    x = F.interpolate(x, size=(phase_size, phase_size), mode="bilinear",
-                                      align_corners=False)
-                images = self.images_like(x, iterations, student)
-                images.restart(x, labels, jitter_draws(iterations, s.jitter, s.flip, generator))
+            for pooled, iterations, jitter in phases:
+                images = self.images_like(x, iterations, student, pooled)
+                images.restart(x, labels, jitter_draws(iterations, jitter, s.flip, generator))
                 for _ in range(iterations):
-                    terms = images.replay(partial(self.iteration, images, bn, student))
+                    terms = images.replay(partial(self.iteration, images, bn, student, pooled))
                 x = images.x.detach().clone()  # the next batch restarts the same tensor
         finally:
             bn.remove()
         self.run.sink.log({f"synth/{k}": v.item() for k, v in terms.items()})
         return x
 
-    def images_like(self, x: torch.Tensor, iterations: int,
-                    student: Classifier | None) -> ImageBatch:
+    def images_like(self, x: torch.Tensor, iterations: int, student: Classifier | None,
+                    pooled: bool) -> ImageBatch:
         """The ImageBatch for batches shaped like `x`, made once and restarted for each: its
-        captured iteration serves every batch of the pool of that shape (and student)."""
-        key = (tuple(x.shape), iterations, id(student))
+        captured iteration serves every batch of the pool of that shape (and student, and
+        phase)."""
+        key = (tuple(x.shape), iterations, id(student), pooled)
         if key not in self.batches:
             capture = self.run.cuda_graph and x.device.type == "cuda"
             self.batches[key] = ImageBatch(x, iterations, self.settings.lr, capture)
         return self.batches[key]
 
     def iteration(self, images: ImageBatch, bn: BatchNormStatistics,
-                  student: Classifier | None) -> dict[str, torch.Tensor]:
-        """One Adam step on the jittered images' loss: device work only."""
-        x = jittered(images.x, images.next_draw()).contiguous(memory_format=self.run.memory_format)
+                  student: Classifier | None, pooled: bool) -> dict[str, torch.Tensor]:
+        """One Adam step on the jittered (and, in a multi-resolution run's first phase,
+        2x2-average-pooled) images' loss: device work only."""
+        x = F.avg_pool2d(images.x, 2) if pooled else images.x
+        x = jittered(x, images.next_draw()).contiguous(memory_format=self.run.memory_format)
         terms = self.losses(x, images.labels, bn, student)
         images.optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward(inputs=[images.x])  # the networks' weights need no gradient
