@@ -104,6 +104,24 @@ def test_quickstart_keeps_the_method_free():
     assert (cfg.dataset.name, cfg.method.name) == ("digits", "vanilla")
 
 
+def test_the_quickstart_gives_a_method_the_settings_it_needs_there_and_the_command_line_wins():
+    def quickstart(*overrides):
+        cfg = compose_config("experiment=quickstart", *overrides, tiny=False)
+        validate(cfg)
+        return cfg
+
+    for name in ("deepinversion", "adaptive_deepinversion", "deepdream"):
+        cfg = quickstart(f"method={name}")
+        assert (cfg.method.clamp, cfg.method.lr, cfg.method.iterations) == (True, 0.1, 100), name
+        assert cfg.method.bn_weight == (0.0 if name == "deepdream" else 0.3), name
+    assert quickstart("method=noisy_student").epochs == 30
+    assert quickstart("method=kd").epochs == 15  # no settings of its own: the quickstart's
+    assert quickstart("method=deepinversion", "method.bn_weight=10").method.bn_weight == 10
+    assert quickstart("method=noisy_student", "epochs=5").epochs == 5
+    plain = compose_config("method=deepinversion", tiny=False)  # outside the quickstart
+    assert (plain.method.bn_weight, plain.method.iterations) == (10.0, 2000)
+
+
 @pytest.mark.parametrize(("override", "message"), [
     ("alpha=1.5", "alpha=1.5 is not allowed: it must lie in [0, 1]"),
     ("alpha=-0.1", "alpha=-0.1 is not allowed"),
