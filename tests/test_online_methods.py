@@ -89,6 +89,27 @@ def test_ddgsd_symmetric_kl_carries_gradient_into_both_views_unless_detached():
     assert make_method("ddgsd").settings.detach_targets is False  # the paper's form by default
 
 
+def test_ddgsd_views_and_passes_are_the_reference_codes_by_default():
+    """youngerous/ddgsd-pytorch: view a flipped only, view b cropped only, no colour jitter, each
+    view its own forward pass (its own BatchNorm batch statistics)."""
+    method = make_method("ddgsd", hflip=True, crop_padding=4).train()
+    s = method.settings
+    assert (s.views, s.separate_passes, s.brightness, s.contrast, s.saturation) == (
+        "flip_crop", True, 0.0, 0.0, 0.0)
+    torch.manual_seed(1)
+    a, b = method.views(IMAGES)
+    for image, view in zip(IMAGES, a):  # each image as it is or mirrored, never moved
+        assert torch.equal(view, image) or torch.equal(view, image.flip(2))
+    assert not all(torch.equal(v, x) or torch.equal(v, x.flip(2)) for v, x in zip(b, IMAGES))
+    logits = {}
+    for separate in (True, False):
+        method = make_method("ddgsd", separate_passes=separate).train()
+        method.views = lambda images: (a, b)
+        logits[separate] = method.training_step(IMAGES, LABELS)["logits"].detach()
+        alone = make_method("ddgsd").train().student(a).detach()  # view a's statistics only
+        assert torch.allclose(logits[separate], alone, atol=1e-5) == separate
+
+
 def test_mmd_is_zero_for_identical_features_and_the_squared_mean_shift_otherwise():
     features = torch.randn(32, 8)
     assert linear_mmd(features, features).item() == 0

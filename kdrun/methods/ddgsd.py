@@ -13,6 +13,8 @@ from kdrun.data.augment import color_jitter, random_crop_flip
 from kdrun.methods.base import Method, MethodSettings
 from kdrun.methods.losses import distillation_kl, linear_mmd
 
+VIEWS = ("flip_crop", "crop_flip")
+
 
 @dataclass
 class DDGSDSettings(MethodSettings):
@@ -24,9 +26,12 @@ class DDGSDSettings(MethodSettings):
     contrast: float = MISSING
     saturation: float = MISSING
     detach_targets: bool = MISSING  # each view's prediction a fixed target of the other
+    views: str = MISSING  # flip_crop: one flipped, one cropped view | crop_flip: both, each view
+    separate_passes: bool = MISSING  # each view its own forward pass (own BatchNorm statistics)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        require(self.views in VIEWS, "method.views", self.views, f"choose {' or '.join(VIEWS)}")
         for key in ("kl_weight", "mmd_weight", "crop_padding"):
             require(getattr(self, key) >= 0, f"method.{key}", getattr(self, key), "use >= 0")
         for key in ("brightness", "contrast", "saturation"):
@@ -41,22 +46,35 @@ class DDGSD(Method):
     kernel: the squared distance of the batch means). Both directions of the symmetric KL carry
     gradient into both views, as the paper's objective reads and its reference implementation
     (youngerous/ddgsd-pytorch) does; `detach_targets` makes each view's prediction a fixed
-    target of the other instead (half the gradient near agreement)."""
+    target of the other instead (half the gradient near agreement). As in the reference code,
+    by default one view is flipped and the other cropped (`views=flip_crop`; `crop_flip`: both
+    cropped and flipped), and each view is its own forward pass, with its own BatchNorm
+    statistics (`separate_passes=false`: one pass over both views)."""
 
     Settings = DDGSDSettings
     augments_batches = True
 
-    def distort(self, images: torch.Tensor) -> torch.Tensor:
-        """One random view of a batch: crop, flip, then colour jitter, per image."""
+    def distort(self, images: torch.Tensor, crop: bool = True, flip: bool = True) -> torch.Tensor:
+        """One random view of a batch, per image: crop and flip (those asked for and the
+        settings allow), then colour jitter (none at the default strengths of 0)."""
         s = self.settings
-        view = random_crop_flip(images, s.crop_padding, s.hflip)
+        view = random_crop_flip(images, s.crop_padding if crop else 0, s.hflip and flip)
         return color_jitter(view, s.brightness, s.contrast, s.saturation)
 
+    def views(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.settings.views == "flip_crop":
+            return self.distort(images, crop=False), self.distort(images, flip=False)
+        return self.distort(images), self.distort(images)
+
     def training_step(self, images, labels):
-        views = torch.cat([self.distort(images), self.distort(images)])
-        logits, features = self.student.forward_embedding(views)
-        logits_a, logits_b = logits.chunk(2)
-        features_a, features_b = features.float().chunk(2)
+        view_a, view_b = self.views(images)
+        if self.settings.separate_passes:
+            (logits_a, features_a), (logits_b, features_b) = (
+                self.student.forward_embedding(view_a), self.student.forward_embedding(view_b))
+        else:
+            logits, features = self.student.forward_embedding(torch.cat([view_a, view_b]))
+            (logits_a, logits_b), (features_a, features_b) = logits.chunk(2), features.chunk(2)
+        features_a, features_b = features_a.float(), features_b.float()
         ce_a = F.cross_entropy(logits_a.float(), labels)
         ce_b = F.cross_entropy(logits_b.float(), labels)
         s = self.settings
