@@ -22,8 +22,7 @@ def dataset_settings(cfg: DictConfig, key: str = "dataset") -> DatasetSettings:
     """The data set's settings, typed and checked (ConfigError: one line); `key` is where the
     config names the data set (dataset, or a role such as eval.ood.svhn)."""
     module = DATASETS.get(cfg.get("name"), key=f"{key}.name")
-    if cfg.get("test_set") is not None:
-        DATASETS.get(cfg.test_set, key="dataset.test_set")
+    if cfg.get("test_set") is not None:  # a known data set that can test, in its own settings
         named_dataset_cfg(cfg.test_set, cfg.root, base=cfg, role="dataset.test_set")
     return typed_settings(cfg, getattr(module, "Settings", DatasetSettings), key,
                           f"data set {cfg.name}", f"conf/dataset/{cfg.name}.yaml")

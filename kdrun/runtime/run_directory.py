@@ -30,7 +30,7 @@ def earlier_record(run_dir: Path) -> str | None:
     for name in ("results.json", "metrics.jsonl"):
         if (run_dir / name).is_file():
             return name
-    checkpoint = next(iter(sorted((run_dir / "checkpoints").glob("*.pt"))), None)
+    checkpoint = min((run_dir / "checkpoints").glob("*.pt"), default=None)
     return None if checkpoint is None else f"checkpoints/{checkpoint.name}"
 
 
