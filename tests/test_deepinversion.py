@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdrun.data import TensorSplit
+from kdrun.data import TensorSplit, make_loader
 from kdrun.data.pool import load_pool, save_pool
 from kdrun.methods.inversion import (
     BatchNormStatistics,
@@ -30,7 +30,7 @@ from conftest import TINY, compose_config, cuda_only, make_run, read_results
 SETTINGS = SynthesisSettings(name="deepinversion", pool_size=8, batch_size=8, iterations=1,
                              lr=0.05, bn_weight=10.0, first_bn_weight=1.0, tv_weight=2.5e-5,
                              l2_weight=1e-4, jitter=0, flip=False, multi_resolution=False,
-                             clamp=False)
+                             clamp=False, pool_dtype="uint8")
 
 
 def test_bn_statistics_loss_is_zero_at_the_running_statistics_and_falls_when_optimised():
@@ -167,7 +167,7 @@ def test_the_l2_prior_is_each_images_unsquared_norm_averaged_on_fixed_tensors():
     assert l2_prior(x).item() == pytest.approx((5 + 12 ** 0.5) / 2)
 
 
-def test_images_move_freely_while_optimised_and_are_clamped_once_at_the_end():
+def test_images_move_freely_while_optimised_unless_clamped_every_step():
     torch.manual_seed(0)
     teacher = build_model("resnet8", 4, [0.5] * 3, [0.25] * 3).eval()
     low, high = (0 - 0.5) / 0.25, (1 - 0.5) / 0.25
@@ -180,6 +180,41 @@ def test_images_move_freely_while_optimised_and_are_clamped_once_at_the_end():
     assert reach[False] > 0.05  # NVlabs' CIFAR-10 loop: no clamp while optimising
     assert reach[True] == 0  # the clamped loop stays inside [0, 1] in pixels
     assert make_run("method=deepinversion").cfg.method.clamp is False
+
+
+def test_a_float_pool_is_the_optimised_pixels_as_they_are_and_uint8_their_quantised_clamp():
+    """NVlabs' CIFAR-10 code distils from the float images it optimised, values outside
+    [0, 1] included; a uint8 pool is those pixels clamped and rounded once."""
+    torch.manual_seed(0)
+    teacher = build_model("resnet8", 4, [0.5] * 3, [0.25] * 3).eval()
+    labels = torch.arange(8) % 4
+    settings = dataclasses.replace(SETTINGS, iterations=5, lr=1.0)
+    optimised = Synthesizer(teacher, settings, make_run()).optimise(
+        labels, 16, torch.Generator().manual_seed(0))
+    pixels = optimised * 0.25 + 0.5  # the teacher's std and mean
+    pools = {dtype: Synthesizer(teacher, dataclasses.replace(settings, pool_dtype=dtype),
+                                make_run()).batch(labels, 16, torch.Generator().manual_seed(0))
+             for dtype in ("float32", "uint8")}
+    assert pools["float32"].dtype == torch.float32
+    torch.testing.assert_close(pools["float32"], pixels)
+    assert ((pixels < 0) | (pixels > 1)).any()  # kept, not clamped away
+    assert torch.equal(pools["uint8"], (pixels.clamp(0, 1) * 255).round().to(torch.uint8))
+    assert make_run("method=deepinversion").cfg.method.pool_dtype == "float32"
+
+
+def test_training_batches_of_a_float_pool_are_its_pixels_unscaled():
+    images = torch.randn(6, 3, 4, 4) * 0.7 + 0.5  # pixels, some beyond [0, 1]
+    split = TensorSplit(images, torch.arange(6) % 2)
+    run = make_run()
+    for train in (False, True):
+        batches = list(make_loader(split, 3, run, train=train, augment=False))
+        seen = torch.cat([b for b, _ in batches])
+        assert seen.dtype == torch.float32
+        if not train:
+            assert torch.equal(seen, images)  # not divided by 255 like uint8 pixels
+        else:
+            assert torch.equal(seen.sort(dim=0).values, images.sort(dim=0).values)
+    assert torch.equal(images, split.images)  # the split itself untouched
 
 
 def test_the_jitter_is_torchs_roll_then_flip_as_one_gather():
@@ -230,11 +265,13 @@ def test_a_captured_synthesis_gives_the_eager_images():
         torch.testing.assert_close(replayed, eager, rtol=1e-3, atol=1e-3)
 
 
-def test_the_pool_file_round_trips_with_a_png_grid(tmp_path):
-    split = TensorSplit(torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8),
-                        torch.arange(10) % 2)
+@pytest.mark.parametrize("images", [torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8),
+                                    torch.randn(10, 3, 8, 8) + 0.5], ids=["uint8", "float32"])
+def test_the_pool_file_round_trips_with_a_png_grid(tmp_path, images):
+    split = TensorSplit(images, torch.arange(10) % 2)
     grid = save_pool(tmp_path / "pool.pt", split, ["a", "b"], meta={"teacher": "resnet8"})
     pool, classes, meta = load_pool(tmp_path / "pool.pt")
+    assert pool.images.dtype == images.dtype  # floats are not quantised on the way
     assert torch.equal(pool.images, split.images) and torch.equal(pool.labels, split.labels)
     assert classes == ["a", "b"] and meta == {"teacher": "resnet8"}
     assert grid.read_bytes()[:4] == b"\x89PNG"
@@ -255,7 +292,8 @@ def test_both_stages_run_through_the_cli(tmp_path, cli_env):
         assert results["synth/img_s"] > 0 and 0 <= results["synth/teacher_acc"] <= 100, method
         assert results["synth/captured"] is False  # on the CPU every iteration is eager
         assert 0 <= results["test/acc"] <= 100
-        assert (run / "synthetic" / "pool.pt").is_file() and (run / "synthetic" / "pool.png")
+        assert (run / "synthetic" / "pool.png").is_file(), method
+        assert load_pool(run / "synthetic" / "pool.pt")[0].images.dtype == torch.float32
     assert (tmp_path / "sweep" / "1" / "synthetic" / "pool-round4.pt").is_file()  # ADI rounds
     assert "synthesis: batch 2/2 done" in proc.stdout + proc.stderr  # never silent for long
 

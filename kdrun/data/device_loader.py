@@ -1,9 +1,9 @@
-"""Batches for training and evaluation. Small-image splits live on the training device as uint8
-and are augmented a whole batch at a time (no per-image Python); large-image data sets go
-through a DataLoader. Both yield (float images in [0, 1], labels) on the device, in an order
-fixed by (seed, epoch), so an interrupted run resumes onto the same batches. Under
-torch.distributed (`shard=True`) a training loader yields this rank's share of each global
-batch, and an evaluation loader this rank's part of the split."""
+"""Batches for training and evaluation. Small-image splits live on the training device (uint8,
+or a synthesised pool's floats) and are augmented a whole batch at a time (no per-image
+Python); large-image data sets go through a DataLoader. Both yield (float images on the [0, 1]
+scale, labels) on the device, in an order fixed by (seed, epoch), so an interrupted run resumes
+onto the same batches. Under torch.distributed (`shard=True`) a training loader yields this
+rank's share of each global batch, and an evaluation loader this rank's part of the split."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from kdrun.data.augment import random_crop_flip
-from kdrun.data.types import TensorSplit, take
+from kdrun.data.types import TensorSplit, take, unit_pixels
 from kdrun.errors import ConfigError
 from kdrun.runtime import distributed
 from kdrun.runtime.run import Run
@@ -126,7 +126,7 @@ class DeviceLoader(EpochBatches):
                 share = len(index) // self.world
                 mine = slice(self.rank * share, (self.rank + 1) * share)
                 images, labels = images[mine], labels[mine]
-            yield images.float().div_(255), labels
+            yield unit_pixels(images), labels
 
 
 class DatasetLoader(EpochBatches):

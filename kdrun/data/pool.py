@@ -1,6 +1,7 @@
-"""Synthetic image pools (data-free distillation): uint8 images, labels and where they came from
-in one file, plus a PNG grid to look at (a row of images per class, labelled), so a pool made
-once can train many students."""
+"""Synthetic image pools (data-free distillation): the images (uint8, or the optimised float32
+pixels as they are), labels and where they came from in one file, plus a PNG grid to look at (a
+row of images per class, labelled) - for viewing only - so a pool made once can train many
+students."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import torch
 
 matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
@@ -33,9 +35,17 @@ def save_pool(path: Path, split: TensorSplit, classes: list[str], meta: dict[str
     return grid
 
 
+def viewable(image: torch.Tensor) -> torch.Tensor:
+    """One pool image as H x W x C for imshow: uint8 as it is; float pixels, which may lie
+    beyond [0, 1], scaled to its own minimum and maximum (as NVlabs' code saves its PNGs)."""
+    if image.dtype != torch.uint8:
+        image = (image - image.min()) / (image.max() - image.min()).clamp_min(1e-12)
+    return image.permute(1, 2, 0).cpu()
+
+
 def save_grid(split: TensorSplit, classes: list[str], path: Path, title: str) -> None:
     """The first GRID_PER_CLASS images of each of the first GRID_CLASSES classes, a row per
-    class named at its left, pixels shown as they are (no smoothing)."""
+    class named at its left, pixels shown without smoothing."""
     labels = split.labels.cpu()
     rows = [c for c in range(len(classes)) if (labels == c).any()][:GRID_CLASSES]
     fig, axes = plt.subplots(len(rows), GRID_PER_CLASS, squeeze=False,
@@ -45,8 +55,7 @@ def save_grid(split: TensorSplit, classes: list[str], path: Path, title: str) ->
         for j, ax in enumerate(axes[r]):
             ax.set_axis_off()
             if j < len(chosen):
-                ax.imshow(split.images[chosen[j]].permute(1, 2, 0).cpu().numpy(),
-                          interpolation="nearest")
+                ax.imshow(viewable(split.images[chosen[j]]).numpy(), interpolation="nearest")
         axes[r][0].text(-0.15, 0.5, classes[c], transform=axes[r][0].transAxes, ha="right",
                         va="center", fontsize="small")
     fig.suptitle(title, fontsize="medium")

@@ -1,5 +1,5 @@
-"""What a data set loader returns: small-image splits as in-memory uint8 tensors (augmented in
-batches on the training device), large-image splits as torch Datasets (DataLoader path)."""
+"""What a data set loader returns: small-image splits as in-memory tensors (augmented in batches
+on the training device), large-image splits as torch Datasets (DataLoader path)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from torch.utils.data import Dataset
 
 @dataclass
 class TensorSplit:
-    images: torch.Tensor  # uint8, N x C x H x W
+    images: torch.Tensor  # N x C x H x W, uint8 (0..255) or float32 pixels (1 = white; a
+    #                       synthesised pool may go beyond [0, 1])
     labels: torch.Tensor  # int64, N
 
     def __len__(self) -> int:
@@ -19,6 +20,13 @@ class TensorSplit:
 
     def take(self, index: torch.Tensor) -> TensorSplit:
         return TensorSplit(self.images[index], self.labels[index])
+
+
+def unit_pixels(images: torch.Tensor) -> torch.Tensor:
+    """`images` of a TensorSplit as float32 on the [0, 1] scale, a new tensor."""
+    if images.dtype == torch.uint8:
+        return images.float().div_(255)
+    return images.to(torch.float32, copy=True)
 
 
 @dataclass

@@ -13,6 +13,7 @@ import torch
 
 from kdrun.data import ImageData, TensorSplit
 from kdrun.data.pool import load_pool, save_pool
+from kdrun.data.types import unit_pixels
 from kdrun.methods.base import Networks, Stage
 from kdrun.methods.inversion import (
     Competition,
@@ -94,7 +95,8 @@ class DeepInversion(KD):
         synthesizer = Synthesizer(self.teacher, self.settings, run, self.competition())
         starts = range(0, size, batch_size)
         size_px = run.cfg.dataset.image_size
-        images = [torch.zeros(0, 3, size_px, size_px, dtype=torch.uint8)]
+        images = [torch.zeros(0, 3, size_px, size_px,
+                              dtype=getattr(torch, self.settings.pool_dtype))]
         start = time.perf_counter()
         mine = distributed.shard_indices(len(starts)).tolist()
         log.info("synthesis: %d images in %d batches of %d, %d iterations each", size,
@@ -125,7 +127,7 @@ class DeepInversion(KD):
         batch_size = self.settings.batch_size
         correct = torch.zeros((), device=run.device)
         for i in range(0, len(pool), batch_size):
-            images = pool.images[i:i + batch_size].to(run.device).float() / 255
+            images = unit_pixels(pool.images[i:i + batch_size].to(run.device))
             with run.autocast():
                 predicted = self.teacher(images).argmax(dim=1)
             correct += (predicted == pool.labels[i:i + batch_size].to(run.device)).sum()

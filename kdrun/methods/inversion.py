@@ -115,6 +115,9 @@ def balanced_labels(n: int, num_classes: int, generator: torch.Generator) -> tor
     return labels[torch.randperm(n, generator=generator)]
 
 
+POOL_DTYPES = ("float32", "uint8")
+
+
 @dataclass
 class SynthesisSettings(MethodSettings):
     """How a data-free method makes its pool (conf/method/deepinversion.yaml explains each)."""
@@ -129,7 +132,8 @@ class SynthesisSettings(MethodSettings):
     jitter: int = MISSING  # pixels of random roll per iteration
     flip: bool = MISSING
     multi_resolution: bool = MISSING  # first half of the iterations seen 2x2-average-pooled
-    clamp: bool = MISSING  # clamp to the pixel range after every step (else once at the end)
+    clamp: bool = MISSING  # clamp to the pixel range after every step
+    pool_dtype: str = MISSING  # float32: the optimised pixels as they are | uint8: quantised
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -138,6 +142,8 @@ class SynthesisSettings(MethodSettings):
         require(self.iterations >= 0, "method.iterations", self.iterations,
                 "use >= 0 (0: the pool is the starting noise, a baseline)")
         require(self.lr > 0, "method.lr", self.lr, "the learning rate must be > 0")
+        require(self.pool_dtype in POOL_DTYPES, "method.pool_dtype", self.pool_dtype,
+                f"use one of {', '.join(POOL_DTYPES)}")
         for key in ("bn_weight", "first_bn_weight", "tv_weight", "l2_weight", "jitter"):
             require(getattr(self, key) >= 0, f"method.{key}", getattr(self, key), "use >= 0")
 
@@ -190,17 +196,21 @@ class Synthesizer:
 
     def batch(self, labels: torch.Tensor, image_size: int, generator: torch.Generator,
               student: Classifier | None = None) -> torch.Tensor:
-        """One batch of uint8 images for `labels` (`generator`: a CPU generator for the start
-        and the jitter), clamped to [0, 1] and quantised once, at the end. With 0 iterations
-        the batch is the starting noise (a baseline)."""
+        """One batch of images for `labels` (`generator`: a CPU generator for the start and
+        the jitter), in pixels: float32 as optimised, even where outside [0, 1] (what NVlabs'
+        CIFAR-10 code distils from), or uint8, clamped to [0, 1] and quantised (images as a
+        file stores them). With 0 iterations the batch is the starting noise (a baseline)."""
         pixels = self.optimise(labels, image_size, generator, student) * self.teacher.std
-        return ((pixels + self.teacher.mean).clamp(0, 1) * 255).round().to(torch.uint8)
+        pixels = pixels + self.teacher.mean
+        if self.settings.pool_dtype == "float32":
+            return pixels.float()
+        return (pixels.clamp(0, 1) * 255).round().to(torch.uint8)
 
     def optimise(self, labels: torch.Tensor, image_size: int, generator: torch.Generator,
                  student: Classifier | None = None) -> torch.Tensor:
         """The optimised batch in the network's normalised input space. With `clamp` it is
         kept inside the pixel range after every Adam step (NVlabs' ImageNet code); without,
-        as NVlabs' CIFAR-10 code does, it moves freely until `batch` clamps it."""
+        as NVlabs' CIFAR-10 code does, it moves freely."""
         s = self.settings
         channels = self.teacher.mean.shape[1]
         x = torch.randn(len(labels), channels, image_size, image_size,
