@@ -115,7 +115,8 @@ def test_the_quickstart_gives_a_method_the_settings_it_needs_there_and_the_comma
         assert (cfg.method.clamp, cfg.method.lr, cfg.method.iterations) == (True, 0.1, 100), name
         assert cfg.method.bn_weight == (0.0 if name == "deepdream" else 0.3), name
         assert cfg.method.pool_dtype == "uint8", name
-    assert quickstart("method=noisy_student").epochs == 30
+    ns = quickstart("method=noisy_student")
+    assert (ns.epochs, ns.method.rounds) == (90, 1)
     assert quickstart("method=kd").epochs == 15  # no settings of its own: the quickstart's
     assert quickstart("method=deepinversion", "method.bn_weight=10").method.bn_weight == 10
     assert quickstart("method=noisy_student", "epochs=5").epochs == 5
@@ -177,6 +178,11 @@ def test_the_quickstart_gives_a_method_the_settings_it_needs_there_and_the_comma
                                     "torch.optim.SGD takes no such argument"),
     ("method=noisy_student method.unlabel_ratio=0", "method.unlabel_ratio=0.0 is not allowed"),
     ("method=noisy_student method.label_smoothing=1", "method.label_smoothing=1.0 is not allowed"),
+    ("method=noisy_student method.per_round=[{dropout:3},{},{}]",
+     "method.per_round[0]: method.dropout=3.0 is not allowed"),
+    ("method=noisy_student method.per_round=[{}]", "method.per_round=1 is not allowed"),
+    ("method=noisy_student method.randaugment_ops=-1", "method.randaugment_ops=-1 is not allowed"),
+    ("method=noisy_student method.weight_average=1", "method.weight_average=1.0 is not allowed"),
     ("method=deepinversion method.pool_dtype=float16", "method.pool_dtype=float16 is not allowed"),
     ("dataset.val_size=-1", "dataset.val_size=-1 is not allowed"),
     ("T=inf", "T=inf is not allowed: numbers must be finite"),

@@ -222,66 +222,6 @@ def test_a_failed_download_is_one_line(tmp_path, monkeypatch, name, cls):
     assert "\n" not in str(err.value)
 
 
-def test_batched_randaugment_gives_each_image_one_of_torchvisions_own_results():
-    """num_ops=1: every output image is what torchvision's RandAugment op, at magnitude M and
-    either sign, makes of that image; the images draw different ops and signs."""
-    from torchvision.transforms import v2
-
-    from kdrun.data.augment import RandAugment
-
-    g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (96, 3, 12, 12), generator=g, dtype=torch.uint8)
-    augment = RandAugment(num_ops=1, magnitude=9)
-    out = (augment(images.float() / 255, generator=g) * 255).round().to(torch.uint8)
-    reference = v2.RandAugment(num_ops=1, magnitude=9)
-    used = set()
-    for image, result in zip(images, out):
-        for name in augment.names:
-            for m in augment.magnitudes(name, 12, 12):
-                expected = reference._apply_image_or_video_transform(
-                    image, name, m, interpolation=reference.interpolation, fill=reference._fill)
-                if torch.equal(result, expected):
-                    used.add((name, m > 0))
-                    break
-            else:
-                continue
-            break
-        else:
-            raise AssertionError("an image matches none of torchvision's RandAugment ops")
-    assert len(used) >= 12  # 14 ops, 9 of them signed: the images drew many
-    assert ("Rotate", True) in used or ("Rotate", False) in used
-
-
-def test_batched_randaugment_composes_n_ops_and_keeps_the_layout_and_range():
-    from kdrun.data.augment import RandAugment
-
-    images = torch.rand(16, 3, 8, 8).contiguous(memory_format=torch.channels_last)
-    torch.manual_seed(0)
-    out = RandAugment(num_ops=2, magnitude=27)(images)
-    assert out.shape == images.shape and out.dtype == torch.float32
-    assert 0 <= out.min() and out.max() <= 1
-    torch.manual_seed(0)
-    assert torch.equal(RandAugment(num_ops=2, magnitude=27)(images), out)  # seeded
-    assert not torch.equal(RandAugment(num_ops=2, magnitude=27)(images), out)  # fresh draws
-
-
-def test_every_batched_randaugment_op_is_torchvisions_on_each_image():
-    from torchvision.transforms import v2
-
-    from kdrun.data.augment import RandAugment
-
-    images = torch.randint(0, 256, (4, 3, 10, 10), generator=torch.Generator().manual_seed(1),
-                           dtype=torch.uint8)
-    augment, reference = RandAugment(num_ops=2, magnitude=14), v2.RandAugment(magnitude=14)
-    for name in augment.names:
-        for m in augment.magnitudes(name, 10, 10):
-            batch = augment.op(images, name, m)
-            for image, result in zip(images, batch):
-                expected = reference._apply_image_or_video_transform(
-                    image, name, m, interpolation=reference.interpolation, fill=reference._fill)
-                assert torch.equal(result, expected), (name, m)
-
-
 # A data set with settings of its own (SVHN's `extra`) in every role a data set can have, each
 # through a whole tiny run on the digits (the same ten classes) with SVHN's real .mat files.
 SVHN_ROLES = {

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from kdrun.data import BatchMix, ImageData, TensorSplit, make_loader
-from kdrun.data.augment import RandAugment
 from kdrun.data.device_loader import batch_indices
+from kdrun.data.randaugment import RandAugment
 from kdrun.methods.pseudo_labels import predict, select
 from kdrun.models import build_model
 
-from conftest import TINY, make_run, read_results
+from conftest import TINY, compose_config, make_run, read_results
 from test_data import write_image_folder
 from test_methods import make_method
 
@@ -94,28 +94,60 @@ def test_labels_are_smoothed_and_soft_pseudo_labels_are_not():
     assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
 
 
-def test_each_batch_holds_pseudo_labels_at_the_unlabel_ratio():
-    """Issue 19, item 5: `unlabel_ratio` sets each batch's mix, not the two sets' sizes."""
-    labelled, pseudo = 10, 90
-    split = TensorSplit(torch.zeros(100, 3, 4, 4, dtype=torch.uint8),
+def test_a_batch_is_a_labelled_batch_plus_unlabel_ratio_times_as_many_pseudo_labelled():
+    """Issue 30, item 4: as the official code, trainer.batch_size labelled images and
+    unlabel_ratio x that many pseudo-labelled ones in every batch, and an epoch is a pass over
+    the labelled images (40 labelled, batches of 8: 5 batches, whatever the pseudo count)."""
+    labelled, pseudo = 40, 160
+    split = TensorSplit(torch.zeros(labelled + pseudo, 3, 4, 4, dtype=torch.uint8),
                         torch.cat([torch.zeros(labelled), torch.ones(pseudo)]).long())
     run = make_run()
-    for ratio, per_batch in ((1.0, 8), (3.0, 12)):
-        loader = make_loader(split, 16, run, train=True, mix=BatchMix(labelled, ratio))
+    for ratio, per_batch in ((1.0, 8), (3.0, 24)):
+        loader = make_loader(split, 8, run, train=True, mix=BatchMix(labelled, ratio))
         batches = [labels for _, labels in loader]
-        assert len(batches) == len(loader) == 6  # a pass over 100 images, batches of 16
-        assert all(int(b.sum()) == per_batch for b in batches)
-    plain = [labels for _, labels in make_loader(split, 16, run, train=True)]
-    assert sum(int(b.sum()) for b in plain) / (16 * len(plain)) > 0.8  # by the sizes
+        assert len(batches) == len(loader) == 5
+        assert all(len(b) == 8 + per_batch and int(b.sum()) == per_batch for b in batches)
+    plain = [labels for _, labels in make_loader(split, 8, run, train=True)]
+    assert len(plain) == 25  # without a mix: one pass over both sets, by their sizes
+    assert sum(int(b.sum()) for b in plain) / (8 * len(plain)) == pytest.approx(0.8)
 
 
-def test_a_mixed_pass_reaches_every_labelled_image_and_repeats_none_too_soon():
+def test_a_mixed_pass_reaches_every_labelled_image_once_and_repeats_no_pseudo_label():
     g = torch.Generator().manual_seed(0)
-    batches = list(batch_indices(40, 8, True, g, BatchMix(first=4, ratio=1.0)))
-    labelled = torch.cat([b[b < 4] for b in batches])
-    assert len(labelled) == 5 * 4 and torch.bincount(labelled).tolist() == [5] * 4
-    pseudo = torch.cat([b[b >= 4] for b in batches])
-    assert len(set(pseudo.tolist())) == 20  # 20 draws from 36 images, none repeated
+    batches = list(batch_indices(40, 4, True, g, BatchMix(first=16, ratio=1.0)))
+    assert len(batches) == 4
+    labelled = torch.cat([b[b < 16] for b in batches])
+    assert torch.bincount(labelled).tolist() == [1] * 16
+    pseudo = torch.cat([b[b >= 16] for b in batches])
+    assert len(set(pseudo.tolist())) == 16  # 16 draws from 24 images, none repeated
+
+
+def test_the_loss_is_the_labelled_mean_plus_unlabel_ratio_times_the_pseudo_labelled_mean():
+    """Issue 30, item 4: the official data loss, lab_loss + unlabel_ratio x unl_loss."""
+    method = make_method("noisy_student", threshold=0.0, noise_first_teacher=False,
+                         unlabel_ratio=3.0)
+    train = tiny_split()
+    stages = method.stages(ImageData(train, train, ["a", "b", "c", "d"]), 1,
+                           make_run("dataset.num_workers=0"))
+    next(stages)
+    round1 = next(stages)
+    method.eval()
+    split = round1.data.train
+    labels = torch.cat([split.labels[:2], split.labels[split.labels >= 4][:6]])
+    images = torch.cat([split.images[:2], split.images[split.labels >= 4][:6]]).float() / 255
+    targets = method.pseudo_targets[labels[2:] - 4]
+
+    def parts(logits):  # the labelled mean and the pseudo-labelled mean
+        lab = torch.nn.functional.cross_entropy(logits[:2], labels[:2], label_smoothing=0.1)
+        return lab, -(targets * logits[2:].log_softmax(dim=1)).sum(dim=1).mean()
+
+    out = method.training_step(images, labels)
+    lab, unl = parts(out["logits"].float())
+    assert out["loss"].item() == pytest.approx((lab + 3.0 * unl).item(), rel=1e-5)
+    method.settings.unlabel_ratio = None  # mixed by the sets' sizes: the batch mean
+    out = method.training_step(images, labels)
+    lab, unl = parts(out["logits"].float())
+    assert out["loss"].item() == pytest.approx(((2 * lab + 6 * unl) / 8).item(), rel=1e-5)
 
 
 def test_noise_is_on_for_the_student_and_off_for_the_teacher():
@@ -184,7 +216,6 @@ def test_two_rounds_run_through_the_cli_and_log_each_round(tmp_path, cli_env):
 
 def test_large_images_are_noised_per_image_in_the_dataloader_workers(tmp_path):
     from torchvision.datasets import ImageFolder
-    from torchvision.transforms import v2
 
     from kdrun.data.augment import center_crop_transform, resized_crop_transform
 
@@ -195,7 +226,7 @@ def test_large_images_are_noised_per_image_in_the_dataloader_workers(tmp_path):
     stages = method.stages(ImageData(train, test, train.classes), 1,
                            make_run("dataset.num_workers=0", "dataset.image_size=16"))
     def has_randaugment(dataset):
-        return any(isinstance(t, v2.RandAugment) for t in dataset.transform.transforms)
+        return any(isinstance(t, RandAugment) for t in dataset.transform.transforms)
 
     round0 = next(stages)
     assert round0.augment and len(round0.data.train) == 4  # 25 % of 16; the loader noises
@@ -231,5 +262,85 @@ def test_imagenet_layout_with_an_unlabelled_folder_runs_through_the_cli(tmp_path
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = read_results(tmp_path / "run")
     assert results["round1/pseudo_labelled"] == 6
-    assert results["train/steps"] == (12 + 6) // 4  # round 1: labelled + pseudo-labelled
+    # round 1: a pass over the 12 labelled images, 4 of them and 4 pseudo-labelled per batch
+    assert results["train/steps"] == 12 // 4
     assert 0 <= results["round0/test/acc"] <= 100 and 0 <= results["round1/test/acc"] <= 100
+
+
+def test_each_round_trains_with_its_own_noise_and_ratio_as_the_official_scripts_per_model():
+    """Issue 30, item 5: the ImageNet preset's per-model settings, and a round's own values
+    reaching its student, its RandAugment and its batches."""
+    from kdrun.methods import method_settings
+
+    preset = method_settings(compose_config("experiment=noisy_student_imagenet",
+                                            tiny=False).method)
+    b0, b0_student, b2 = (preset.for_round(r) for r in range(3))
+    assert (b0.randaugment_ops, b0.dropout) == (0, 0.2)
+    assert (b0_student.randaugment_ops, b0_student.unlabel_ratio, b0_student.dropout) == \
+        (0, 1, 0.2)
+    assert (b2.randaugment_ops, b2.randaugment_magnitude, b2.unlabel_ratio, b2.dropout) == \
+        (2, 6, 3, 0.3)
+    method = make_method("noisy_student", threshold=0.0, rounds=1, per_round=[
+        {"randaugment_ops": 0}, {"dropout": 0.4, "unlabel_ratio": 3.0}])
+    train = tiny_split()
+    stages = method.stages(ImageData(train, train, ["a", "b", "c", "d"]), 1,
+                           make_run("dataset.num_workers=0"))
+    next(stages)
+    assert method.rand_augment is None and method.student.net.drop.p == 0.2
+    round1 = next(stages)
+    assert method.student.net.drop.p == 0.4 and round1.mix.ratio == 3.0
+    assert method.rand_augment.arguments["Cutout"] == int(0.5 * (16 // 8))  # M 5, 16 px
+    with pytest.raises(Exception, match="method.per_round=1 is not allowed: give rounds \\+ 1"):
+        make_method("noisy_student", rounds=1, per_round=[{}])
+
+
+def test_the_weight_average_follows_tensorflows_moving_average_with_num_updates():
+    """Issue 30, item 5: decay min(d, (1 + n) / (10 + n)) after update n, on fixed tensors;
+    BatchNorm's running statistics averaged too, its counter copied."""
+    from kdrun.methods.weight_average import WeightAverage
+
+    source = torch.nn.Sequential(torch.nn.Linear(2, 1, bias=False), torch.nn.BatchNorm1d(1))
+    average = WeightAverage(torch.nn.Sequential(torch.nn.Linear(2, 1, bias=False),
+                                                torch.nn.BatchNorm1d(1)), source, decay=0.5)
+    with torch.no_grad():
+        source[0].weight.fill_(0.0)
+    expected = average.network[0].weight.detach().clone()
+    for n, value in enumerate([1.0, 2.0, 3.0, 4.0], start=1):
+        with torch.no_grad():
+            source[0].weight.fill_(value)
+            source[1].running_mean.fill_(value)
+        source[1].num_batches_tracked.fill_(7 * n)
+        average.update(source)
+        decay = min(0.5, (1 + n) / (10 + n))
+        expected = decay * expected + (1 - decay) * value
+        torch.testing.assert_close(average.network[0].weight, expected)
+    assert average.network[1].num_batches_tracked.item() == 28
+    assert not any(p.requires_grad for p in average.network.parameters())
+
+
+def test_the_average_evaluates_and_pseudo_labels_the_next_round():
+    method = make_method("noisy_student", threshold=0.0, rounds=1, weight_average=0.9999)
+    train = tiny_split()
+    run = make_run("dataset.num_workers=0")
+    stages = method.stages(ImageData(train, train, ["a", "b", "c", "d"]), 1, run)
+    round0 = next(stages)
+    assert method.eval_model() is method.average.network
+    from test_methods import make_optimizers
+
+    optimizers = make_optimizers(method.train(), lr=0.5)
+    from kdrun.training.step import train_step
+
+    before = method.average.network.net.fc.weight.clone()
+    train_step(method, optimizers, round0.data.train.images[:8].float() / 255,
+               round0.data.train.labels[:8], run)
+    student = method.student.net.fc.weight
+    # one update: the average moves 9/11 of the way to the stepped weights (decay 2/11)
+    torch.testing.assert_close(method.average.network.net.fc.weight,
+                               2 / 11 * before + 9 / 11 * student)
+    average = method.average.network
+    next(stages)
+    assert method.teacher is average  # pseudo-labelled by the average
+    assert "average.network.net.fc.weight" in method.state_dict()  # checkpointed with the run
+    plain = make_method("noisy_student", threshold=0.0, weight_average=None)
+    next(plain.stages(ImageData(train, train, ["a", "b", "c", "d"]), 1, run))
+    assert plain.eval_model() is plain.student and plain.average is None

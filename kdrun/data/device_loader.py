@@ -29,39 +29,54 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 @dataclass(frozen=True)
 class BatchMix:
-    """Training batches drawn from two parts of a split at a fixed ratio, not in proportion to
-    their sizes: the split's first `first` examples and the rest, `ratio` of the rest for each
-    one of the first in every batch (Noisy Student's unlabel_ratio)."""
+    """Training batches from two parts of a split, as Noisy Student's official code builds them:
+    each batch holds `batch_size` of the split's first `first` examples (the labelled ones) and
+    `ratio` times as many of the rest (unlabel_ratio), and a pass is one over the first part,
+    so an epoch counts labelled images."""
     first: int
     ratio: float
 
     def shares(self, batch_size: int) -> tuple[int, int]:
-        """How many of each part a batch holds (at least one of each)."""
-        second = min(batch_size - 1, max(1, round(batch_size * self.ratio / (1 + self.ratio))))
-        return batch_size - second, second
+        """How many of each part a batch holds (a first part smaller than a batch: all of it)."""
+        first = min(batch_size, self.first)
+        return first, max(1, round(first * self.ratio))
+
+    def num_batches(self, batch_size: int) -> int:
+        """Batches in a pass: the first part's full batches (at least one)."""
+        return max(1, self.first // batch_size)
 
 
 def batch_indices(n: int, batch_size: int, train: bool, generator: torch.Generator,
                   mix: BatchMix | None = None) -> Iterator[torch.Tensor]:
     """The indices of each batch of one pass: shuffled for training, in order otherwise. With a
-    mix, a pass is as many batches as the whole split makes; each part is drawn in its own
-    shuffled order, started again when it runs out, and each batch is shuffled (a mix with an
-    empty part, or of batches too small to hold both, is ignored)."""
+    mix (training only), each part is drawn in its own shuffled order, started again when it
+    runs out, and each batch is shuffled (a mix with an empty part is ignored)."""
     device = generator.device
-    count = num_batches(n, batch_size, train)
-    if mix is None or not 0 < mix.first < n or batch_size < 2:
+    if not mixes(n, train, mix):
         order = (torch.randperm(n, generator=generator, device=device) if train
                  else torch.arange(n, device=device))
-        for i in range(count):
+        for i in range(num_batches(n, batch_size, train)):
             yield order[i * batch_size:(i + 1) * batch_size]
         return
-    shares = mix.shares(batch_size)
+    count, shares = mix.num_batches(batch_size), mix.shares(batch_size)
     parts = [_cycled(0, mix.first, count * shares[0], generator),
              _cycled(mix.first, n, count * shares[1], generator)]
     for i in range(count):
         index = torch.cat([part[i * k:(i + 1) * k] for part, k in zip(parts, shares,
                                                                     strict=True)])
         yield index[torch.randperm(len(index), generator=generator, device=device)]
+
+
+def mixes(n: int, train: bool, mix: BatchMix | None) -> bool:
+    """Whether training batches of a split of `n` follow `mix` (both its parts hold images)."""
+    return train and mix is not None and 0 < mix.first < n
+
+
+def pass_length(n: int, batch_size: int, train: bool, mix: BatchMix | None) -> int:
+    """Batches in one pass over a split of `n` (see batch_indices)."""
+    if mixes(n, train, mix):
+        return mix.num_batches(batch_size)
+    return num_batches(n, batch_size, train)
 
 
 def _cycled(start: int, stop: int, length: int, generator: torch.Generator) -> torch.Tensor:
@@ -113,7 +128,7 @@ class DeviceLoader(EpochBatches):
         self.rank, self.world = ranks
 
     def __len__(self) -> int:
-        return num_batches(len(self.labels), self.batch_size, self.train)
+        return pass_length(len(self.labels), self.batch_size, self.train, self.mix)
 
     def __iter__(self) -> Iterator[Batch]:
         g = torch.Generator(device=self.device).manual_seed(epoch_seed(self.seed, self.epoch))
@@ -141,17 +156,17 @@ class DatasetLoader(EpochBatches):
         self.rank, self.world = ranks
 
     def __len__(self) -> int:
-        return num_batches(len(self.dataset), self.batch_size, self.train)
+        return pass_length(len(self.dataset), self.batch_size, self.train, self.mix)
 
     def __iter__(self) -> Iterator[Batch]:
         drop_last = drops_last(len(self.dataset), self.batch_size, self.train)
         seed = epoch_seed(self.seed, self.epoch)
-        if self.mix is not None:  # rank r takes its slice of each global batch
+        if mixes(len(self.dataset), self.train, self.mix):  # rank r: its slice of each batch
             batches = batch_indices(len(self.dataset), self.batch_size, self.train,
                                     torch.Generator().manual_seed(seed), self.mix)
-            share = self.batch_size // self.world
-            options = {"batch_sampler": [b[self.rank * share:(self.rank + 1) * share].tolist()
-                                         for b in batches]}
+            options = {"batch_sampler": [
+                b[self.rank * (len(b) // self.world):(self.rank + 1) * (len(b) // self.world)]
+                .tolist() for b in batches]}
             drop_last = False  # the batches are given
         elif self.world > 1:  # rank r takes places r, r + world, ... of each global batch
             sampler = DistributedSampler(self.dataset, self.world, self.rank, shuffle=True,

@@ -137,6 +137,10 @@ class Method(nn.Module):
         of its own."""
         return None
 
+    def after_update(self) -> None:
+        """Device work after every optimiser step, inside the step (so inside its CUDA graph
+        when captured): a moving average of the weights, say. Nothing by default."""
+
     def step_taken(self) -> None:
         """Host bookkeeping after every training step, outside any graph: the counters that
         choose the next `step_variant`."""

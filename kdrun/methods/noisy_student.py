@@ -19,18 +19,15 @@ from kdrun.data import (
     load_named_dataset,
     make_loader,
 )
-from kdrun.data.augment import (
-    RandAugment,
-    center_crop_transform,
-    random_crop_flip,
-    resized_crop_transform,
-)
+from kdrun.data.augment import center_crop_transform, random_crop_flip, resized_crop_transform
 from kdrun.data.image_folder import ImageFiles, list_image_files, read_images
+from kdrun.data.randaugment import RandAugment
 from kdrun.data.types import seeded_permutation, take
 from kdrun.data.views import Relabelled, with_transform
 from kdrun.errors import ConfigError
 from kdrun.methods.base import Method, MethodSettings, Networks, Stage, freeze
 from kdrun.methods.pseudo_labels import predict, select
+from kdrun.methods.weight_average import WeightAverage
 from kdrun.models import check_arch
 from kdrun.models.prepare import prepare
 from kdrun.runtime.run import Run
@@ -38,6 +35,16 @@ from kdrun.runtime.run import Run
 PREDICT_BATCH = 512
 log = logging.getLogger(__name__)
 FOLDER = "folder"  # method.unlabelled=folder: every image under method.unlabelled_root
+
+
+@dataclass
+class RoundSettings:
+    """One round's own noise and batch ratio, as the official scripts set them per model
+    (null: the method's value)."""
+    dropout: float | None = None
+    randaugment_ops: int | None = None
+    randaugment_magnitude: float | None = None
+    unlabel_ratio: float | None = None
 
 
 @dataclass
@@ -52,8 +59,8 @@ class NoisyStudentSettings(MethodSettings):
     threshold: float = MISSING  # confidence below which unlabelled images are dropped
     balance: bool = MISSING
     per_class: int | None = MISSING
-    randaugment_ops: int = MISSING  # input noise: RandAugment N
-    randaugment_magnitude: int = MISSING  # and M
+    randaugment_ops: int = MISSING  # input noise: RandAugment N (0: none)
+    randaugment_magnitude: float = MISSING  # and M, on the official scale (level / 10)
     dropout: float = MISSING  # model noise: dropout before the classifier
     survival: float = MISSING  # stochastic depth: survival of the last residual block
     crop_padding: int = MISSING  # the data set's own augmentation, every round
@@ -61,6 +68,8 @@ class NoisyStudentSettings(MethodSettings):
     noise_first_teacher: bool = MISSING  # round 0 trains with the students' noise
     label_smoothing: float = MISSING  # on the cross-entropy to labels and hard pseudo-labels
     unlabel_ratio: float | None = MISSING  # pseudo-labelled per labelled image in each batch
+    per_round: list[RoundSettings] = MISSING  # [] or one per round, round 0's first
+    weight_average: float | None = MISSING  # decay of the weights' moving average | null
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -79,6 +88,11 @@ class NoisyStudentSettings(MethodSettings):
         if self.unlabelled == FOLDER:
             require(self.unlabelled_root is not None, "method.unlabelled_root", None,
                     "method.unlabelled=folder reads the images under this folder: set it")
+        require(self.randaugment_ops >= 0, "method.randaugment_ops", self.randaugment_ops,
+                "use >= 0 (0: no RandAugment)")
+        require(self.randaugment_magnitude >= 0, "method.randaugment_magnitude",
+                self.randaugment_magnitude, "use >= 0 (the official scale: 10 is each op's "
+                "full argument, higher allowed)")
         require(0 <= self.threshold < 1, "method.threshold", self.threshold,
                 "a confidence in [0, 1)")
         require(0 < self.survival <= 1, "method.survival", self.survival,
@@ -89,6 +103,26 @@ class NoisyStudentSettings(MethodSettings):
         if self.unlabel_ratio is not None:
             require(self.unlabel_ratio > 0, "method.unlabel_ratio", self.unlabel_ratio,
                     "use > 0, or null to mix by the sizes of the two sets")
+        if self.weight_average is not None:
+            require(0 < self.weight_average < 1, "method.weight_average", self.weight_average,
+                    "a decay in (0, 1), e.g. the official 0.9999, or null for none")
+        if self.per_round:
+            require(len(self.per_round) == self.rounds + 1, "method.per_round",
+                    len(self.per_round), f"give rounds + 1 = {self.rounds + 1} entries (round "
+                    "0's first), or [] for the same settings every round")
+            for r in range(self.rounds + 1):
+                try:  # each round's values checked as the method's are
+                    self.for_round(r)
+                except ConfigError as err:
+                    raise ConfigError(f"method.per_round[{r}]: {err}") from None
+
+    def for_round(self, r: int) -> NoisyStudentSettings:
+        """The settings round `r` trains with: the method's, with the round's own values."""
+        if not self.per_round:
+            return self
+        own = {key: value for key, value in vars(self.per_round[r]).items()
+               if value is not None}
+        return replace(self, per_round=[], **own)
 
 
 class NoisyStudent(Method):
@@ -98,15 +132,16 @@ class NoisyStudent(Method):
     unlabelled images with the un-noised teacher (confidence threshold, per-class balancing),
     trains a new, equal or larger student on labelled + pseudo-labelled images with input
     noise (RandAugment) and model noise (classifier dropout, stochastic depth with linear
-    decay), and makes it the next teacher. As in the official code, every batch holds
-    `unlabel_ratio` pseudo-labelled images per labelled one, and the cross-entropy to labels
-    (and to hard pseudo-labels) is label-smoothed. Soft pseudo-labels are the teacher's
-    probabilities on the un-noised image, computed once per round. The loss is the batch's
-    mean (the official code sums the two parts' means weighted 1 : unlabel_ratio, which is
-    this times 1 + unlabel_ratio: a constant the learning rate absorbs). In-memory data sets
-    are noised in batches on the device (RandAugment too, each image its own draw, so the
-    step can be captured as a CUDA graph); large-image ones (ImageNet) per image in the
-    DataLoader workers."""
+    decay), and makes it the next teacher. As in the official code (google-research/
+    noisystudent, main.py), every batch holds `trainer.batch_size` labelled images and
+    `unlabel_ratio` times as many pseudo-labelled ones, an epoch is a pass over the labelled
+    images, the loss is the labelled images' mean cross-entropy plus unlabel_ratio times the
+    pseudo-labelled ones' mean, and the cross-entropy to labels (and to hard pseudo-labels) is
+    label-smoothed. As there, a moving average of each round's weights (`weight_average`)
+    evaluates and pseudo-labels. Soft pseudo-labels are the teacher's probabilities on the
+    un-noised image, computed once per round. In-memory data sets are noised in batches on the
+    device (RandAugment too, each image its own draw, so the step can be captured as a CUDA
+    graph); large-image ones (ImageNet) per image in the DataLoader workers."""
 
     Settings = NoisyStudentSettings
     augments_batches = True  # in-memory data; a DataLoader data set is noised by its transform
@@ -119,41 +154,82 @@ class NoisyStudent(Method):
         self.noisy = False  # this round's student is noised; set by stages()
         self.in_memory = True  # in-memory data is noised here; set by stages()
         self.pseudo_targets = torch.zeros(0, self.num_classes)  # set each round
-        self.rand_augment = RandAugment(settings.randaugment_ops, settings.randaugment_magnitude)
+        self.now = settings.for_round(0)  # this round's settings; set by stages()
+        self.rand_augment: RandAugment | None = None  # this round's; set by stages()
+        self.average: WeightAverage | None = None  # of this round's student; set by stages()
 
     def stages(self, data: ImageData, epochs: int, run: Run):
         s = self.settings
         labelled, unlabelled = self.split(data, run)
         self.in_memory = isinstance(labelled, TensorSplit)
+        self.start_round(0, run)
         augment = not self.in_memory  # the loader noises only what this method cannot
         self.noisy = s.noise_first_teacher
         self.student = prepare(self.build_student(self.archs[0]), run)
+        self.average = self.averaged(self.archs[0], run)
         first = labelled if self.in_memory or not self.noisy else with_transform(
             labelled, self.noised_transform(run))
         yield Stage("round0", replace(data, train=first), epochs,
                     augment=augment, later_epochs=s.rounds * epochs)
         for r in range(1, s.rounds + 1):
-            self.teacher = freeze(self.student).eval()
+            self.teacher = freeze(self.eval_model()).eval()
+            self.start_round(r, run)
             train, kept = self.with_pseudo_labels(labelled, unlabelled, run)
             self.noisy = True
             self.student = prepare(self.build_student(self.archs[r]), run)
-            mix = None if s.unlabel_ratio is None else BatchMix(len(labelled), s.unlabel_ratio)
+            self.average = self.averaged(self.archs[r], run)
+            ratio = self.now.unlabel_ratio
+            mix = None if ratio is None else BatchMix(len(labelled), ratio)
             yield Stage(f"round{r}", replace(data, train=train), epochs,
                         augment=augment, mix=mix, metrics={f"round{r}/pseudo_labelled": kept},
                         later_epochs=(s.rounds - r) * epochs)
 
+    def start_round(self, r: int, run: Run) -> None:
+        """Round `r`'s settings and input noise."""
+        self.now = self.settings.for_round(r)
+        self.rand_augment = self.official_rand_augment(run.cfg.dataset.image_size)
+
+    def averaged(self, arch: str, run: Run) -> WeightAverage | None:
+        """The moving average of this round's student, when the settings keep one."""
+        decay = self.settings.weight_average
+        if decay is None:
+            return None
+        return WeightAverage(prepare(self.build_student(arch), run), self.student, decay)
+
+    def eval_model(self):
+        """The round's student, or its weights' moving average when kept (the official code
+        evaluates, saves and pseudo-labels with the average)."""
+        return self.student if self.average is None else self.average.network
+
+    def after_update(self) -> None:
+        if self.average is not None:
+            self.average.update(self.student)
+
     def build_student(self, arch: str):
         """A new network; with the model noise (dropout, stochastic depth) when noised."""
-        s = self.settings
+        s = self.now
         if not self.noisy:
             return self.make_model(arch, drop_rate=0.0)
         return self.make_model(arch, drop_rate=s.dropout, drop_path_rate=1 - s.survival)
 
+    def official_rand_augment(self, image_size: int) -> RandAugment | None:
+        """RandAugment N, M as the official preprocessing sets it up: for small (in-memory)
+        images its 32-pixel one (Cutout and translations reach image_size // 8 at level 10,
+        then every image gets a Cutout of side image_size // 2), for large ones its ImageNet
+        one (40 and 100 pixels, no extra Cutout). None when N is 0."""
+        s = self.now
+        if not s.randaugment_ops:
+            return None
+        if not self.in_memory:
+            return RandAugment(s.randaugment_ops, s.randaugment_magnitude)
+        return RandAugment(s.randaugment_ops, s.randaugment_magnitude,
+                           cutout_const=image_size // 8, translate_const=image_size // 8,
+                           cutout_after=image_size // 4)
+
     def noised_transform(self, run: Run):
         """The input noise of the DataLoader path, per image: crop, flip and RandAugment."""
-        s = self.settings
-        return resized_crop_transform(run.cfg.dataset.image_size, s.hflip,
-                                      (s.randaugment_ops, s.randaugment_magnitude))
+        return resized_crop_transform(run.cfg.dataset.image_size, self.settings.hflip,
+                                      self.rand_augment)
 
     def split(self, data: ImageData, run: Run):
         """The labelled share of the training set (seeded), and the unlabelled images: the rest
@@ -206,12 +282,12 @@ class NoisyStudent(Method):
                              ), len(index)
 
     def training_step(self, images, labels):
-        s = self.settings
+        s = self.now
         inputs = images
-        if self.in_memory:  # crop, flip and noise the batch here
-            inputs = random_crop_flip(images, s.crop_padding, s.hflip)
-            if self.noisy:
+        if self.in_memory:  # noise, crop and flip the batch here (the official order)
+            if self.noisy and self.rand_augment is not None:
                 inputs = self.rand_augment(inputs)
+            inputs = random_crop_flip(inputs, s.crop_padding, s.hflip)
         logits = self.student(inputs)
         if not len(self.pseudo_targets):  # round 0, or a teacher that kept none: labels only
             ce = F.cross_entropy(logits.float(), labels, label_smoothing=s.label_smoothing)
@@ -225,5 +301,17 @@ class NoisyStudent(Method):
         if s.soft:
             soft_ce = -(teacher_probabilities * F.log_softmax(logits.float(), dim=1)).sum(dim=1)
             ce = torch.where(is_pseudo, soft_ce, ce)
-        return {"loss": ce.mean(), "logits": logits, "labels": targets,
+        return {"loss": self.data_loss(ce, is_pseudo), "logits": logits, "labels": targets,
                 "pseudo_share": is_pseudo.float().mean()}
+
+    def data_loss(self, ce: torch.Tensor, is_pseudo: torch.Tensor) -> torch.Tensor:
+        """The official code's loss: the labelled images' mean plus unlabel_ratio times the
+        pseudo-labelled ones' mean (masked sums: no data-dependent shapes, so the step can be
+        captured); with `unlabel_ratio` null, batches mixed by the sets' sizes, the mean."""
+        ratio = self.now.unlabel_ratio
+        if ratio is None:
+            return ce.mean()
+        pseudo = is_pseudo.float()
+        labelled = 1 - pseudo
+        return ((ce * labelled).sum() / labelled.sum().clamp_min(1)
+                + ratio * (ce * pseudo).sum() / pseudo.sum().clamp_min(1))

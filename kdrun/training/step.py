@@ -26,6 +26,7 @@ def train_step(method: Method, optimizers: Optimizers, images: torch.Tensor,
     with run.autocast():
         out = method.training_step(images, labels)
     optimizers.update(out)
+    method.after_update()
     return out
 
 
