@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from kdrun.data import ImageData, load_dataset, make_loader
+from kdrun.errors import ConfigError
 from kdrun.evaluation.accuracy import evaluate
 from kdrun.evaluation.shift import load_eval_sets
 from kdrun.evaluation.suite import evaluate_beyond_clean
@@ -47,6 +48,7 @@ def start_run(cfg: DictConfig, run_dir: Path, sweep_group: str | None, run_name:
     with claimed(run_dir, resume=cfg.trainer.resume):
         validate(cfg)
         record_method_defaults(cfg)
+        record_teacher_settings(cfg)
         if distributed.is_main():
             OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
         data, eval_sets = load_inputs(cfg)
@@ -70,6 +72,21 @@ def record_method_defaults(cfg: DictConfig) -> None:
                 cfg[source[1]] = value
             else:
                 cfg.method[key] = value
+
+
+def record_teacher_settings(cfg: DictConfig) -> None:
+    """What the method asks of its teacher's training (Method.teacher_settings: Fickle
+    Teacher's teacher trained with its dropout) written into cfg.teacher, so the teacher is
+    trained and cached with it and config.yaml shows it; a different value given by hand for
+    the same key is a one-line error."""
+    settings = method_settings(cfg.method)
+    for key, value in METHODS.get(cfg.method.name).teacher_settings(settings).items():
+        given = cfg.teacher[key]
+        if given and given != value:
+            raise ConfigError(f"teacher.{key}={given} contradicts method {cfg.method.name}, "
+                              f"whose settings train its teacher with teacher.{key}={value}: "
+                              f"drop teacher.{key} or change the method's setting")
+        cfg.teacher[key] = value
 
 
 def load_inputs(cfg: DictConfig) -> tuple[ImageData, dict]:

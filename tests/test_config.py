@@ -184,6 +184,9 @@ def test_the_quickstart_gives_a_method_the_settings_it_needs_there_and_the_comma
     ("method=noisy_student method.randaugment_ops=-1", "method.randaugment_ops=-1 is not allowed"),
     ("method=noisy_student method.weight_average=1", "method.weight_average=1.0 is not allowed"),
     ("method=deepinversion method.pool_dtype=float16", "method.pool_dtype=float16 is not allowed"),
+    ("method=fickle_teacher method.teacher_trained_with_dropout=true method.placement=stages",
+     "method.placement=stages is not allowed: a teacher is trained with dropout on its "
+     "classifier's input only"),
     ("dataset.val_size=-1", "dataset.val_size=-1 is not allowed"),
     ("T=inf", "T=inf is not allowed: numbers must be finite"),
     ("optim.lr=nan", "optim.lr=nan is not allowed: numbers must be finite"),

@@ -63,7 +63,8 @@ def test_gaussian_aug_trains_the_student_alone_on_noised_inputs():
 @pytest.mark.parametrize("placement", ["classifier", "stages"])
 def test_fickle_teacher_outputs_differ_between_passes_and_plain_kd_does_not(placement):
     images = torch.rand(16, 3, 16, 16)
-    ft = method("fickle_teacher", dropout=0.4, placement=placement)
+    ft = method("fickle_teacher", dropout=0.4, placement=placement,
+                teacher_trained_with_dropout=False)
     running_mean = ft.teacher.net.stem[1].running_mean.clone()
     assert not torch.equal(ft.teacher_logits(images), ft.teacher_logits(images))
     assert torch.equal(ft.teacher.net.stem[1].running_mean, running_mean)  # BN stays frozen
@@ -74,7 +75,8 @@ def test_fickle_teacher_outputs_differ_between_passes_and_plain_kd_does_not(plac
 
 def test_fickle_teacher_with_zero_dropout_is_plain_kd():
     images = torch.rand(8, 3, 16, 16)
-    ft = method("fickle_teacher", dropout=0.0, placement="stages")
+    ft = method("fickle_teacher", dropout=0.0, placement="stages",
+                teacher_trained_with_dropout=False)
     assert torch.equal(ft.teacher_logits(images), method("kd").teacher_logits(images))
 
 
@@ -165,3 +167,24 @@ def test_config_yaml_records_the_sigma_a_noise_method_filled_in(tmp_path):
     control = tmp_path / "control"
     train(compose_config("method=soft_randomization", "sigma=0", "trainer.max_steps=1"), control)
     assert OmegaConf.load(control / "config.yaml").method.sigma == 0
+
+
+def test_fickle_teachers_teacher_can_be_trained_with_its_dropout_and_is_cached_apart(tmp_path):
+    """Issue 30, item 7: both teachers offered; the dropout-trained one has its own cache
+    entry, and config.yaml says which was used."""
+    sources = {}
+    for trained_with in (False, True):
+        run = tmp_path / str(trained_with)
+        results = train(compose_config("method=fickle_teacher", "trainer.max_steps=1",
+                                       f"method.teacher_trained_with_dropout={trained_with}"),
+                        run)
+        assert OmegaConf.load(run / "config.yaml").teacher.drop_rate == (0.4 if trained_with
+                                                                         else 0.0)
+        sources[trained_with] = results["meta/teacher_source"]
+    assert sources[True] != sources[False]
+    teacher = torch.load(sources[True], weights_only=False)
+    assert teacher["meta"]["recipe"]["drop_rate"] == 0.4
+    from kdrun.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"^teacher.drop_rate=0.2 contradicts method "):
+        train(compose_config("method=fickle_teacher", "teacher.drop_rate=0.2",
+                             "method.teacher_trained_with_dropout=true"), tmp_path / "both")

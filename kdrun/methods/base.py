@@ -102,6 +102,12 @@ class Method(nn.Module):
         self.teacher = freeze(given) if given is not None else None
         self.teacher_output_shuffle = networks.teacher_output_shuffle
 
+    @classmethod
+    def teacher_settings(cls, settings: MethodSettings) -> dict[str, Any]:
+        """teacher.<key>: value the method's settings ask the teacher to be trained with
+        (written into the run's config before the teacher is resolved); none by default."""
+        return {}
+
     def training_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Returns 'loss' (what the trainer minimises), 'logits' (the student's, for train
         accuracy; 'labels' if the batch's labels are encoded) and any scalar parts to log."""

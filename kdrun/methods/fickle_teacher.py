@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,7 @@ def active_dropout(model: Classifier, p: float, placement: str):
 class FickleTeacherSettings(KDSettings):
     dropout: float = MISSING  # the teacher's dropout rate while it distils
     placement: str = MISSING  # classifier | stages
+    teacher_trained_with_dropout: bool = MISSING  # teacher.drop_rate = dropout while it trains
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -47,15 +49,26 @@ class FickleTeacherSettings(KDSettings):
                 "the teacher's dropout rate must lie in [0, 1)")
         require(self.placement in PLACEMENTS, "method.placement", self.placement,
                 f"choose one of {', '.join(PLACEMENTS)}")
+        if self.teacher_trained_with_dropout:
+            require(self.placement == "classifier", "method.placement", self.placement,
+                    "a teacher is trained with dropout on its classifier's input only: use "
+                    "classifier, or method.teacher_trained_with_dropout=false")
 
 
 class FickleTeacher(KD):
     """Fickle Teacher (Arani, Sarfraz, Zonooz; arXiv 1910.05057): the teacher's soft targets
     come from a stochastic forward pass with dropout active, so every batch meets a slightly
     different teacher; the student learns with the KD loss. The teacher is trained without
-    dropout; only its distillation passes are noised."""
+    dropout (only its distillation passes are noised), or with `teacher_trained_with_dropout`
+    at the same rate, so the Monte Carlo dropout samples a network trained with it."""
 
     Settings = FickleTeacherSettings
+
+    @classmethod
+    def teacher_settings(cls, settings: FickleTeacherSettings) -> dict[str, Any]:
+        if settings.teacher_trained_with_dropout:
+            return {"drop_rate": settings.dropout}
+        return {}
 
     def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
         with active_dropout(self.teacher, self.settings.dropout, self.settings.placement):
