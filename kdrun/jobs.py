@@ -81,6 +81,11 @@ def record_teacher_settings(cfg: DictConfig) -> None:
     the same key is a one-line error."""
     settings = method_settings(cfg.method)
     for key, value in METHODS.get(cfg.method.name).teacher_settings(settings).items():
+        if cfg.teacher.checkpoint != "auto":
+            raise ConfigError(f"method {cfg.method.name}'s settings train its teacher with "
+                              f"teacher.{key}={value}, but teacher.checkpoint="
+                              f"{cfg.teacher.checkpoint} loads one trained elsewhere: use "
+                              f"teacher.checkpoint=auto, or change the method's setting")
         given = cfg.teacher[key]
         if given and given != value:
             raise ConfigError(f"teacher.{key}={given} contradicts method {cfg.method.name}, "

@@ -331,3 +331,15 @@ def test_adaptive_deepinversion_distils_as_long_as_deepinversion_on_one_schedule
     assert steps == [12, 24, 36]  # one schedule, counted on through the rounds
     base = compose_config("sched=cosine").optim.lr
     assert lrs == pytest.approx([0.75 * base, 0.25 * base, 0], abs=1e-6)  # cosine over 36
+
+
+def test_a_pool_joined_across_dtypes_stays_in_pixels():
+    """A resumed Adaptive DeepInversion run whose first round file is uint8 (saved before
+    method.pool_dtype) and whose next round is float32."""
+    from kdrun.methods.adaptive_deepinversion import joined
+
+    old = TensorSplit(torch.full((2, 3, 4, 4), 255, dtype=torch.uint8), torch.zeros(2).long())
+    new = TensorSplit(torch.full((2, 3, 4, 4), 0.5), torch.ones(2).long())
+    pool = joined(old, new)
+    assert pool.images.dtype == torch.float32 and pool.images.max() == 1.0
+    assert pool.labels.tolist() == [0, 0, 1, 1]

@@ -188,3 +188,13 @@ def test_fickle_teachers_teacher_can_be_trained_with_its_dropout_and_is_cached_a
     with pytest.raises(ConfigError, match=r"^teacher.drop_rate=0.2 contradicts method "):
         train(compose_config("method=fickle_teacher", "teacher.drop_rate=0.2",
                              "method.teacher_trained_with_dropout=true"), tmp_path / "both")
+
+
+def test_a_teacher_loaded_from_a_file_cannot_be_trained_with_fickle_teachers_dropout(tmp_path):
+    from kdrun.errors import ConfigError
+
+    weights = tmp_path / "teacher.pt"
+    weights.write_bytes(b"")  # never read: the error comes first
+    with pytest.raises(ConfigError, match=r"teacher.checkpoint=.*teacher.pt loads one trained "):
+        train(compose_config("method=fickle_teacher", f"teacher.checkpoint={weights}",
+                             "method.teacher_trained_with_dropout=true"), tmp_path / "run")

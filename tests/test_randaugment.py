@@ -45,6 +45,7 @@ def test_the_pixel_ops_on_fixed_values():
     assert op("SolarizeAdd", x, 200)[0, 0, 0].tolist() == [200, 255, 255, 200, 255]
     assert op("Posterize", x, 2)[0, 0, 0].tolist() == [0, 64, 64, 192, 192]
     assert op("Posterize", x, 10)[0, 0, 0].tolist() == x[0, 0, 0].tolist()  # M 27: kept
+    assert op("Posterize", x, 0)[0, 0, 0].tolist() == [0, 0, 0, 128, 128]  # TF: shift 7
     # blends truncate as tf.cast does: 0.5 * 127 = 63.5 -> 63; 1.9 * 200 clips to 255
     assert op("Brightness", x, 0.5)[0, 0, 0].tolist() == [0, 50, 63, 100, 127]
     assert op("Brightness", x, 1.9)[0, 0, 0].tolist() == [0, 190, 241, 255, 255]

@@ -98,9 +98,10 @@ def smooth_kernel(device: torch.device) -> torch.Tensor:
 
 
 def posterize(x: torch.Tensor, bits: int) -> torch.Tensor:
-    """Keep the top `bits` bits. More than 8 bits (levels of 22.5 and up), where the official
-    TF shift is negative and undefined, keep the image (ours)."""
-    shift = 2.0 ** min(max(8 - bits, 0), 8)
+    """Keep the top `bits` bits, with the shift 8 - bits clamped to [0, 7] as TensorFlow's
+    bitwise shifts clamp it: 0 bits (levels below 2.5) keep the top bit, more than 8 (levels of
+    22.5 and up) keep the image."""
+    shift = 2.0 ** min(max(8 - bits, 0), 7)
     return (x / shift).floor() * shift
 
 
@@ -173,10 +174,11 @@ class RandAugment:
                  generator: torch.Generator | None = None) -> torch.Tensor:
         single = images.dim() == 3
         batch = images.unsqueeze(0) if single else images
-        if images.dtype == torch.uint8:
-            out = self.apply(batch.float(), generator).to(torch.uint8)
-        else:
-            out = self.apply((batch * 255).round(), generator) / 255
+        with torch.autocast(images.device.type, enabled=False):  # exact uint8 arithmetic
+            if images.dtype == torch.uint8:
+                out = self.apply(batch.float(), generator).to(torch.uint8)
+            else:
+                out = self.apply((batch.float() * 255).round(), generator) / 255
         return out.squeeze(0) if single else out
 
     def apply(self, x: torch.Tensor, generator: torch.Generator | None,

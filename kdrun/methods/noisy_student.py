@@ -284,7 +284,8 @@ class NoisyStudent(Method):
     def training_step(self, images, labels):
         s = self.now
         inputs = images
-        if self.in_memory:  # noise, crop and flip the batch here (the official order)
+        if self.in_memory:  # noise, crop and flip the batch here (the official order; the crop
+            #                 pads with zeros, the official small_image_crop by reflection)
             if self.noisy and self.rand_augment is not None:
                 inputs = self.rand_augment(inputs)
             inputs = random_crop_flip(inputs, s.crop_padding, s.hflip)
