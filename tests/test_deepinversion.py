@@ -333,13 +333,16 @@ def test_adaptive_deepinversion_distils_as_long_as_deepinversion_on_one_schedule
     assert lrs == pytest.approx([0.75 * base, 0.25 * base, 0], abs=1e-6)  # cosine over 36
 
 
-def test_a_pool_joined_across_dtypes_stays_in_pixels():
-    """A resumed Adaptive DeepInversion run whose first round file is uint8 (saved before
-    method.pool_dtype) and whose next round is float32."""
-    from kdrun.methods.adaptive_deepinversion import joined
+def test_a_pool_read_back_comes_in_the_runs_dtype(tmp_path):
+    """A resumed run whose round file was saved as uint8 (before method.pool_dtype) and whose
+    next round is float32 must not join uint8 levels to pixels."""
+    from test_methods import make_method
 
-    old = TensorSplit(torch.full((2, 3, 4, 4), 255, dtype=torch.uint8), torch.zeros(2).long())
-    new = TensorSplit(torch.full((2, 3, 4, 4), 0.5), torch.ones(2).long())
-    pool = joined(old, new)
-    assert pool.images.dtype == torch.float32 and pool.images.max() == 1.0
-    assert pool.labels.tolist() == [0, 0, 1, 1]
+    saved = TensorSplit(torch.full((2, 3, 4, 4), 255, dtype=torch.uint8), torch.zeros(2).long())
+    save_pool(tmp_path / "synthetic" / "pool-round1.pt", saved, ["a", "b"], meta={})
+    method = make_method("adaptive_deepinversion")
+    for dtype, expected in (("float32", torch.full((2, 3, 4, 4), 1.0)), ("uint8", saved.images)):
+        method.settings.pool_dtype = dtype
+        pool = method.synthesize(["a", "b"], 2, "pool-round1.pt", make_run(run_dir=tmp_path),
+                                 student=None)
+        assert torch.equal(pool.images, expected) and torch.equal(pool.labels, saved.labels)

@@ -23,10 +23,11 @@ class TensorSplit:
 
 
 def unit_pixels(images: torch.Tensor) -> torch.Tensor:
-    """`images` of a TensorSplit as float32 on the [0, 1] scale, a new tensor."""
+    """`images` of a TensorSplit as float32 on the [0, 1] scale (float32 ones as they are, not
+    copied: the loaders' batches are already copies)."""
     if images.dtype == torch.uint8:
         return images.float().div_(255)
-    return images.to(torch.float32, copy=True)
+    return images.float()
 
 
 @dataclass

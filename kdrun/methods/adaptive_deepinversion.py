@@ -12,7 +12,6 @@ from kdrun.checks import require
 from kdrun.data import ImageData, TensorSplit
 from kdrun.data.device_loader import num_batches
 from kdrun.data.pool import save_pool
-from kdrun.data.types import unit_pixels
 from kdrun.methods.base import Schedule, Stage
 from kdrun.methods.deepinversion import POOL_FILE, DeepInversion, DeepInversionSettings
 from kdrun.methods.inversion import COMPETITION_FORMS, Competition
@@ -70,7 +69,8 @@ class AdaptiveDeepInversion(DeepInversion):
         for r in range(1, s.rounds + 1):
             new = self.synthesize(data.classes, sizes[0], f"pool-round{r}.pt", run,
                                   student=self.student)
-            pool = new if pool is None else joined(pool, new)
+            pool = new if pool is None else TensorSplit(torch.cat([pool.images, new.images]),
+                                                        torch.cat([pool.labels, new.labels]))
             if r == s.rounds:  # the whole pool, for reuse like DeepInversion's
                 save_pool(run.dir / "synthetic" / POOL_FILE, pool, data.classes,
                           meta={"method": type(self).__name__, "teacher": self.teacher.arch})
@@ -92,12 +92,3 @@ class AdaptiveDeepInversion(DeepInversion):
         return [max(1, round(share / num_batches(n, batch_size, train=True)))
                 for n in self.pool_sizes()]
 
-
-def joined(pool: TensorSplit, new: TensorSplit) -> TensorSplit:
-    """The pool so far and a round's images, in one split; parts of different dtypes (a round
-    file saved before method.pool_dtype changed) are joined as float pixels."""
-    if pool.images.dtype == new.images.dtype:
-        images = torch.cat([pool.images, new.images])
-    else:
-        images = torch.cat([unit_pixels(pool.images), unit_pixels(new.images)])
-    return TensorSplit(images, torch.cat([pool.labels, new.labels]))

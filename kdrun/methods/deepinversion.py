@@ -19,6 +19,7 @@ from kdrun.methods.inversion import (
     Competition,
     SynthesisSettings,
     Synthesizer,
+    as_pool_dtype,
     balanced_labels,
 )
 from kdrun.methods.kd import KD, KDSettings
@@ -79,8 +80,8 @@ class DeepInversion(KD):
         instead when a resumed run finds it there)."""
         path = run.dir / "synthetic" / name
         saved = distributed.from_main(lambda: load_pool(path)[0] if path.is_file() else None)
-        if saved is not None:
-            return saved
+        if saved is not None:  # in this run's dtype (a file saved before the setting changed)
+            return replace(saved, images=as_pool_dtype(saved.images, self.settings.pool_dtype))
         return self._synthesize(classes, size, path, run, student)
 
     def _synthesize(self, classes: list[str], size: int, path: Path, run: Run,

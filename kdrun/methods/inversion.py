@@ -20,6 +20,7 @@ from omegaconf import MISSING
 from torch import nn
 
 from kdrun.checks import require
+from kdrun.data.types import unit_pixels
 from kdrun.methods.base import MethodSettings
 from kdrun.models import Classifier
 from kdrun.runtime.graphs import Replay
@@ -107,6 +108,16 @@ def competition(teacher_logits: torch.Tensor, student_logits: torch.Tensor, T: f
     student disagrees with the teacher, so minimising it favours such images. `form`: the
     paper's JS ("js") or NVlabs' clamped variant ("nvlabs")."""
     return 1 - COMPETITION_FORMS[form](teacher_logits, student_logits, T).clamp(0, 1)
+
+
+def as_pool_dtype(images: torch.Tensor, dtype: str) -> torch.Tensor:
+    """Pool images (float pixels, or uint8 levels) as `dtype` (POOL_DTYPES): float32 pixels
+    as they are, or uint8, clamped to [0, 1] and quantised."""
+    if dtype == "float32":
+        return unit_pixels(images)
+    if images.dtype == torch.uint8:
+        return images
+    return (images.float().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def balanced_labels(n: int, num_classes: int, generator: torch.Generator) -> torch.Tensor:
@@ -201,10 +212,7 @@ class Synthesizer:
         CIFAR-10 code distils from), or uint8, clamped to [0, 1] and quantised (images as a
         file stores them). With 0 iterations the batch is the starting noise (a baseline)."""
         pixels = self.optimise(labels, image_size, generator, student) * self.teacher.std
-        pixels = pixels + self.teacher.mean
-        if self.settings.pool_dtype == "float32":
-            return pixels.float()
-        return (pixels.clamp(0, 1) * 255).round().to(torch.uint8)
+        return as_pool_dtype(pixels + self.teacher.mean, self.settings.pool_dtype)
 
     def optimise(self, labels: torch.Tensor, image_size: int, generator: torch.Generator,
                  student: Classifier | None = None) -> torch.Tensor:
