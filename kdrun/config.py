@@ -79,44 +79,6 @@ class TrainerConfig:
 
 
 @dataclass
-class AttackConfig:
-    eps: list[float] = MISSING
-    step_size: float = MISSING
-    steps: int = MISSING
-    random_start: bool = MISSING
-
-
-@dataclass
-class FgsmConfig:
-    eps: list[float] = MISSING
-
-
-@dataclass
-class EvalConfig:
-    calibration_bins: int = MISSING
-    subset: int | None = None
-    batch_size: int = MISSING
-    plots: bool = MISSING
-    corruptions: list[str] = field(default_factory=list)
-    severities: list[int] = field(default_factory=list)
-    shift: dict[str, str | None] = field(default_factory=dict)
-    ood: dict[str, str | None] = field(default_factory=dict)
-    pgd_linf: AttackConfig = field(default_factory=AttackConfig)
-    pgd_l2: AttackConfig = field(default_factory=AttackConfig)
-    fgsm: FgsmConfig = field(default_factory=FgsmConfig)
-
-
-@dataclass
-class LoggerConfig:
-    name: str = MISSING
-    project: str = MISSING
-    entity: str | None = None
-    mode: str = MISSING
-    group: str | None = None
-    tags: list[str] = field(default_factory=list)
-
-
-@dataclass
 class SynthesisConfig:
     pool_size: int = MISSING
     batch_size: int = MISSING
@@ -141,8 +103,8 @@ class KdrunConfig:
     optim: dict[str, Any] = field(default_factory=dict)
     sched: SchedConfig = field(default_factory=SchedConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    eval: dict[str, Any] = field(default_factory=dict)  # typed by the evaluations' Settings
+    logger: dict[str, Any] = field(default_factory=dict)  # name: settings, typed by each logger
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
 
 

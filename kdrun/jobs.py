@@ -14,13 +14,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from kdrun.data import ImageData, load_dataset, make_loader
 from kdrun.errors import ConfigError
+from kdrun.evaluation import EvaluationSuite, complete_eval_config
 from kdrun.evaluation.accuracy import evaluate
-from kdrun.evaluation.shift import load_eval_sets
-from kdrun.evaluation.suite import evaluate_beyond_clean
 from kdrun.methods import METHODS, Method, Networks, build_method, method_settings
 from kdrun.methods.base import Stage
 from kdrun.models import build_model
@@ -43,18 +42,20 @@ log = logging.getLogger("kdrun")
 def start_run(cfg: DictConfig, run_dir: Path, sweep_group: str | None, run_name: str | None):
     """What every run shares: its run directory claimed (run_directory.py), validation before
     any work, the run directory's record, the inputs, and the run object with its sinks
-    (always closed). Yields (run, data, eval sets).
+    (always closed). Yields (run, data, the evaluation suite).
     The sinks open once the inputs are read, so a missing data set opens no W&B run."""
     with claimed(run_dir, resume=cfg.trainer.resume):
         validate(cfg)
         record_method_defaults(cfg)
         record_teacher_settings(cfg)
+        with open_dict(cfg.eval):
+            complete_eval_config(cfg.eval)  # config.yaml shows each evaluation's settings
         if distributed.is_main():
             OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-        data, eval_sets = load_inputs(cfg)
+        data, evaluations = load_inputs(cfg)
         sink = build_sinks(cfg, run_dir, sweep_group, run_name)
         try:
-            yield Run.start(cfg, run_dir, sink), data, eval_sets
+            yield Run.start(cfg, run_dir, sink), data, evaluations
         finally:
             sink.close()
 
@@ -94,12 +95,12 @@ def record_teacher_settings(cfg: DictConfig) -> None:
         cfg.teacher[key] = value
 
 
-def load_inputs(cfg: DictConfig) -> tuple[ImageData, dict]:
-    """The data set and the evaluation's shift/OOD sets (read up front: a missing one stops
-    the run in seconds, not after training)."""
+def load_inputs(cfg: DictConfig) -> tuple[ImageData, EvaluationSuite]:
+    """The data set and the evaluations with their data sets (read up front: a missing one
+    stops the run in seconds, not after training)."""
     with distributed.main_first():  # one download or decoding cache, then shared
-        return (load_dataset(cfg.dataset, cfg.cache_dir),
-                load_eval_sets(cfg.eval, cfg.dataset, cfg.cache_dir))
+        data = load_dataset(cfg.dataset, cfg.cache_dir)
+        return data, EvaluationSuite(cfg.eval, data, cfg.dataset, cfg.cache_dir)
 
 
 def build_run_method(run: Run, data: ImageData) -> tuple[Method, dict[str, Any]]:
@@ -125,7 +126,7 @@ def train(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
     """One whole training run; returns the flat results that also land in results.json.
     Under torch.distributed every rank trains; rank 0 alone evaluates beyond the clean test
     set and writes the results."""
-    with start_run(cfg, run_dir, sweep_group, run_name) as (run, data, eval_sets):
+    with start_run(cfg, run_dir, sweep_group, run_name) as (run, data, evaluations):
         results = run_info(run)
         method, teacher_provenance = build_run_method(run, data)
         results.update(teacher_provenance)
@@ -142,7 +143,7 @@ def train(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
         results["meta/student_arch"] = student.arch
         if method.teacher is not None:
             results["meta/teacher_arch"] = method.teacher.arch
-        results.update(evaluate_beyond_clean(student, data, eval_sets, run, results))
+        results.update(evaluations.run(student, data, run, results, method.teacher))
         save_model(student, run_dir / "checkpoints" / "student.pt",
                    meta={"test/acc": results["test/acc"], "dataset": cfg.dataset.name})
         for name, peer in method.peer_models().items():
@@ -185,14 +186,14 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path, sweep_group: str | None 
                         run_name: str | None = None) -> dict[str, Any]:
     """`mode=eval`: the evaluation suite on a saved model (`checkpoint=PATH`), no training; the
     model is prepared as a training run prepares its student."""
-    with start_run(cfg, run_dir, sweep_group, run_name) as (run, data, eval_sets):
+    with start_run(cfg, run_dir, sweep_group, run_name) as (run, data, evaluations):
         results = run_info(run)
         model = prepare(load_classifier(Path(cfg.checkpoint).expanduser(),
                                         cfg.dataset.num_classes, cfg.dataset.mean,
                                         cfg.dataset.std), run)
         loader = make_loader(data.test, cfg.trainer.eval_batch_size, run, train=False)
         results.update(evaluate(model, loader, run.autocast, bins=cfg.eval.calibration_bins))
-        results.update(evaluate_beyond_clean(model, data, eval_sets, run, results))
+        results.update(evaluations.run(model, data, run, results))
         run.sink.results(results)
     return results
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+import kdrun.evaluation as evaluation
 from kdrun.errors import KdrunError
 
 PUBLISHED = Path(__file__).with_name("published.yaml")
@@ -169,7 +170,9 @@ def table_rows(keys: list[str], rows: list[Row], metrics: list[str],
 
 
 def metric_label(metric: str) -> str:
-    return f"{metric} (test-selected)" if metric.endswith(TEST_SELECTED) else metric
+    if metric.endswith(TEST_SELECTED):
+        return f"{metric} (test-selected)"
+    return evaluation.label(metric)
 
 
 def notes(metrics: list[str]) -> list[str]:
@@ -274,28 +277,30 @@ def plot_curves(keys: list[str], rows: list[Row], metric: str, out_dir: Path) ->
             draw(curves, label, f"{metric} (%)", f"{metric} against {key}{spread}",
                  f"{metric.replace('/', '_')}_vs_{key.replace('.', '_')}")
 
-    for name, pattern, xlabel, title in (
-            ("robust_acc_vs_eps", r"pgd/linf/eps([\d.]+)/acc",
-             "PGD L-inf budget eps (1/255; 0: clean test accuracy)",
-             "robust accuracy against the PGD L-inf budget"),
-            ("acc_per_round", r"round(\d+)/test/acc", "Noisy Student round",
-             "test accuracy per round")):
-        curves = {}
-        for row in rows:
-            series: dict[float, list[float]] = {}
-            for results in (r.results for r in row.runs if r.results is not None):
-                for key, value in results.items():
-                    if match := re.fullmatch(pattern, key):
-                        series.setdefault(float(match.group(1)), []).append(value)
-                if name == "robust_acc_vs_eps" and series and "test/acc" in results:
-                    series.setdefault(0.0, []).append(results["test/acc"])  # clean
-            if series:
-                curves[named(row.settings)] = [
-                    (x, statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0)
-                    for x, v in series.items()]
-        if curves:
-            draw(curves, xlabel, "accuracy (%)", title + spread, name)
+    labels: dict[str, tuple[str, str]] = {}
+    series: dict[str, dict[str, dict[float, list[float]]]] = {}  # curve -> row -> x -> values
+    for row in rows:
+        for results in (r.results for r in row.runs if r.results is not None):
+            for name, (xlabel, title, points) in run_curves(results).items():
+                labels[name] = (xlabel, title)
+                line = series.setdefault(name, {}).setdefault(named(row.settings), {})
+                for x, value in points.items():
+                    line.setdefault(x, []).append(value)
+    for name, lines in series.items():
+        curves = {label: [(x, statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0)
+                          for x, v in line.items()] for label, line in lines.items()}
+        draw(curves, labels[name][0], "accuracy (%)", labels[name][1] + spread, name)
     return written
+
+
+def run_curves(results: dict[str, Any]) -> dict[str, tuple[str, str, dict[float, float]]]:
+    """One run's curves: each evaluation's, and the test accuracy per Noisy Student round."""
+    rounds = {float(m.group(1)): value for key, value in results.items()
+              if (m := re.fullmatch(r"round(\d+)/test/acc", key))}
+    found = evaluation.curves(results)
+    if rounds:
+        found["acc_per_round"] = ("Noisy Student round", "test accuracy per round", rounds)
+    return found
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -340,7 +345,8 @@ def report(root: Path, fmt: str, metrics: list[str] | None, published: Path,
                          "results.json): give the directory a sweep wrote")
     present = {key for run in runs for key in (run.results or {})}
     if not metrics:
-        metrics = [m for m in DEFAULT_METRICS if m in present] or DEFAULT_METRICS[:1]
+        metrics = ([m for m in DEFAULT_METRICS if m in present] or DEFAULT_METRICS[:1]) + \
+            evaluation.report_metrics(sorted(present))
     missing = [m for m in metrics if m not in present and present]
     if missing:
         known = ", ".join(sorted(k for k in present if not k.startswith("meta/"))[:12])

@@ -15,12 +15,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from kdrun.checks import check_optim, require
 from kdrun.config import choice, schema_keys, unknown_keys
-from kdrun.data import dataset_settings, named_dataset_cfg
+from kdrun.data import dataset_settings
 from kdrun.errors import ConfigError
-from kdrun.evaluation.corruptions import CORRUPTIONS
+from kdrun.evaluation import build_evaluations, complete_eval_config
 from kdrun.methods import METHODS, method_settings
 from kdrun.models import check_arch
 from kdrun.runtime import distributed
+from kdrun.sinks import logger_settings
 
 
 def validate(cfg: DictConfig) -> None:
@@ -44,7 +45,6 @@ def validate(cfg: DictConfig) -> None:
         require(cfg.trainer.device != "cpu" and torch.cuda.is_available(), "trainer.cuda_graph",
                 True, "CUDA graphs need a CUDA device: set it to null (on with CUDA) or false")
     _check_distributed(cfg)
-    _check_eval(cfg.eval)
     if choice(cfg.mode) == "eval":
         require(cfg.checkpoint is not None, "checkpoint", cfg.checkpoint,
                 "mode=eval needs checkpoint=PATH of a model file (e.g. <run "
@@ -53,9 +53,9 @@ def validate(cfg: DictConfig) -> None:
                     "dir>/checkpoints/student.pt)")
 
     dataset_settings(cfg.dataset)
-    for kind in ("shift", "ood"):  # the evaluation's data sets, each in its role
-        for name, root in cfg.eval[kind].items():
-            named_dataset_cfg(name, root, cfg.dataset, role=f"eval.{kind}.{name}")
+    _check_eval(cfg)
+    for name, settings in cfg.logger.items():
+        logger_settings(name, settings)
 
     check_arch(cfg.student.arch, key="student.arch")
     for section in ("student", "teacher"):
@@ -106,22 +106,13 @@ def _nearest_keys(key: str) -> list[str]:
     return [k for k in known if part and k.rsplit(".", 1)[-1] == part[0]]
 
 
-def _check_eval(ev: DictConfig) -> None:
-    require(ev.calibration_bins >= 1, "eval.calibration_bins", ev.calibration_bins, "use >= 1")
-    require(ev.batch_size >= 1, "eval.batch_size", ev.batch_size, "use >= 1")
-    if ev.subset is not None:
-        require(ev.subset >= 1, "eval.subset", ev.subset, "use >= 1, or null for the test set")
-    for name in ("pgd_linf", "pgd_l2", "fgsm"):
-        for eps in ev[name].eps:
-            require(eps > 0, f"eval.{name}.eps", list(ev[name].eps), "budgets must be > 0")
-    for name in ev.corruptions:
-        require(name in CORRUPTIONS, "eval.corruptions", name,
-                f"choose from {', '.join(CORRUPTIONS)}")
-    for severity in ev.severities:
-        require(1 <= severity <= 5, "eval.severities", list(ev.severities), "severities are 1..5")
-    for name in ("pgd_linf", "pgd_l2"):
-        require(ev[name].steps >= 1, f"eval.{name}.steps", ev[name].steps, "use >= 1")
-        require(ev[name].step_size > 0, f"eval.{name}.step_size", ev[name].step_size, "use > 0")
+def _check_eval(cfg: DictConfig) -> None:
+    """The evaluations' settings laid over their YAML's and typed, then each one's own checks
+    against the whole config (its data sets' names and settings)."""
+    eval_cfg = OmegaConf.create(OmegaConf.to_container(cfg.eval, resolve=True))
+    complete_eval_config(eval_cfg)
+    for evaluation in build_evaluations(eval_cfg):
+        evaluation.check(cfg)
 
 
 def _check_device(device: str) -> None:

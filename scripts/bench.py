@@ -12,8 +12,8 @@ Overrides are kdrun's own (the same config tree); `bench.*` keys belong to this 
                         torch.compile): true | false | auto (CUDA only)
     bench.reference=true  time the reference loop too
     bench.workers=2     DataLoader workers of the reference loop
-    bench.eval_images=0 also time PGD-20 (L-inf 8/255) and the corruption suite on this many
-                        test images (0: skip)
+    bench.eval_images=0 also time each configured evaluation (eval=PRESET) on this many test
+                        images, all attacked and corrupted (0: skip)
     bench.synthesis=0   time a data-free method's synthesis instead of training: this many
                         Adam iterations on one batch of synthesis.batch_size images, eagerly and
                         (with bench.graph) captured as a CUDA graph, after an untimed batch
@@ -39,16 +39,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision import transforms as T
 
 from kdrun.cli import expand_home, unusable_output_dir
-from kdrun.data import load_dataset, make_loader
+from kdrun.data import ImageData, load_dataset, make_loader
 from kdrun.data.types import subset
 from kdrun.errors import KdrunError
-from kdrun.evaluation.attacks import robust_accuracy
-from kdrun.evaluation.corruptions import corruption_accuracy
+from kdrun.evaluation import EvaluationSuite, complete_eval_config
+from kdrun.evaluation.base import Subject
 from kdrun.methods import METHODS, Networks, build_method
 from kdrun.methods.base import Schedule
 from kdrun.methods.deepinversion import DeepInversion
@@ -240,27 +241,25 @@ def reference_throughput(cfg, device, bench: dict) -> float:
 
 
 def evaluation_times(run: Run, data, bench: dict) -> dict[str, float]:
-    """Wall time of PGD-20 (L-inf 8/255) and of the configured corruption suite on
-    `bench.eval_images` test images, with the student."""
+    """Wall time of each configured evaluation (eval=PRESET and its settings) on
+    `bench.eval_images` test images, all of them attacked and corrupted, with an untrained
+    student; the first evaluation that reads the test set's embedding pays for it."""
     cfg, device = run.cfg, run.device
-    model = build_model(cfg.student.arch, cfg.dataset.num_classes, cfg.dataset.mean,
-                        cfg.dataset.std).to(device).eval()
-    images = subset(data.test, bench["eval_images"], cfg.seed)
-    loader = make_loader(images, cfg.eval.batch_size, run, train=False)
-    attack = cfg.eval.copy()
-    attack.pgd_linf.eps, attack.pgd_linf.steps = [8], 20
-    attack.pgd_l2.eps, attack.fgsm.eps = [], []
-    start = time.perf_counter()
-    robust_accuracy(model, loader, attack)
-    synchronize(device)
-    pgd = time.perf_counter() - start
-    start = time.perf_counter()
-    corruption_accuracy(model, loader, list(cfg.eval.corruptions), list(cfg.eval.severities),
-                        run.autocast, cfg.seed)
-    synchronize(device)
-    return {"eval_images": len(images.labels), "pgd20_s": pgd,
-            "corruptions_s": time.perf_counter() - start,
-            "corruption_evals": len(cfg.eval.corruptions) * len(cfg.eval.severities)}
+    model = prepare(build_model(cfg.student.arch, cfg.dataset.num_classes, cfg.dataset.mean,
+                                cfg.dataset.std), run).eval()
+    eval_cfg = OmegaConf.create(OmegaConf.to_container(cfg.eval, resolve=True))
+    complete_eval_config(eval_cfg)
+    eval_cfg.subset = None
+    data = ImageData(data.train, subset(data.test, bench["eval_images"], cfg.seed), data.classes)
+    suite = EvaluationSuite(eval_cfg, data, cfg.dataset, cfg.cache_dir)
+    subject = Subject(model, data, run, suite.settings)
+    times = {"eval_images": len(data.test)}
+    for evaluation in suite.evaluations:
+        start = time.perf_counter()
+        evaluation.measure(subject)
+        synchronize(device)
+        times[f"eval_{evaluation.name}_s"] = time.perf_counter() - start
+    return times
 
 
 def wanted(setting: str, device: torch.device) -> bool:
@@ -354,10 +353,11 @@ def table(result: dict, rows: dict[str, float], baseline: str) -> str:
     for name, value in rows.items():
         ratio = f"{value / rows[baseline]:.2f}x" if baseline in rows else "-"
         lines.append(f"| {name} | {value:.0f} | {ratio} |")
-    if "pgd20_s" in result:
-        lines.append(f"PGD-20 on {result['eval_images']} images: {result['pgd20_s']:.1f} s; "
-                     f"{result['corruption_evals']} corruption x severity passes: "
-                     f"{result['corruptions_s']:.1f} s")
+    timed = {k.removeprefix("eval_").removesuffix("_s"): v for k, v in result.items()
+             if k.startswith("eval_") and k.endswith("_s")}
+    if timed:
+        lines.append(f"evaluations on {result['eval_images']} test images: " + ", ".join(
+            f"{name} {seconds:.1f} s" for name, seconds in timed.items()))
     return "\n".join(lines)
 
 

@@ -72,8 +72,8 @@ class MemorySink(Sink):
     def __init__(self):
         self.rows, self.pictures, self.final = [], {}, {}
 
-    def log(self, metrics):
-        self.rows.append(metrics)
+    def log(self, metrics, step, counter="step"):
+        self.rows.append({counter: step, **metrics})
 
     def images(self, images):
         self.pictures.update(images)

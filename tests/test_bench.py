@@ -28,8 +28,11 @@ def test_bench_times_both_loops_and_the_evaluation(tmp_path, cli_env):
     proc = bench("method=kd", "teacher=resnet8", "student=resnet8", "dataset=cifar10",
                  f"dataset.root={tmp_path / 'data'}", "trainer.batch_size=8",
                  "trainer.device=cpu", "bench.steps=3", "bench.warmup=1", "bench.workers=0",
-                 "bench.eval_images=8", "eval.corruptions=[gaussian_noise,contrast]",
-                 "eval.severities=[1,5]", cwd=tmp_path, env=cli_env)
+                 "bench.eval_images=8", "eval=standard", "eval.attacks.pgd_linf.steps=2",
+                 "eval.corruptions.names=[gaussian_noise,contrast]",
+                 "eval.corruptions.severities=[1,5]", "+eval.ood.far.synthetic=null",
+                 "+eval.ood.scores=[msp,knn]", "+eval.ood.settings.knn.k=3", cwd=tmp_path,
+                 env=cli_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     written = sorted(p for p in tmp_path.rglob("*") if p.is_file()
                      and not {"data", "cache"} & set(p.relative_to(tmp_path).parts))
@@ -40,7 +43,9 @@ def test_bench_times_both_loops_and_the_evaluation(tmp_path, cli_env):
     result = json.loads((run_dir / "bench.json").read_text())
     assert result["ours_img_s"] > 0 and result["ref_img_s"] > 0
     assert result["ratio"] == pytest.approx(result["ours_img_s"] / result["ref_img_s"])
-    assert result["pgd20_s"] > 0 and result["corruption_evals"] == 4
+    assert result["eval_images"] == 8  # each configured evaluation timed on them
+    assert all(result[f"eval_{name}_s"] > 0 for name in ("attacks", "corruptions", "ood"))
+    assert "evaluations on 8 test images: attacks" in proc.stdout
     assert (result["method"], result["teacher"], result["student"]) == ("kd", "resnet8", "resnet8")
     assert "| ours |" in proc.stdout and "| ref |" in proc.stdout
 

@@ -88,19 +88,29 @@ def test_online_and_self_distillation_methods_run_through_the_cli(tmp_path, cli_
 def test_the_whole_eval_group_runs_through_the_cli_on_a_saved_model(tmp_path, cli_env):
     kdrun(*TINY, "method=vanilla", f"hydra.run.dir={tmp_path}/train", env=cli_env, cwd=tmp_path)
     student = tmp_path / "train" / "checkpoints" / "student.pt"
-    kdrun(*TINY, "mode=eval", f"checkpoint={student}", "eval=standard", "eval.subset=16",
-          "eval.pgd_linf.steps=2", "eval.pgd_l2.steps=2", "eval.severities=[1,5]",
-          "+eval.ood.digits=null", "+eval.shift.synthetic=null", f"hydra.run.dir={tmp_path}/eval",
-          env=cli_env, cwd=tmp_path)
+    proc = kdrun(*TINY, "mode=eval", f"checkpoint={student}", "eval=standard", "eval.subset=16",
+                 "eval.attacks.pgd_linf.steps=2", "eval.attacks.pgd_l2.steps=2",
+                 "eval.corruptions.severities=[1,5]", "+eval.ood.far.digits=null",
+                 "+eval.ood.scores=[msp,maxlogit,energy,odin,mahalanobis,knn,vim]",
+                 "+eval.shift.sets.synthetic=null", f"hydra.run.dir={tmp_path}/eval",
+                 env=cli_env, cwd=tmp_path)
     results = read_results(tmp_path / "eval")
     for key in ("test/acc", "calib/ece", "pgd/linf/eps8/acc", "pgd/l2/eps0.5/acc", "fgsm/eps8/acc",
                 "corrupt/jpeg_compression/s5/acc", "corrupt/mean_acc", "ood/digits/msp/auroc",
-                "ood/digits/energy/fpr95", "ood/synthetic/acc"):
+                "ood/digits/energy/fpr95", "ood/digits/vim/aupr_in", "ood/far/knn/aupr_out",
+                "ood/far/odin/auroc", "ood/far/mahalanobis/auroc", "shift/synthetic/acc"):
         assert 0 <= results[key] <= 100, key
     assert results["test/acc"] == read_results(tmp_path / "train")["test/acc"]
     assert {p.name for p in (tmp_path / "eval" / "plots").iterdir()} == {
         f"{plot}.{kind}" for plot in ("reliability", "robustness")
         for kind in ("png", "pdf", "json")}
+    said = proc.stderr + proc.stdout
+    assert "OOD far mean  AUROC / FPR95: MSP" in said and "KNN" in said and "ViM" in said
+    assert "shift synthetic  acc" in said
+    # config.yaml records every setting each evaluation ran with, its YAML's defaults included
+    recorded = yaml.safe_load((tmp_path / "eval" / "config.yaml").read_text())["eval"]
+    assert recorded["ood"]["settings"]["knn"] == {"k": 50}
+    assert recorded["shift"]["sets"] == {"synthetic": None}
 
 
 @pytest.mark.parametrize(("override", "message"), [
@@ -204,7 +214,9 @@ def test_the_summary_gives_units_peers_and_a_note_on_ood_scores_below_chance(tmp
                "ood/svhn/msp/auroc": 9.6, "ood/svhn/msp/fpr95": 100.0,
                "ood/svhn/maxlogit/auroc": 70.0, "ood/svhn/maxlogit/fpr95": 80.0,
                "ood/svhn/energy/auroc": 72.5, "ood/svhn/energy/fpr95": 78.0,
-               "ood/cinic10/acc": 50.0}
+               "ood/far/energy/auroc": 72.5, "ood/far/energy/fpr95": 78.0,
+               "shift/cinic10/acc": 50.0, "teacher/pgd/linf/eps8/acc": 5.0,
+               "vs_teacher/pgd/linf/eps8/acc": -2.0}
     lines = summary(cfg, results, tmp_path).splitlines()
     assert "  peer1 (resnet14) test acc   58.00 %" in lines
     assert ("  robust acc  FGSM 8/255 10.0 %, PGD L2 0.5 20.0 %, PGD L-inf 2/255 30.0 %, "
@@ -214,6 +226,9 @@ def test_the_summary_gives_units_peers_and_a_note_on_ood_scores_below_chance(tmp
             "energy 72.5 / 78.0 %") in lines
     assert ("    note: MSP below 50 %: the model scores svhn as more in-distribution than its "
             "own test set") in lines
+    assert "  OOD far mean  AUROC / FPR95: energy 72.5 / 78.0 %" in lines
+    teacher = lines.index("  teacher, through the same evaluations:")
+    assert lines[teacher + 1] == "    robust acc  PGD L-inf 8/255 5.0 %"
 
 
 @pytest.mark.slow

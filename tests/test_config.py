@@ -19,7 +19,8 @@ CONF = Path(kdrun.__file__).parent.parent / "conf"
 
 def group_options() -> list[tuple[str, str]]:
     """Every option of every group: YAML files under conf/ plus the stored teacher/student ones."""
-    options = [(p.parent.name, p.stem) for p in CONF.glob("*/*.yaml")]
+    options = [(p.parent.name, p.stem) for p in CONF.glob("*/*.yaml")
+               if p.parent.name != "evaluation"]  # evaluations are keys of eval, not a group
     repo = ConfigStore.instance().repo
     options += [(g, name.removesuffix(".yaml")) for g in ("teacher", "student") for name in repo[g]]
     return sorted(options)
@@ -27,7 +28,10 @@ def group_options() -> list[tuple[str, str]]:
 
 # options that need a setting no default can give, and the one line that asks for it
 NEEDS_A_SETTING = {("dataset", "synthetic_pool"): "dataset.path=None is not allowed: give the "
-                   "pool file of a data-free run"}
+                   "pool file of a data-free run",
+                   # evaluation-only sets: a training set they cannot be
+                   **{("dataset", name): f"dataset={name} is an out-of-distribution set only"
+                      for name in ("places365", "textures", "tin")}}
 
 
 @pytest.mark.parametrize(("group", "option"), group_options())
@@ -139,7 +143,7 @@ def test_the_quickstart_gives_a_method_the_settings_it_needs_there_and_the_comma
                         "adaptive_deepinversion, afd, ddgsd, "),
     ("student.arch=wrn_99_9", "student.arch=wrn_99_9 is not a known architecture"),
     ("teacher.arch=timm/not_a_model", "teacher.arch=timm/not_a_model is not a timm model"),
-    ("dataset.name=mnist", "dataset.name=mnist is not a known data set"),
+    ("dataset.name=emnist", "dataset.name=emnist is not a known data set"),
     ("+method.beta=1", "method.beta is not a setting of method kd: its settings are T, alpha"),
     ("method.alpha=1.5", "method.alpha=1.5 is not allowed: it must lie in [0, 1]"),
     ("method.alpha=abc", "method.alpha=abc is not allowed: it must be of type float"),
@@ -150,18 +154,34 @@ def test_the_quickstart_gives_a_method_the_settings_it_needs_there_and_the_comma
     ("method=deepinversion method.pool_size=0", "method.pool_size=0 is not allowed: use >= 1"),
     ("dataset.image_size=abc", "dataset.image_size=abc is not allowed: it must be of type int"),
     ("+dataset.fold=1", "dataset.fold is not a setting of data set synthetic: its settings are"),
-    ("dataset.test_set=mnist", "dataset.test_set=mnist is not a known data set"),
+    ("dataset.test_set=emnist", "dataset.test_set=emnist is not a known data set"),
     ("teacher.checkpoint=/no/such/file.pt", "teacher.checkpoint=/no/such/file.pt does not exist"),
     ("teacher.checkpoint=pretrained", "pretrained weights exist only for timm models"),
     ("trainer.device=tpu", "trainer.device=tpu is not allowed"),
     ("optim._target_=torch.optim.Nope", "is not an importable optimiser class"),
     ("teacher.output_shuffle=1.5", "teacher.output_shuffle=1.5 is not allowed"),
     ("teacher.label_noise=-0.1", "teacher.label_noise=-0.1 is not allowed"),
-    ("eval.pgd_linf.eps=[0,8]", "eval.pgd_linf.eps=[0.0, 8.0] is not allowed: budgets must be > 0"),
-    ("eval.pgd_l2.steps=0", "eval.pgd_l2.steps=0 is not allowed"),
+    ("eval=standard eval.attacks.pgd_linf.eps=[0,8]",
+     "eval.attacks.pgd_linf.eps=[0.0, 8.0] is not allowed: budgets must be > 0"),
+    ("eval=standard eval.attacks.pgd_l2.steps=0", "eval.attacks.pgd_l2.steps=0 is not allowed"),
     ("eval.subset=0", "eval.subset=0 is not allowed"),
-    ("eval.corruptions=[fog]", "eval.corruptions=fog is not allowed: choose from gaussian_noise"),
-    ("eval.severities=[0,6]", "eval.severities=[0, 6] is not allowed: severities are 1..5"),
+    ("eval=standard eval.corruptions.names=[fog]",
+     "eval.corruptions.names=fog is not allowed: choose from gaussian_noise"),
+    ("eval=standard eval.corruptions.severities=[0,6]",
+     "eval.corruptions.severities=[0, 6] is not allowed: severities are 1..5"),
+    ("+eval.corruptions.released=[rain]", "eval.corruptions.released=rain is not allowed: the "
+                                          "released files are gaussian_noise"),
+    ("+eval.robustness={}", "eval.robustness is neither an evaluation (attacks, corruptions, ood, "
+                            "shift) nor a setting of eval (calibration_bins, subset"),
+    ("+eval.ood.scores=[msp,react]", "eval.ood.scores=react is not a known OOD score: choose one "
+                                     "of energy, knn, mahalanobis, maxlogit, msp, odin, vim"),
+    ("+eval.ood.settings.knn.k=0", "eval.ood.settings.knn.k=0 is not allowed: use >= 1"),
+    ("+eval.ood.far.tin=null +eval.ood.near.tin=null",
+     "eval.ood=['tin'] is not allowed: a set is either near or far, not both"),
+    ("+eval.shift.sets.textures=null", "eval.shift.sets.textures: textures is an "
+                                       "out-of-distribution set only: name it under eval.ood"),
+    ("dataset=places365", "dataset=places365 is an out-of-distribution set only"),
+    ("+eval.ood.far.nosuch=null", "eval.ood.far.nosuch=nosuch is not a known data set"),
     ("mode=eval", "checkpoint=None is not allowed: mode=eval needs checkpoint=PATH"),
     ("~method.T", "method kd needs method.T: add it to conf/method/kd.yaml"),
     ("method=soft_randomization method.noise_space=hsv",
@@ -172,8 +192,9 @@ def test_the_quickstart_gives_a_method_the_settings_it_needs_there_and_the_comma
     ("+foo=1", "foo is not a kdrun setting, so it would be ignored: remove it"),
     ("+trainer.batchsize=4", "trainer.batchsize is not a kdrun setting, so it would be ignored: "
                              "did you mean trainer.batch_size?"),
-    ("+eval.pgd_linf.stepz=3", "did you mean eval.pgd_linf.steps?"),
-    ("+batchsize=4", "did you mean teacher.batch_size or trainer.batch_size or eval.batch_size"),
+    ("eval=standard +eval.attacks.pgd_linf.stepz=3", "eval.attacks.pgd_linf.stepz is not a "
+     "setting of evaluation attacks"),
+    ("+batchsize=4", "did you mean teacher.batch_size or trainer.batch_size"),
     ("+teacher.optim.momentun=0.9", "teacher.optim.momentun=0.9 is not allowed: "
                                     "torch.optim.SGD takes no such argument"),
     ("method=noisy_student method.unlabel_ratio=0", "method.unlabel_ratio=0.0 is not allowed"),
@@ -211,7 +232,7 @@ def test_wrong_types_unknown_keys_and_options_fail_at_composition(override):
 def test_an_eval_choice_on_the_command_line_beats_the_presets():
     """Issue 18, item 3: experiment=quickstart eval=clean skips the quickstart's attacks."""
     quick = compose_config("experiment=quickstart", tiny=False)
-    assert quick.eval.subset == 200 and list(quick.eval.pgd_linf.eps) == [2, 8]
+    assert quick.eval.subset == 200 and list(quick.eval.attacks.pgd_linf.eps) == [2, 8]
     clean = compose_config("experiment=quickstart", "eval=clean", tiny=False)
-    assert list(clean.eval.pgd_linf.eps) == [] and list(clean.eval.fgsm.eps) == []
-    assert dict(clean.eval.ood) == {} and list(clean.eval.corruptions) == []
+    assert clean.eval.attacks is None and clean.eval.corruptions is None
+    assert "ood" not in clean.eval

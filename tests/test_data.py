@@ -226,9 +226,8 @@ def test_a_failed_download_is_one_line(tmp_path, monkeypatch, name, cls):
 # through a whole tiny run on the digits (the same ten classes) with SVHN's real .mat files.
 SVHN_ROLES = {
     "training set": (["dataset=svhn", "dataset.root={svhn}", "dataset.extra=true",
-                      "+eval.ood.digits=null"], "ood/digits/msp/auroc"),
-    "eval.shift": (["dataset=digits", "+eval.shift.svhn={svhn}"], "ood/svhn/acc"),
-    "eval.ood": (["dataset=digits", "+eval.ood.svhn={svhn}"], "ood/svhn/energy/auroc"),
+                      "+eval.ood.far.synthetic=null"], "ood/synthetic/msp/auroc"),
+    "eval.shift": (["dataset=digits", "+eval.shift.sets.svhn={svhn}"], "shift/svhn/acc"),
     "dataset.test_set": (["dataset=digits", "dataset.test_set=svhn", "dataset.root={svhn}"],
                          "test/acc"),
     "method.unlabelled": (["dataset=digits", "method=noisy_student", "method.rounds=1",
@@ -260,8 +259,8 @@ def test_a_data_set_with_settings_of_its_own_works_in_every_role(role, tmp_path)
 def test_a_pool_file_can_only_be_the_training_set_said_in_one_line(role, tmp_path):
     from kdrun.validate import validate
 
-    overrides = {"eval.ood": ["+eval.ood.synthetic_pool=null"],
-                 "eval.shift": ["+eval.shift.synthetic_pool=null"],
+    overrides = {"eval.ood": ["+eval.ood.far.synthetic_pool=null"],
+                 "eval.shift": ["+eval.shift.sets.synthetic_pool=null"],
                  "dataset.test_set": ["dataset.test_set=synthetic_pool"],
                  "method.unlabelled": ["method=noisy_student",
                                        "method.unlabelled=synthetic_pool"]}[role]

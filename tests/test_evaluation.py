@@ -3,15 +3,13 @@ against their definition and a maintained library."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from kdrun.evaluation.attacks import attack_suite, robust_accuracy
+from kdrun.evaluation.attacks import robust_accuracy
 from kdrun.evaluation.calibration import calibration_bins
-from kdrun.evaluation.corruptions import SEVERITY, corrupt
+from kdrun.evaluation.corruption_ops import SEVERITY, corrupt
 from kdrun.evaluation.robustness import fgsm, pgd
 from kdrun.models import build_model
 
@@ -82,42 +80,25 @@ def test_pgd_matches_torchattacks():
     assert (ours - theirs).abs().max().item() < 1e-5
 
 
-def test_attack_suite_names_follow_the_results_keys():
+def test_attack_list_names_follow_the_results_keys():
+    from kdrun.evaluation import build_evaluations
+
     cfg = OmegaConf.create({
-        "pgd_linf": {"eps": [2, 8], "step_size": 2, "steps": 3, "random_start": True},
-        "pgd_l2": {"eps": [0.5], "step_size": 0.1, "steps": 3, "random_start": True},
-        "fgsm": {"eps": [8]}})
-    suite = dict(attack_suite(cfg))
-    assert list(suite) == ["pgd/linf/eps2/acc", "pgd/linf/eps8/acc", "pgd/l2/eps0.5/acc",
-                           "fgsm/eps8/acc"]
-    assert suite["pgd/linf/eps8/acc"]["eps"] == pytest.approx(8 / 255)
+        "calibration_bins": 15, "subset": None, "batch_size": 8, "plots": False,
+        "teacher": False, "attacks": {
+            "pgd_linf": {"eps": [2, 8], "step_size": 2, "steps": 3, "random_start": True},
+            "pgd_l2": {"eps": [0.5], "step_size": 0.1, "steps": 3, "random_start": True},
+            "fgsm": {"eps": [8]}}})
+    attacks, = build_evaluations(cfg)
+    listed = dict(attacks.attack_list())
+    assert list(listed) == ["pgd/linf/eps2/acc", "pgd/linf/eps8/acc", "pgd/l2/eps0.5/acc",
+                            "fgsm/eps8/acc"]
+    assert listed["pgd/linf/eps8/acc"]["eps"] == pytest.approx(8 / 255)
+    assert all(attacks.owns(key) for key in listed)
     model, images, labels = trained_tiny_model()
-    results = robust_accuracy(model, [(images, labels)], cfg)
+    results = robust_accuracy(model, [(images, labels)], attacks.attack_list())
     assert all(0 <= v <= 100 for v in results.values())
     assert results["pgd/linf/eps8/acc"] <= results["pgd/linf/eps2/acc"]
-
-
-def test_ood_detection_known_cases():
-    from kdrun.evaluation.shift import ood_detection
-
-    high, low = torch.full((100,), 0.9), torch.full((50,), 0.2)
-    assert ood_detection(high, low) == {"auroc": 100.0, "fpr95": 0.0}
-    assert ood_detection(low, high)["auroc"] == 0.0
-    same = torch.linspace(0, 1, 200)
-    result = ood_detection(same, same)
-    assert result["auroc"] == pytest.approx(50.0) and result["fpr95"] == pytest.approx(95, abs=1)
-
-
-def test_ood_scores_are_their_definitions():
-    from kdrun.evaluation.shift import ood_scores
-
-    logits = torch.tensor([[2.0, 0.0, 0.0], [1.0, 1.0, -1.0]])
-    scores = ood_scores(logits)
-    e = math.e
-    assert scores["msp"].tolist() == pytest.approx([e**2 / (e**2 + 2), e / (2 * e + 1 / e)])
-    assert scores["maxlogit"].tolist() == [2.0, 1.0]
-    assert scores["energy"].tolist() == pytest.approx([math.log(e**2 + 2),
-                                                       math.log(2 * e + 1 / e)])
 
 
 def test_shift_labels_map_by_class_name():
@@ -159,3 +140,59 @@ def test_corruption_parameters_behave_as_defined():
     assert bright.max().item() == pytest.approx(0.8, abs=1e-6)
     hit = (corrupt(x, "impulse_noise", 5, seeded(0)) != x).float().mean().item()
     assert hit == pytest.approx(0.07, abs=0.01)
+
+
+def test_released_corruption_files_are_read_severity_by_severity(tmp_path):
+    """CIFAR-10-C's on-disk form: <name>.npy (5 x N images, NHWC uint8, severity 1 first)
+    and labels.npy. Here each severity holds the test images themselves (severity 5 with its
+    labels shifted by one), so severities 1-4 score the clean accuracy and 5 its complement."""
+    import numpy as np
+
+    from kdrun.data import load_dataset
+    from kdrun.jobs import train
+
+    from conftest import compose_config
+
+    cfg = compose_config("method=vanilla", "eval.subset=null", "trainer.precision=fp32",
+                         f"eval.corruptions={{names:[],released_root:'{tmp_path}/CIFAR-10-C',"
+                         "released:[fog,snow]}")
+    test = load_dataset(cfg.dataset, cfg.cache_dir).test
+    images = test.images.permute(0, 2, 3, 1).numpy()
+    labels = test.labels.numpy()
+    folder = tmp_path / "CIFAR-10-C"
+    folder.mkdir()
+    np.save(folder / "labels.npy", np.concatenate([labels] * 4 + [(labels + 1) % 4]))
+    for name in ("fog", "snow"):
+        np.save(folder / f"{name}.npy", np.concatenate([images] * 5))
+    results = train(cfg, tmp_path / "run")
+    for name in ("fog", "snow"):
+        for severity in (1, 4):
+            key = f"corrupt/released/{name}/s{severity}/acc"
+            assert results[key] == pytest.approx(results["test/acc"]), key
+    assert "corrupt/mean_acc" not in results  # nothing generated
+    assert results["corrupt/released/mean_acc"] == pytest.approx(
+        sum(results[f"corrupt/released/fog/s{s}/acc"] for s in range(1, 6)) / 5)
+
+
+def test_a_released_corruption_file_that_is_missing_or_misshapen_stops_the_run_at_once(
+        tmp_path):
+    import numpy as np
+
+    from kdrun.errors import DataNotFoundError
+    from kdrun.jobs import train
+
+    from conftest import compose_config
+
+    folder = tmp_path / "C"
+    folder.mkdir()
+    np.save(folder / "labels.npy", np.zeros(10, dtype=np.int64))
+    cfg = compose_config("method=vanilla",
+                         f"eval.corruptions={{released_root:'{folder}',released:[fog]}}")
+    with pytest.raises(DataNotFoundError, match=f"fog.npy not found in {folder}: unpack "
+                                                "CIFAR-10-C.tar"):
+        train(cfg, tmp_path / "a")
+    np.save(folder / "fog.npy", np.zeros((10, 8, 8, 3), dtype=np.uint8))
+    with pytest.raises(DataNotFoundError, match=r"holds images of shape \(10, 8, 8, 3\), not "
+                                                r"\(10, 16, 16, 3\)"):
+        train(cfg, tmp_path / "b")
+    assert not (tmp_path / "b" / "metrics.jsonl").exists()

@@ -275,8 +275,8 @@ def test_runs_started_together_get_directories_of_their_own(tmp_path, cli_env):
 @pytest.mark.slow
 def test_a_missing_evaluation_set_with_settings_of_its_own_is_one_line_naming_its_role(
         tmp_path, cli_env):
-    proc = kdrun(*TINY, f"+eval.ood.svhn={tmp_path}/nowhere", f"hydra.run.dir={tmp_path}/run",
+    proc = kdrun(*TINY, f"+eval.ood.far.svhn={tmp_path}/nowhere", f"hydra.run.dir={tmp_path}/run",
                  env=cli_env, cwd=tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert len(error_lines(proc)) == 1
-    assert f"eval.ood.svhn: SVHN not found in {tmp_path}/nowhere" in error_lines(proc)[0]
+    assert f"eval.ood.far.svhn: SVHN not found in {tmp_path}/nowhere" in error_lines(proc)[0]

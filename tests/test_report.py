@@ -100,7 +100,9 @@ def test_curves_are_drawn_for_a_sigma_sweep_and_pgd_budgets(tmp_path):
         write_job(sweep, job, [f"method={method}", f"sigma={sigma}"], results, sigma=sigma)
     (tmp_path / "published.yaml").write_text("[]")
     table = run_report(tmp_path, sweep, "--plots", str(tmp_path / "plots"))
-    assert "| soft_randomization | 0.2 | 68.00 | 1 | — | — |" in table  # no empty columns
+    # the evaluations' keys are columns by default, headed by the evaluation that owns them
+    assert "| method | sigma | test/acc | PGD L-inf 2/255 | PGD L-inf 8/255 | n |" in table
+    assert "| soft_randomization | 0.2 | 68.00 | 30.00 | 2.00 | 1 | — | — |" in table
     plots = sorted(p.name for p in (tmp_path / "plots").iterdir())
     assert plots == ["robust_acc_vs_eps.pdf", "robust_acc_vs_eps.png", "test_acc_vs_sigma.pdf",
                      "test_acc_vs_sigma.png"]

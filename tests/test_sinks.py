@@ -109,3 +109,94 @@ def test_a_resumed_run_keeps_one_history(tmp_path, monkeypatch):
     assert images == pytest.approx(3 * steps * cfg.trainer.batch_size)
     runs = {p.name.rsplit("-", 1)[-1] for p in (tmp_path / "wandb").glob("offline-run-*")}
     assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 2 and len(runs) == 1
+
+
+def tensorboard_scalars(folder) -> dict[str, dict[int, float]]:
+    """tag -> step -> value, as TensorBoard shows them (purged steps left out)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    events.Reload()
+    shown: dict[str, dict[int, float]] = {}
+    for tag in events.Tags()["scalars"]:
+        steps = [e.step for e in events.Scalars(tag)]
+        assert len(steps) == len(set(steps)), f"{tag}: a step shown twice"
+        shown[tag] = {e.step: e.value for e in events.Scalars(tag)}
+    return shown
+
+
+def jsonl_rows(run_dir) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tensorboard_scalars_match_metrics_jsonl_step_for_step(tmp_path):
+    results = train(compose_config("logger=[tensorboard]", "method=kd", "epochs=2",
+                                   "teacher.epochs=1", "eval.plots=true"), tmp_path)
+    shown = tensorboard_scalars(tmp_path / "tensorboard")
+    rows = jsonl_rows(tmp_path)
+    run_rows = [r for r in rows if "step" in r]
+    assert run_rows
+    for row in run_rows:
+        for tag, value in row.items():
+            if tag != "step":
+                assert shown[tag][row["step"]] == pytest.approx(value, rel=1e-6), tag
+    # the final results not logged as steps land at the last step; the teacher trained inside
+    # the run has its own series in tensorboard/teacher
+    last = max(r["step"] for r in run_rows)
+    assert shown["test/agreement"][last] == pytest.approx(results["test/agreement"])
+    teacher_rows = [r for r in rows if "teacher/step" in r]
+    teacher = tensorboard_scalars(tmp_path / "tensorboard" / "teacher")
+    assert teacher_rows and all(teacher[tag][r["teacher/step"]] == pytest.approx(value)
+                                for r in teacher_rows for tag, value in r.items()
+                                if tag != "teacher/step")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert "plots/reliability" in events.Tags()["images"]
+    assert "config" in " ".join(events.Tags()["tensors"])  # the config as text
+
+
+def test_a_resumed_run_continues_its_tensorboard_series_without_a_step_twice(tmp_path):
+    from kdrun.data import load_dataset
+    from kdrun.data.device_loader import num_batches
+
+    cfg = compose_config("logger=[tensorboard,wandb]", "method=vanilla", "epochs=3")
+    steps = num_batches(len(load_dataset(cfg.dataset, cfg.cache_dir).train),
+                        cfg.trainer.batch_size, train=True)
+    train(compose_config("logger=[tensorboard]", "method=vanilla", "epochs=3",
+                         f"trainer.max_steps={steps + 4}"), tmp_path)  # killed mid-epoch 2
+    before = tensorboard_scalars(tmp_path / "tensorboard")
+    assert max(before["train/batch_loss"]) > steps  # steps past the checkpoint were written
+    train(compose_config("logger=[tensorboard]", "method=vanilla", "epochs=3",
+                         "trainer.resume=true"), tmp_path)
+    shown = tensorboard_scalars(tmp_path / "tensorboard")  # asserts each step once
+    rows = [r for r in jsonl_rows(tmp_path) if "train/batch_loss" in r]
+    assert shown["train/batch_loss"] == pytest.approx(
+        {r["step"]: r["train/batch_loss"] for r in rows})
+    assert sorted(shown["epoch"].values()) == [1, 2, 3]
+
+
+def test_both_loggers_at_once_and_none(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose_config("logger=[wandb,tensorboard]", "method=vanilla")
+    assert sorted(cfg.logger) == ["tensorboard", "wandb"]
+    train(cfg, tmp_path / "both")
+    assert list((tmp_path / "both" / "wandb").glob("offline-run-*"))
+    assert list((tmp_path / "both" / "tensorboard").glob("events.out.tfevents.*"))
+    for none in ("logger=none", "logger=[]"):
+        assert dict(compose_config(none).logger) == {}
+
+
+def test_an_unknown_logger_is_one_line_before_any_work():
+    from kdrun.errors import ConfigError
+    from kdrun.validate import validate
+
+    cfg = compose_config("logger=none", "+logger.neptune={}")
+    with pytest.raises(ConfigError, match="^logger=neptune is not a known logger: choose one of "
+                                          "tensorboard, wandb$"):
+        validate(cfg)
+    with pytest.raises(ConfigError, match="logger.tensorboard.flush_secs=0 is not allowed"):
+        validate(compose_config("logger=tensorboard", "logger.tensorboard.flush_secs=0"))

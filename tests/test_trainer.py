@@ -72,7 +72,8 @@ def test_git_commit_is_this_checkouts_head():
 
 def test_the_attack_suite_runs_after_training_and_lands_in_results(tmp_path):
     train(compose_config("method=vanilla", "eval=standard", "eval.subset=16",
-                         "eval.pgd_linf.steps=2", "eval.pgd_l2.steps=2"), tmp_path)
+                         "eval.attacks.pgd_linf.steps=2", "eval.attacks.pgd_l2.steps=2"),
+          tmp_path)
     for key in ("pgd/linf/eps2/acc", "pgd/linf/eps4/acc", "pgd/linf/eps8/acc",
                 "pgd/l2/eps0.25/acc", "pgd/l2/eps0.5/acc", "fgsm/eps2/acc", "fgsm/eps8/acc",
                 "calib/ece", "corrupt/gaussian_noise/s1/acc", "corrupt/pixelate/s5/acc",
@@ -91,8 +92,8 @@ def test_the_figures_draw_the_numbers_in_results_json(tmp_path):
     import json
 
     cfg = compose_config("method=vanilla", "eval=standard", "eval.subset=16",
-                         "eval.pgd_linf.steps=2", "eval.pgd_l2.steps=2", "eval.corruptions=[]",
-                         "eval.batch_size=7")
+                         "eval.attacks.pgd_linf.steps=2", "eval.attacks.pgd_l2.steps=2",
+                         "eval.corruptions=null", "eval.batch_size=7")
     results = train(cfg, tmp_path)
     bins = json.loads((tmp_path / "plots" / "reliability.json").read_text())
     assert bins["ece"] == results["calib/ece"]
@@ -342,19 +343,22 @@ def test_a_teacher_checkpoint_of_another_architecture_is_refused(tmp_path):
 
 def test_shift_and_ood_sets_are_evaluated_after_training(tmp_path):
     # the synthetic set as its own "shift" set: same images, same labels -> the test accuracy
-    results = train(compose_config("method=vanilla", "+eval.shift.synthetic=null",
-                                   "+eval.ood.digits=null"), tmp_path)
-    assert results["ood/synthetic/acc"] == pytest.approx(results["test/acc"])
+    results = train(compose_config("method=vanilla", "+eval.shift.sets.synthetic=null",
+                                   "+eval.ood.far.digits=null"), tmp_path)
+    assert results["shift/synthetic/acc"] == pytest.approx(results["test/acc"])
     for score in ("msp", "maxlogit", "energy"):
-        for metric in ("auroc", "fpr95"):
+        for metric in ("auroc", "fpr95", "aupr_in", "aupr_out"):
             assert 0 <= results[f"ood/digits/{score}/{metric}"] <= 100, (score, metric)
+            # one far set: the far mean is its figure
+            assert results[f"ood/far/{score}/{metric}"] == results[f"ood/digits/{score}/{metric}"]
+    assert not any(k.startswith("ood/near/") for k in results)
 
 
 def test_a_missing_evaluation_set_fails_before_training(tmp_path):
     from kdrun.errors import DataNotFoundError
 
     with pytest.raises(DataNotFoundError, match="CINIC-10 not found in /nonexistent"):
-        train(compose_config("+eval.shift.cinic10=/nonexistent"), tmp_path)
+        train(compose_config("+eval.shift.sets.cinic10=/nonexistent"), tmp_path)
     assert not (tmp_path / "metrics.jsonl").exists()  # nothing trained, no record opened
 
 

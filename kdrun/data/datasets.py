@@ -22,6 +22,9 @@ def dataset_settings(cfg: DictConfig, key: str = "dataset") -> DatasetSettings:
     """The data set's settings, typed and checked (ConfigError: one line); `key` is where the
     config names the data set (dataset, or a role such as eval.ood.svhn)."""
     module = DATASETS.get(cfg.get("name"), key=f"{key}.name")
+    if key == "dataset" and getattr(module, "OOD_ONLY", False):
+        raise ConfigError(f"dataset={cfg.name} is an out-of-distribution set only, read whole "
+                          f"and unlabelled: name it under eval.ood.near or eval.ood.far")
     if cfg.get("test_set") is not None:  # a known data set that can test, in its own settings
         named_dataset_cfg(cfg.test_set, cfg.root, base=cfg, role="dataset.test_set")
     return typed_settings(cfg, getattr(module, "Settings", DatasetSettings), key,
@@ -38,7 +41,8 @@ def load_dataset(cfg: DictConfig, cache_dir: str) -> ImageData:
                                     f"...) are not those of {cfg.test_set} at {cfg.root}: set "
                                     "dataset.test_set to a data set with the same classes")
         data.test = real.test
-    if len(data.classes) != cfg.num_classes:
+    if len(data.classes) != cfg.num_classes and not getattr(DATASETS.get(cfg.name), "OOD_ONLY",
+                                                            False):
         raise ConfigError(f"dataset.num_classes={cfg.num_classes} but the data at {cfg.root} has "
                           f"{len(data.classes)} classes: set dataset.num_classes="
                           f"{len(data.classes)}")
@@ -68,9 +72,13 @@ def named_dataset_cfg(name: str, root: str | None, base: DictConfig, role: str) 
     conf/dataset/<name>.yaml with its own keys (SVHN's `extra`), the whole split, read from
     `root` (None: the YAML's). Typed and checked like the run's data set: one line naming the
     role when something is wrong."""
-    if getattr(DATASETS.get(name, key=role), "TRAINING_SET_ONLY", False):
+    module = DATASETS.get(name, key=role)
+    if getattr(module, "TRAINING_SET_ONLY", False):
         raise ConfigError(f"{role}: {name} can only be the training set (dataset={name}): "
                           "choose another data set here")
+    if getattr(module, "OOD_ONLY", False) and not role.startswith("eval.ood."):
+        raise ConfigError(f"{role}: {name} is an out-of-distribution set only: name it under "
+                          f"eval.ood.near or eval.ood.far")
     path = files("kdrun.conf").joinpath("dataset", f"{name}.yaml")
     shared = {key: base[key] for key in SHARED_KEYS if key in base}
     cfg = OmegaConf.merge(OmegaConf.create(shared), OmegaConf.load(str(path)))

@@ -91,6 +91,22 @@ def cifar_loader(title: str, folder_name: str, train_files: list[str], test_file
     return load
 
 
+def image_tree_loader(title: str, how: str) -> Loader:
+    """The loader of an evaluation-only set: every image under root, at any depth, labelled by
+    its top-level folder, as both splits (an OOD set is read whole)."""
+
+    def load(cfg: DictConfig, root: Path, cache_dir: Path) -> ImageData:
+        if not root.is_dir():
+            raise missing(title, root, "a folder of images", how)
+        try:
+            split, classes = read_image_folder(root, cfg.image_size, cache_dir, any_depth=True)
+        except FileNotFoundError:
+            raise missing(title, root, "images (.jpg, .png, ...) at any depth", how) from None
+        return ImageData(split, split, classes)
+
+    return load
+
+
 def to_rgb_uint8(images: torch.Tensor, image_size: int) -> torch.Tensor:
     """Float images in [0, 1] (N x C x h x w) -> uint8 RGB at the model's input size."""
     if images.shape[1] == 1:

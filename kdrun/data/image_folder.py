@@ -26,16 +26,25 @@ def is_image_folder(path: Path) -> bool:
     return path.is_dir() and any(p.is_dir() for p in path.iterdir())
 
 
-def list_images(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+def list_images(root: Path, any_depth: bool = False) -> tuple[list[str], list[tuple[Path, int]]]:
+    """The class folders of `root` and their images, labelled by folder; `any_depth`: images
+    anywhere below a class folder (Tiny ImageNet's <wnid>/images/), and those lying in root
+    itself as one class named like root."""
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    pattern = "**/*" if any_depth else "*"
     files = [(f, label) for label, c in enumerate(classes)
-             for f in sorted((root / c).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+             for f in sorted((root / c).glob(pattern)) if f.suffix.lower() in IMAGE_SUFFIXES]
+    loose = sorted(f for f in root.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) \
+        if any_depth else []
+    if loose:
+        files += [(f, len(classes)) for f in loose]
+        classes.append(root.name)
     return classes, files
 
 
-def read_image_folder(root: Path, image_size: int,
-                      cache_dir: Path) -> tuple[TensorSplit, list[str]]:
-    classes, files = list_images(root)
+def read_image_folder(root: Path, image_size: int, cache_dir: Path,
+                      any_depth: bool = False) -> tuple[TensorSplit, list[str]]:
+    classes, files = list_images(root, any_depth)
     if not files:
         raise FileNotFoundError(f"no images under {root}")
     cache = cache_dir / f"{_fingerprint(root, files, image_size)}.pt"

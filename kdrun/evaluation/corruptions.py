@@ -1,156 +1,139 @@
-"""Common corruptions generated on the fly (Hendrycks & Dietterich, arXiv 1903.12261), with
-the CIFAR-10-C severity parameters of its generator (hendrycks/robustness,
-ImageNet-C/create_c/make_cifar_c.py). Images are float batches in [0, 1], N x 3 x H x W; all
-randomness comes from the given generator, so a seed fixes every corrupted image. Keys:
-corrupt/<name>/s<k>/acc and corrupt/mean_acc."""
+"""Accuracy under common corruptions (Hendrycks & Dietterich, arXiv 1903.12261), on the suite's
+seeded subset of the test set: generated on the fly (corruption_ops.py, 9 of CIFAR-10-C's 15),
+and read from the released CIFAR-10-C / CIFAR-100-C files when `released_root` is given (one
+<corruption>.npy per corruption, N x 32 x 32 x 3 uint8 holding severities 1..5 one after the
+other, and labels.npy) - the same seeded subset of each severity's images, which are the test
+set's images in its official order. Keys (percent): corrupt/<name>/s<k>/acc and
+corrupt/mean_acc (generated); corrupt/released/<name>/s<k>/acc and corrupt/released/mean_acc."""
 
 from __future__ import annotations
 
-import io
-import math
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
+from omegaconf import MISSING, DictConfig
 
-SEVERITY = {  # CIFAR-10-C's parameters, severities 1..5
-    "gaussian_noise": [0.04, 0.06, 0.08, 0.09, 0.10],
-    "shot_noise": [500, 250, 100, 75, 50],
-    "impulse_noise": [0.01, 0.02, 0.03, 0.05, 0.07],
-    "defocus_blur": [(0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)],
-    "motion_blur": [(6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)],
-    "contrast": [0.75, 0.5, 0.4, 0.3, 0.15],
-    "brightness": [0.05, 0.1, 0.15, 0.2, 0.3],
-    "jpeg_compression": [80, 65, 58, 50, 40],
-    "pixelate": [0.95, 0.9, 0.85, 0.75, 0.65],
-}
+from kdrun.checks import require
+from kdrun.data import ImageData, TensorSplit
+from kdrun.data.types import subset
+from kdrun.errors import DataNotFoundError
+from kdrun.evaluation.base import Evaluation, Subject
+from kdrun.evaluation.corruption_ops import CORRUPTIONS, corrupt
 
-
-def gaussian_noise(x, c, g):
-    return x + torch.randn(x.shape, generator=g, device=x.device) * c
+# The files of the released CIFAR-10-C / CIFAR-100-C (the benchmark's 15, then its 4 extra)
+RELEASED = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur",
+            "motion_blur", "zoom_blur", "snow", "frost", "fog", "brightness", "contrast",
+            "elastic_transform", "pixelate", "jpeg_compression",
+            "speckle_noise", "gaussian_blur", "spatter", "saturate")
+SEVERITIES = 5
 
 
-def shot_noise(x, c, g):
-    return torch.poisson(x * c, generator=g) / c
+@dataclass
+class Settings:
+    names: list[str] = MISSING  # generated on the fly
+    severities: list[int] = MISSING  # 1..5, for both
+    released_root: str | None = MISSING  # folder of the released .npy files (null: none)
+    released: list[str] = MISSING  # the released files read from it
+
+    def __post_init__(self):
+        for name in self.names:
+            require(name in CORRUPTIONS, "eval.corruptions.names", name,
+                    f"choose from {', '.join(CORRUPTIONS)}")
+        require(all(1 <= s <= SEVERITIES for s in self.severities), "eval.corruptions.severities",
+                self.severities, "severities are 1..5")
+        for name in self.released:
+            require(name in RELEASED, "eval.corruptions.released", name,
+                    f"the released files are {', '.join(RELEASED)}")
 
 
-def impulse_noise(x, c, g):
-    """Salt and pepper: a share c of the values set to 0 or 1, half each."""
-    hit = torch.rand(x.shape, generator=g, device=x.device) < c
-    salt = torch.rand(x.shape, generator=g, device=x.device) < 0.5
-    return torch.where(hit, salt.to(x.dtype), x)
+class Corruptions(Evaluation):
+    Settings = Settings
+    prefixes = ("corrupt/",)
 
+    def load(self, data: ImageData, dataset_cfg: DictConfig, cache_dir: str) -> None:
+        """The released files' presence and shapes, checked before training."""
+        self.root = None
+        if self.settings.released_root is None or not self.settings.released:
+            return
+        root = Path(self.settings.released_root).expanduser()
+        labels = root / "labels.npy"
+        wanted = [root / f"{name}.npy" for name in self.settings.released]
+        absent = [p.name for p in [labels, *wanted] if not p.is_file()]
+        if absent:
+            raise DataNotFoundError(
+                f"eval.corruptions.released_root: {', '.join(absent[:3])} not found in {root}: "
+                "unpack CIFAR-10-C.tar or CIFAR-100-C.tar (https://zenodo.org/records/2535967, "
+                "https://zenodo.org/records/3555552) and point released_root at its folder")
+        n = len(np.load(labels, mmap_mode="r"))
+        size = dataset_cfg.image_size
+        for path in wanted:
+            shape = np.load(path, mmap_mode="r").shape
+            if shape != (n, size, size, 3) or n % SEVERITIES:
+                raise DataNotFoundError(
+                    f"eval.corruptions.released_root: {path} holds images of shape {shape}, "
+                    f"not ({n}, {size}, {size}, 3) as labels.npy and dataset.image_size say: "
+                    "give the folder of the released files for this data set")
+        self.root = root
 
-def _disk_kernel(radius: float, alias_blur: float, device) -> torch.Tensor:
-    """An aliased disk on a 17 x 17 grid, normalised, then smoothed by a 3 x 3 Gaussian."""
-    span = torch.arange(-8, 9, device=device, dtype=torch.float32)
-    disk = ((span[:, None] ** 2 + span[None, :] ** 2) <= radius ** 2).float()
-    disk = disk / disk.sum()
-    taps = torch.exp(-torch.tensor([-1.0, 0.0, 1.0], device=device) ** 2 / (2 * alias_blur ** 2))
-    taps = taps / taps.sum()
-    smoothed = F.pad(disk[None, None], (1, 1, 1, 1), mode="reflect")
-    smoothed = F.conv2d(smoothed, taps.view(1, 1, 1, 3))
-    return F.conv2d(smoothed, taps.view(1, 1, 3, 1))[0, 0]
+    def measure(self, subject: Subject) -> dict[str, float]:
+        s = self.settings
+        model, run = subject.model, subject.run
+        model.eval()
+        results = {}
+        for i, name in enumerate(s.names):
+            for severity in s.severities:
+                # one stream per (corruption, severity), read on through the batches
+                g = torch.Generator(device=run.device).manual_seed(
+                    run.seed * 1000 + i * 10 + severity)
+                damage = functools.partial(corrupt, name=name, severity=severity, generator=g)
+                results[f"corrupt/{name}/s{severity}/acc"] = _accuracy(
+                    model, subject.attacked_loader, run, damage)
+        if results:
+            results["corrupt/mean_acc"] = sum(results.values()) / len(results)
+        released = {}
+        for name in s.released if self.root is not None else []:
+            images = np.load(self.root / f"{name}.npy", mmap_mode="r")
+            labels = torch.from_numpy(np.load(self.root / "labels.npy"))
+            per = len(labels) // SEVERITIES
+            for severity in s.severities:
+                part = slice((severity - 1) * per, severity * per)
+                split = TensorSplit(torch.from_numpy(np.ascontiguousarray(
+                    images[part].transpose(0, 3, 1, 2))), labels[part])
+                chosen = subset(split, subject.suite.subset, run.seed)
+                released[f"corrupt/released/{name}/s{severity}/acc"] = _accuracy(
+                    model, subject.loader(chosen), run)
+        if released:
+            released["corrupt/released/mean_acc"] = sum(released.values()) / len(released)
+        return {**results, **released}
 
+    @classmethod
+    def summary_lines(cls, results: dict[str, Any]) -> list[str]:
+        return [f"  mean corruption acc ({what})  {results[key]:.2f} %"
+                for key, what in (("corrupt/mean_acc", "generated"),
+                                  ("corrupt/released/mean_acc", "released files"))
+                if key in results]
 
-def defocus_blur(x, c, g):
-    kernel = _disk_kernel(c[0], c[1], x.device)
-    k = kernel.shape[0] // 2
-    padded = F.pad(x, (k, k, k, k), mode="reflect")
-    return F.conv2d(padded, kernel.expand(x.shape[1], 1, -1, -1), groups=x.shape[1])
+    @classmethod
+    def label(cls, key: str) -> str:
+        labels = {"corrupt/mean_acc": "corruption acc (generated)",
+                  "corrupt/released/mean_acc": "corruption acc (released)"}
+        return labels.get(key, key)
 
-
-def motion_blur(x, c, g):
-    """A one-sided Gaussian-weighted line blur (ImageMagick's motion blur, which CIFAR-10-C
-    calls through Wand), radius c[0], sigma c[1], at a random angle in [-45, 45] degrees."""
-    radius, sigma = c
-    n = x.shape[0]
-    angle = (torch.rand(n, generator=g, device=x.device) * 90 - 45) * math.pi / 180
-    steps = torch.arange(radius + 1, device=x.device, dtype=torch.float32)
-    weights = torch.exp(-steps ** 2 / (2 * sigma ** 2))
-    weights = weights / weights.sum()
-    h, w = x.shape[-2:]
-    base = F.affine_grid(torch.eye(2, 3, device=x.device).expand(n, 2, 3), list(x.shape),
-                         align_corners=False)
-    out = torch.zeros_like(x)
-    for step, weight in zip(steps, weights):
-        shift = torch.stack([step * torch.cos(angle) * 2 / w, step * torch.sin(angle) * 2 / h], 1)
-        grid = base + shift.view(n, 1, 1, 2)
-        out += weight * F.grid_sample(x, grid, mode="bilinear", padding_mode="border",
-                                      align_corners=False)
-    return out
-
-
-def contrast(x, c, g):
-    means = x.mean(dim=(2, 3), keepdim=True)
-    return (x - means) * c + means
-
-
-def brightness(x, c, g):
-    """V (of HSV) raised by c, hue and saturation kept: RGB scales by V'/V."""
-    value = x.max(dim=1, keepdim=True).values
-    raised = (value + c).clamp(max=1)
-    return torch.where(value > 0, x * raised / value.clamp_min(1e-12), raised.expand_as(x))
-
-
-def _per_image(x, transform):
-    """Through Pillow image by image (JPEG and box resampling as CIFAR-10-C does them)."""
-    images = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    out = np.stack([np.asarray(transform(Image.fromarray(image)).convert("RGB"))
-                    for image in images])
-    return torch.from_numpy(out).permute(0, 3, 1, 2).to(x.device, x.dtype) / 255
-
-
-def jpeg_compression(x, c, g):
-    def compress(image):
-        buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=c)
-        return Image.open(buffer)
-
-    return _per_image(x, compress)
-
-
-def pixelate(x, c, g):
-    h, w = x.shape[-2:]
-    return _per_image(x, lambda image: image.resize((int(w * c), int(h * c)), Image.BOX)
-                      .resize((w, h), Image.BOX))
-
-
-CORRUPTIONS = {
-    "gaussian_noise": gaussian_noise, "shot_noise": shot_noise, "impulse_noise": impulse_noise,
-    "defocus_blur": defocus_blur, "motion_blur": motion_blur, "contrast": contrast,
-    "brightness": brightness, "jpeg_compression": jpeg_compression, "pixelate": pixelate,
-}
-
-
-def corrupt(images: torch.Tensor, name: str, severity: int,
-            generator: torch.Generator) -> torch.Tensor:
-    """`images` under corruption `name` at severity 1..5, in [0, 1]; its randomness drawn
-    from `generator` (on the images' device)."""
-    out = CORRUPTIONS[name](images, SEVERITY[name][severity - 1], generator)
-    return out.clamp(0, 1)
+    @classmethod
+    def report_metrics(cls, keys: list[str]) -> list[str]:
+        return [k for k in ("corrupt/mean_acc", "corrupt/released/mean_acc") if k in keys]
 
 
 @torch.inference_mode()
-def corruption_accuracy(model, loader, names: list[str], severities: list[int], autocast_ctx,
-                        seed: int) -> dict[str, float]:
-    """corrupt/<name>/s<k>/acc for each name and severity, and their mean corrupt/mean_acc."""
-    model.eval()
-    device = next(model.parameters()).device
-    results = {}
-    for i, name in enumerate(names):
-        for severity in severities:
-            # one stream per (corruption, severity), read on through the batches
-            g = torch.Generator(device=device).manual_seed(seed * 1000 + i * 10 + severity)
-            correct, seen = 0, 0
-            for images, labels in loader:
-                damaged = corrupt(images, name, severity, g)
-                with autocast_ctx():
-                    predicted = model(damaged).argmax(dim=1)
-                correct += (predicted == labels).sum().item()
-                seen += len(labels)
-            results[f"corrupt/{name}/s{severity}/acc"] = 100 * correct / seen
-    if results:
-        results["corrupt/mean_acc"] = sum(results.values()) / len(results)
-    return results
+def _accuracy(model, loader, run, damage=None) -> float:
+    correct, seen = 0, 0
+    for images, labels in loader:
+        damaged = damage(images) if damage is not None else images
+        with run.autocast():
+            correct += (model(damaged).argmax(dim=1) == labels).sum().item()
+        seen += len(labels)
+    return 100 * correct / seen

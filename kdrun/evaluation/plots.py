@@ -1,6 +1,6 @@
-"""The run's evaluation as figures for a paper: the reliability diagram and the robustness
-curves, titled with the model, method and data set, in percent, as PNG and PDF (vector), with
-the numbers they draw in a JSON file beside them."""
+"""Figures for a paper, as PNG and PDF (vector) with the numbers they draw in a JSON file
+beside them, titled with the model, method and data set: the reliability diagram, and the
+helpers every evaluation's figure uses."""
 
 from __future__ import annotations
 
@@ -40,43 +40,7 @@ def reliability_diagram(bins: dict, path: Path, title: str) -> Path:
     bottom.bar(centres, bins["count"], width=width, color="gray", edgecolor="black",
                linewidth=0.6)
     bottom.set(xlabel="confidence (%)", ylabel="images", yscale="symlog")
-    _save_numbers(bins, path)
-    return save_figure(fig, path)
-
-
-def robustness_curves(results: dict, attacks: dict, attacked: int, path: Path,
-                      title: str) -> Path | None:
-    """Accuracy as the attack budget grows, from the clean accuracy at eps 0: PGD L-inf (and
-    FGSM beside it) on one panel, PGD L2 on another, each labelled with its settings.
-    `attacks`: the eval config's pgd_linf, pgd_l2 and fgsm sections; `attacked`: how many
-    test images the attacks ran on."""
-    curves = {family: sorted((float(key.split("/")[-2].removeprefix("eps")), value)
-                             for key, value in results.items()
-                             if key.startswith(prefix) and key.endswith("/acc"))
-              for family, prefix in (("linf", "pgd/linf/"), ("l2", "pgd/l2/"), ("fgsm", "fgsm/"))}
-    panels = [p for p in (("linf", "L-inf budget eps (1/255)"), ("l2", "L2 radius eps (pixels)"))
-              if curves[p[0]] or (p[0] == "linf" and curves["fgsm"])]
-    if not panels:
-        return None
-    clean = results["test/acc"]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False,
-                             layout="constrained")
-    for ax, (family, xlabel) in zip(axes[0], panels):
-        series = [(family, f"PGD-{attacks[f'pgd_{family}']['steps']}, step "
-                   + _step(family, attacks[f'pgd_{family}']['step_size'])
-                   + (", random start" if attacks[f"pgd_{family}"]["random_start"] else ""))]
-        if family == "linf":
-            series.append(("fgsm", "FGSM"))
-        for name, label in series:
-            if curves[name]:
-                points = [(0.0, clean), *curves[name]]
-                ax.plot(*zip(*points), marker="o", label=label)
-        ax.set(xlabel=xlabel, ylabel="accuracy (%)", ylim=(0, 100), xlim=(0, None))
-        ax.legend(loc="upper right", fontsize="small")
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"{title}\nrobust accuracy on {attacked:,} test images (eps 0: clean accuracy "
-                 f"on the whole test set)", fontsize="medium")
-    _save_numbers({"clean_acc": clean, **{k: v for k, v in curves.items() if v}}, path)
+    save_numbers(bins, path)
     return save_figure(fig, path)
 
 
@@ -84,11 +48,7 @@ def figure_title(method: str, arch: str, dataset: str) -> str:
     return f"{arch} ({method}) on {dataset}"
 
 
-def _step(family: str, step_size: float) -> str:
-    return f"{step_size:g}/255" if family == "linf" else f"{step_size:g}"
-
-
-def _save_numbers(numbers: dict, path: Path) -> None:
+def save_numbers(numbers: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".json").write_text(json.dumps(numbers, indent=1) + "\n")
 

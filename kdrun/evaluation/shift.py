@@ -1,106 +1,68 @@
-"""Beyond the test set: accuracy on distribution-shifted sets with the training labels
-(CINIC-10 for a CIFAR-10 model), and detection of far out-of-distribution sets (SVHN for a
-CIFAR-10 model) by three scores, each higher for in-distribution images: the maximum softmax
-probability (msp; Hendrycks & Gimpel, arXiv 1610.02136), the maximum logit (maxlogit;
-Hendrycks et al., arXiv 1911.11132) and the energy score, the logits' log-sum-exp at
-temperature 1 (energy; Liu et al., arXiv 2010.03759). Keys: ood/<set>/acc for shift sets;
-ood/<set>/<score>/auroc and ood/<set>/<score>/fpr95 (percent) for far-OOD sets."""
+"""Accuracy under distribution shift: data sets with the training set's classes, matched by
+class name (CINIC-10 for a CIFAR-10 model). Key (percent): shift/<set>/acc."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
-from sklearn.metrics import roc_auc_score, roc_curve
-from torch import nn
 
-from kdrun.data import ImageData, load_named_dataset, make_loader
+from kdrun.data import ImageData, load_named_dataset, named_dataset_cfg
 from kdrun.errors import ConfigError
-from kdrun.runtime.run import Run
+from kdrun.evaluation.base import Evaluation, Subject
 
 
-def load_eval_sets(eval_cfg: DictConfig, dataset_cfg: DictConfig, cache_dir: str
-                   ) -> dict[str, dict[str, ImageData]]:
-    """The configured shift and far-OOD sets, loaded when the run starts (a missing one
-    fails in seconds, not after training)."""
-    return {kind: {name: load_named_dataset(name, root, dataset_cfg, f"eval.{kind}.{name}",
-                                            cache_dir)
-                   for name, root in eval_cfg[kind].items()}
-            for kind in ("shift", "ood")}
+@dataclass
+class Settings:
+    sets: dict[str, str | None] = field(default_factory=dict)  # name: root (null: its YAML's)
 
 
 def class_mapping(shift_classes: list[str], train_classes: list[str], name: str) -> torch.Tensor:
     """Shift-set label -> training label, matched by class name."""
     missing = [c for c in shift_classes if c not in train_classes]
     if missing:
-        raise ConfigError(f"eval.shift.{name}: its classes {missing} are not training classes; "
-                          "a shift set must share the training label names (use eval.ood)")
+        raise ConfigError(f"eval.shift.sets.{name}: its classes {missing[:5]} are not training "
+                          "classes; a shift set must share the training label names (name it "
+                          "under eval.ood instead)")
     return torch.tensor([train_classes.index(c) for c in shift_classes])
 
 
-OOD_SCORES = ("msp", "maxlogit", "energy")
+class Shift(Evaluation):
+    Settings = Settings
+    prefixes = ("shift/",)
 
+    def check(self, cfg: DictConfig) -> None:
+        for name, root in self.settings.sets.items():
+            named_dataset_cfg(name, root, cfg.dataset, f"eval.shift.sets.{name}")
 
-@dataclass
-class Predictions:
-    classes: torch.Tensor  # top-1 class per image
-    labels: torch.Tensor
-    scores: dict[str, torch.Tensor]  # OOD_SCORES per image; scores["msp"] is the confidence
+    def load(self, data: ImageData, dataset_cfg: DictConfig, cache_dir: str) -> None:
+        self.sets = {}
+        for name, root in self.settings.sets.items():
+            shifted = load_named_dataset(name, root, dataset_cfg, f"eval.shift.sets.{name}",
+                                         cache_dir)
+            self.sets[name] = (shifted, class_mapping(shifted.classes, data.classes, name))
 
+    @torch.inference_mode()
+    def measure(self, subject: Subject) -> dict[str, float]:
+        results = {}
+        for name, (shifted, mapping) in self.sets.items():
+            seen = subject.embed(shifted.test)
+            predicted = seen.logits.argmax(dim=1)
+            right = predicted == mapping.to(predicted.device)[seen.labels]
+            results[f"shift/{name}/acc"] = 100 * right.float().mean().item()
+        return results
 
-def ood_scores(logits: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {"msp": logits.softmax(dim=1).max(dim=1).values,
-            "maxlogit": logits.max(dim=1).values,
-            "energy": logits.logsumexp(dim=1)}
+    @classmethod
+    def summary_lines(cls, results: dict[str, Any]) -> list[str]:
+        return [f"  shift {key.split('/')[1]}  acc {results[key]:.2f} %"
+                for key in sorted(k for k in results if cls.owns(k))]
 
+    @classmethod
+    def label(cls, key: str) -> str:
+        return f"{key.split('/')[1]} acc"
 
-@torch.inference_mode()
-def predictions(model: nn.Module, loader, autocast_ctx) -> Predictions:
-    """Every image's top-1 class, label and OOD scores."""
-    model.eval()
-    classes, labels, scores = [], [], {name: [] for name in OOD_SCORES}
-    for images, targets in loader:
-        with autocast_ctx():
-            logits = model(images).float()
-        classes.append(logits.argmax(dim=1))
-        labels.append(targets)
-        for name, value in ood_scores(logits).items():
-            scores[name].append(value)
-    return Predictions(torch.cat(classes), torch.cat(labels),
-                       {name: torch.cat(values) for name, values in scores.items()})
-
-
-def ood_detection(in_scores: torch.Tensor, out_scores: torch.Tensor) -> dict[str, float]:
-    """AUROC and FPR at 95 % TPR (percent) of telling in- from out-of-distribution by score,
-    in-distribution as the positive class."""
-    scores = torch.cat([in_scores, out_scores]).cpu().numpy()
-    truth = np.r_[np.ones(len(in_scores)), np.zeros(len(out_scores))]
-    fpr, tpr, _ = roc_curve(truth, scores, drop_intermediate=False)  # every threshold
-    return {"auroc": 100 * roc_auc_score(truth, scores),
-            "fpr95": 100 * float(fpr[np.searchsorted(tpr, 0.95)])}
-
-
-def evaluate_shift_and_ood(model: nn.Module, data: ImageData, eval_sets, test: Predictions,
-                           run: Run) -> dict[str, float]:
-    """ood/<set>/acc per shift set; per far-OOD set and score, its AUROC and FPR95 against the
-    test set's scores (`test`)."""
-    results = {}
-
-    def predict(split):
-        loader = make_loader(split, run.cfg.eval.batch_size, run, train=False)
-        return predictions(model, loader, run.autocast)
-
-    for name, shifted in eval_sets["shift"].items():
-        mapping = class_mapping(shifted.classes, data.classes, name).to(run.device)
-        shift = predict(shifted.test)
-        results[f"ood/{name}/acc"] = 100 * (shift.classes == mapping[shift.labels]).float(
-            ).mean().item()
-    for name, far in eval_sets["ood"].items():
-        far_scores = predict(far.test).scores
-        for score in OOD_SCORES:
-            detected = ood_detection(test.scores[score], far_scores[score])
-            for metric, value in detected.items():
-                results[f"ood/{name}/{score}/{metric}"] = value
-    return results
+    @classmethod
+    def report_metrics(cls, keys: list[str]) -> list[str]:
+        return sorted(k for k in keys if cls.owns(k))

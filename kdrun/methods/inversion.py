@@ -178,6 +178,7 @@ class Synthesizer:
         self.run = run  # autocast, the networks' memory format, and the sink for loss terms
         self.competition = competition
         self.batches: dict[tuple, ImageBatch] = {}
+        self.optimised = 0  # batches optimised: the step of its logged loss terms
         # the normalised-space values of pixel 0 and pixel 1, per channel (`clamp`'s range)
         self.low, self.high = (0 - teacher.mean) / teacher.std, (1 - teacher.mean) / teacher.std
 
@@ -242,7 +243,9 @@ class Synthesizer:
                 x = images.x.detach().clone()  # the next batch restarts the same tensor
         finally:
             bn.remove()
-        self.run.sink.log({f"synth/{k}": v.item() for k, v in terms.items()})
+        self.optimised += 1
+        self.run.sink.log({f"synth/{k}": v.item() for k, v in terms.items()}, self.optimised,
+                          counter="synth/batch")
         return x
 
     def images_like(self, x: torch.Tensor, iterations: int, student: Classifier | None,

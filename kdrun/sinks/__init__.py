@@ -1,27 +1,31 @@
-"""Where metrics go: the run directory always, W&B when configured. Methods and the trainer
-log through a Sink and know nothing about the back-ends."""
+"""Where metrics go: the run directory always, and each chosen logger (`logger=[wandb,
+tensorboard]`; `logger=none` or `[]`: none). Loggers are discovered: every module of this folder
+that defines a Logger subclass is a logger named like the module and like its YAML in
+conf/logger/. Methods and the trainer log through a Sink and know nothing about the back-ends."""
 
 from __future__ import annotations
 
-import logging
+import inspect
 from pathlib import Path
 
 from omegaconf import DictConfig
 
+from kdrun.checks import typed_settings
+from kdrun.registry import Registry, discover
 from kdrun.runtime import distributed
-from kdrun.sinks.base import Sink
+from kdrun.sinks.base import Logger, Sink, Start
 from kdrun.sinks.local import LocalSink
 
-log = logging.getLogger(__name__)
+LOGGERS: Registry[type[Logger]] = Registry("logger")
 
 
 class MultiSink(Sink):
     def __init__(self, sinks: list):
         self.sinks = sinks
 
-    def log(self, metrics):
+    def log(self, metrics, step, counter="step"):
         for sink in self.sinks:
-            sink.log(metrics)
+            sink.log(metrics, step, counter)
 
     def results(self, results):
         for sink in self.sinks:
@@ -44,14 +48,16 @@ class MultiSink(Sink):
 
 
 class PrefixedSink(Sink):
-    """Logs under a prefix (e.g. 'teacher/' while a teacher trains inside a student's run)."""
+    """Logs under a prefix (e.g. 'teacher/' while a teacher trains inside a student's run),
+    its steps counted by the prefixed counter ('teacher/step')."""
 
     def __init__(self, sink: Sink, prefix: str):
         self.sink = sink
         self.prefix = prefix
 
-    def log(self, metrics):
-        self.sink.log({f"{self.prefix}{k}": v for k, v in metrics.items()})
+    def log(self, metrics, step, counter="step"):
+        self.sink.log({f"{self.prefix}{k}": v for k, v in metrics.items()}, step,
+                      self.prefix + counter)
 
     def position(self):
         return self.sink.position()
@@ -60,17 +66,33 @@ class PrefixedSink(Sink):
         self.sink.rewind(position)
 
 
+def logger_settings(name: str, settings: DictConfig | None):
+    """A logger's settings, typed and checked (ConfigError: one line)."""
+    cls = LOGGERS.get(name, key="logger")
+    return typed_settings(settings or {}, cls.Settings, f"logger.{name}", f"logger {name}",
+                          f"conf/logger/{name}.yaml")
+
+
 def build_sinks(cfg: DictConfig, run_dir: Path, sweep_group: str | None,
                 run_name: str | None) -> MultiSink:
-    """Under torch.distributed only rank 0 records (its metrics are already summed over
-    ranks)."""
+    """The run directory's record and each configured logger that could start. Under
+    torch.distributed only rank 0 records (its metrics are already summed over ranks)."""
     if not distributed.is_main():
         return MultiSink([])
-    sinks: list = [LocalSink(run_dir)]
-    if cfg.logger.name == "wandb":
-        from kdrun.sinks.wandb import open_wandb_sink
-
-        wandb_sink = open_wandb_sink(cfg, run_dir, sweep_group, run_name)
-        if wandb_sink is not None:
-            sinks.append(wandb_sink)
+    sinks: list[Sink] = [LocalSink(run_dir)]
+    start = Start(cfg, run_dir, sweep_group, run_name)
+    for name, settings in cfg.logger.items():
+        logger = LOGGERS.get(name, key="logger").open(logger_settings(name, settings), start)
+        if logger is not None:
+            sinks.append(logger)
     return MultiSink(sinks)
+
+
+for _module in discover(__name__, __path__):
+    _classes = [obj for obj in vars(_module).values()
+                if inspect.isclass(obj) and issubclass(obj, Logger) and obj is not Logger
+                and obj.__module__ == _module.__name__]
+    if _classes:
+        LOGGERS.add(_module.__name__.rsplit(".", 1)[1], _classes[0])
+
+__all__ = ["LOGGERS", "MultiSink", "PrefixedSink", "Sink", "build_sinks", "logger_settings"]

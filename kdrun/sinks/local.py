@@ -17,8 +17,8 @@ class LocalSink(Sink):
         self.metrics_path = run_dir / "metrics.jsonl"
         self._metrics = open(self.metrics_path, "a")
 
-    def log(self, metrics: dict[str, Any]) -> None:
-        self._metrics.write(json.dumps(metrics) + "\n")
+    def log(self, metrics: dict[str, Any], step: int, counter: str = "step") -> None:
+        self._metrics.write(json.dumps({counter: step, **metrics}) + "\n")
         self._metrics.flush()
 
     def images(self, images: dict[str, Path]) -> None:

@@ -9,14 +9,16 @@ import netrc
 import os
 import secrets
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from omegaconf import DictConfig
+from omegaconf import MISSING
 
+from kdrun.checks import require
 from kdrun.config import to_dict
-from kdrun.sinks.base import Sink
+from kdrun.sinks.base import Logger, Start
 
 log = logging.getLogger(__name__)
 DEFAULT_BASE_URL = "https://api.wandb.ai"
@@ -64,13 +66,37 @@ def choose_mode(configured: str) -> str:
     return "online"
 
 
-class WandbSink(Sink):
+@dataclass
+class Settings:
+    project: str = MISSING
+    entity: str | None = MISSING
+    mode: str = MISSING  # auto | online | offline | disabled
+    group: str | None = MISSING  # null: the sweep directory of a multirun job
+    tags: list[str] = MISSING
+
+    def __post_init__(self):
+        require(self.mode in MODES, "logger.wandb.mode", self.mode,
+                f"choose one of {', '.join(MODES)}")
+
+
+MODES = ("auto", "online", "offline", "disabled")
+
+
+class WandbSink(Logger):
+    """The step travels in the row as W&B's own key (`step`, or `teacher/step` for a teacher
+    trained inside the run), so each series plots against its own steps."""
+    Settings = Settings
+
     def __init__(self, run, offline: bool):
         self.run = run
         self.offline = offline
 
-    def log(self, metrics: dict[str, Any]) -> None:
-        self.run.log(metrics)
+    @classmethod
+    def open(cls, settings: Settings, start: Start) -> WandbSink | None:
+        return open_wandb_sink(settings, start)
+
+    def log(self, metrics: dict[str, Any], step: int, counter: str = "step") -> None:
+        self.run.log({counter: step, **metrics})
 
     def results(self, results: dict[str, Any]) -> None:
         self.run.summary.update(results)
@@ -90,12 +116,12 @@ class WandbSink(Sink):
 RUN_ID_FILE = "wandb-run-id"  # in the run directory: a resumed run continues the same W&B run
 
 
-def open_wandb_sink(cfg: DictConfig, run_dir: Path, sweep_group: str | None,
-                    run_name: str | None) -> WandbSink | None:
+def open_wandb_sink(settings: Settings, start: Start) -> WandbSink | None:
     """The W&B sink, or None (with a warning) when W&B cannot start; the run goes on. A server
     that accepts connections but fails the start gets the same offline fallback as one that
     cannot be reached. With trainer.resume the run continues the W&B run it started."""
-    mode = choose_mode(cfg.logger.mode)
+    cfg, run_dir = start.cfg, start.run_dir
+    mode = choose_mode(settings.mode)
     if mode == "disabled":
         return None
     try:
@@ -105,23 +131,23 @@ def open_wandb_sink(cfg: DictConfig, run_dir: Path, sweep_group: str | None,
         resuming = cfg.trainer.resume and id_file.is_file()
         run_id = id_file.read_text().strip() if resuming else secrets.token_hex(4)
 
-        def start(mode: str):
+        def begin(mode: str):
             return wandb.init(
-                project=cfg.logger.project, entity=cfg.logger.entity, mode=mode,
-                group=cfg.logger.group or sweep_group, tags=list(cfg.logger.tags),
-                config=to_dict(cfg), dir=str(run_dir), name=run_name, id=run_id,
+                project=settings.project, entity=settings.entity, mode=mode,
+                group=settings.group or start.sweep_group, tags=list(settings.tags),
+                config=to_dict(cfg), dir=str(run_dir), name=start.run_name, id=run_id,
                 resume="allow" if resuming else None,
                 settings=wandb.Settings(console="off", silent=True, init_timeout=30))
 
         try:
-            run = start(mode)
+            run = begin(mode)
         except Exception as err:
             if mode != "online":
                 raise
             log.warning("W&B online failed to start (%s: %s): logging offline instead (sync "
                         "later with `wandb sync`)", type(err).__name__, _first_line(err))
             mode = "offline"
-            run = start(mode)
+            run = begin(mode)
         id_file.write_text(run_id + "\n")
     except Exception as err:  # W&B must never take a run down with it
         log.warning("W&B could not start (%s: %s): continuing without it",

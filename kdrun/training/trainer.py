@@ -170,7 +170,7 @@ class Trainer:
                                                with_teacher=finished)
                     test_metrics = evaluated
                     progress.record(evaluated)
-                run.sink.log({"epoch": progress.epoch, "step": progress.step, **last, **evaluated})
+                run.sink.log({"epoch": progress.epoch, **last, **evaluated}, progress.step)
                 shown = f"{progress.epoch}/{recipe.epochs}" if complete else (
                     f"{progress.epoch + 1}/{recipe.epochs} (stopped at trainer.max_steps)")
                 eta = ""
@@ -251,11 +251,12 @@ class Trainer:
                     self._stop_if_diverged(dict(zip(keys, distributed.sum_across_ranks(
                         torch.stack([sums.totals[k] for k in keys])).tolist())), progress)
                     elapsed = time.perf_counter() - interval_start
-                    row = {"step": progress.step, "train/lr": stepper.optimizers.lr,
-                           "train/loss": out["loss"].item(),
+                    # the batch's loss: train/loss is the epoch's mean, in the epoch's row
+                    row = {"train/lr": stepper.optimizers.lr,
+                           "train/batch_loss": out["loss"].item(),
                            "train/img_s_interval": interval_images / elapsed}
-                    self.run.sink.log(row)
-                    bar.set_postfix(loss=f"{row['train/loss']:.3f}",
+                    self.run.sink.log(row, progress.step)
+                    bar.set_postfix(loss=f"{row['train/batch_loss']:.3f}",
                                     acc=f"{100 * sums.correct.item() / sums.seen:.1f}",
                                     img_s=f"{row['train/img_s_interval']:.0f}")
                     interval_start, interval_images = time.perf_counter(), 0

@@ -2,7 +2,8 @@
 its YAML in conf/dataset/. It defines `load(settings, root, cache_dir) -> ImageData`; when the
 data set has keys of its own, `Settings` (a subclass of DatasetSettings); `READS_ROOT = False`
 when it reads no files (its `root` then says nothing about its images); `TRAINING_SET_ONLY`
-when no other role can name it. A new data set is one module here plus its YAML."""
+when no other role can name it; `OOD_ONLY` when only eval.ood can (read whole, its classes
+unused). A new data set is one module here plus its YAML."""
 
 from __future__ import annotations
 
