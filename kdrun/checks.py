@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
@@ -18,6 +19,11 @@ from omegaconf.errors import (
 from kdrun.errors import ConfigError
 
 S = TypeVar("S")
+
+
+@dataclass
+class NoSettings:
+    """The settings of a plug-in that has none."""
 
 
 def require(ok: bool, key: str, value, allowed: str) -> None:

@@ -131,6 +131,7 @@ def train(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
         method, teacher_provenance = build_run_method(run, data)
         results.update(teacher_provenance)
         results.update(recorded_settings(method))
+        evaluations.check_model(method.eval_model(), method.teacher)  # before training
         optimizers = None
         for stage in method.stages(data, cfg.epochs, run):
             results.update(stage.metrics)
@@ -143,13 +144,14 @@ def train(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
         results["meta/student_arch"] = student.arch
         if method.teacher is not None:
             results["meta/teacher_arch"] = method.teacher.arch
-        results.update(evaluations.run(student, data, run, results, method.teacher))
+        # the trained networks are saved before the evaluations, which a failure must not cost
         save_model(student, run_dir / "checkpoints" / "student.pt",
                    meta={"test/acc": results["test/acc"], "dataset": cfg.dataset.name})
         for name, peer in method.peer_models().items():
             save_model(peer, run_dir / "checkpoints" / f"{name}.pt",
                        meta={"test/acc": results[f"{name}/test/acc"],
                              "dataset": cfg.dataset.name})
+        results.update(evaluations.run(student, data, run, results, method.teacher))
         run.sink.results(results)
     return results
 
@@ -191,6 +193,7 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path, sweep_group: str | None 
         model = prepare(load_classifier(Path(cfg.checkpoint).expanduser(),
                                         cfg.dataset.num_classes, cfg.dataset.mean,
                                         cfg.dataset.std), run)
+        evaluations.check_model(model)
         loader = make_loader(data.test, cfg.trainer.eval_batch_size, run, train=False)
         results.update(evaluate(model, loader, run.autocast, bins=cfg.eval.calibration_bins))
         results.update(evaluations.run(model, data, run, results))

@@ -6,6 +6,7 @@ parametrised over a registry covers every entry added later."""
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
 from collections.abc import Iterable
 from types import ModuleType
@@ -34,6 +35,22 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._entries)
+
+
+def register_subclasses(registry: Registry, package: str, path: Iterable[str],
+                        base: type) -> None:
+    """Each module of a package folder that defines a subclass of `base` adds it to
+    `registry` under the module's name; a module with two is an error (one per module, named
+    like it)."""
+    for module in discover(package, path):
+        classes = [obj for obj in vars(module).values()
+                   if inspect.isclass(obj) and issubclass(obj, base) and obj is not base
+                   and obj.__module__ == module.__name__]
+        if len(classes) > 1:
+            raise TypeError(f"{module.__name__} defines {len(classes)} {registry.kind}s: one "
+                            "per module, named like the module")
+        if classes:
+            registry.add(module.__name__.rsplit(".", 1)[1], classes[0])
 
 
 def discover(package: str, path: Iterable[str]) -> list[ModuleType]:

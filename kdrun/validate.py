@@ -113,6 +113,10 @@ def _check_eval(cfg: DictConfig) -> None:
     complete_eval_config(eval_cfg)
     for evaluation in build_evaluations(eval_cfg):
         evaluation.check(cfg)
+    if eval_cfg.teacher:
+        require(choice(cfg.mode) == "train" and METHODS.get(cfg.method.name).needs_teacher,
+                "eval.teacher", True, "only a training run of a method with a teacher has one "
+                "to evaluate (not method=vanilla, nor mode=eval): set it to false")
 
 
 def _check_device(device: str) -> None:

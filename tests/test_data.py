@@ -273,3 +273,18 @@ def test_a_pool_file_can_only_be_the_training_set_said_in_one_line(role, tmp_pat
             train(cfg, tmp_path)
         else:
             validate(cfg)
+
+
+def test_the_evaluation_view_of_a_training_folder_reads_it_as_the_test_split():
+    """Fitted OOD scores read the training images without the training crops and flips."""
+    import torch
+
+    from kdrun.data.augment import center_crop_transform, resized_crop_transform
+    from kdrun.data.image_folder import ImageFiles
+    from kdrun.data.types import evaluation_view, take
+
+    train = ImageFiles([Path("a.png")], transform=resized_crop_transform(32, True))
+    test = ImageFiles([Path("b.png")], transform=center_crop_transform(32))
+    view = evaluation_view(take(train, torch.tensor([0])), take(test, torch.tensor([0])))
+    assert view.dataset.transform is test.transform and view.indices == [0]
+    assert train.transform is not test.transform  # the training split keeps its augmentation

@@ -185,7 +185,7 @@ def test_a_released_corruption_file_that_is_missing_or_misshapen_stops_the_run_a
 
     folder = tmp_path / "C"
     folder.mkdir()
-    np.save(folder / "labels.npy", np.zeros(10, dtype=np.int64))
+    np.save(folder / "labels.npy", np.arange(10) % 4)
     cfg = compose_config("method=vanilla",
                          f"eval.corruptions={{released_root:'{folder}',released:[fog]}}")
     with pytest.raises(DataNotFoundError, match=f"fog.npy not found in {folder}: unpack "
@@ -196,3 +196,7 @@ def test_a_released_corruption_file_that_is_missing_or_misshapen_stops_the_run_a
                                                 r"\(10, 16, 16, 3\)"):
         train(cfg, tmp_path / "b")
     assert not (tmp_path / "b" / "metrics.jsonl").exists()
+    np.save(folder / "labels.npy", np.arange(10))  # CIFAR-100-C's labels for a 4-class set
+    with pytest.raises(DataNotFoundError, match="holds 10 classes and synthetic has 4: give the "
+                                                "folder of the released files for this data"):
+        train(cfg, tmp_path / "c")

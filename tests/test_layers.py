@@ -50,7 +50,8 @@ def imports_of(path: Path, known: set[str]) -> set[str]:
             for alias in node.names:
                 full = f"{node.module}.{alias.name}"
                 names.add(full if full in known else node.module)
-        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "discover":
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) in (
+                "discover", "register_subclasses"):  # every module of its own folder
             package = ".".join(modules_key(path))
             names.update(m for m in known if m.rsplit(".", 1)[0] == package
                          and not m.rsplit(".", 1)[1].startswith("_"))
@@ -111,7 +112,10 @@ def test_the_import_graph_has_no_cycles():
 
 def test_the_graph_sees_function_level_and_discovery_imports():
     graph = import_graph()
-    assert "kdrun.sinks.wandb" in graph["kdrun.sinks"]  # imported inside a function
+    assert "kdrun.jobs" in graph["kdrun.cli"]  # imported inside a function
+    assert "kdrun.sinks.wandb" in graph["kdrun.sinks"]  # discovered loggers
+    assert "kdrun.evaluation.scores.knn" in graph["kdrun.evaluation.scores"]
+    assert "kdrun.sinks.tensorboard" in graph["kdrun.sinks"]
     assert "kdrun.methods.kd" in graph["kdrun.methods"]  # discovered, not listed
     assert "kdrun.data.sets.cifar10" in graph["kdrun.data.sets"]
     assert "kdrun.models.zoo.wrn" in graph["kdrun.models.zoo"]

@@ -70,8 +70,9 @@ def features(n: int, classes: int = 3, width: int = 8, seed: int = 0) -> Embeddi
 
 def test_mahalanobis_is_the_distance_to_the_closest_class_mean_under_the_shared_covariance():
     train, test = features(60), features(9, seed=1)
+    model = build_model("resnet8", 3, [0.5] * 3, [0.25] * 3)
     mahalanobis = score("mahalanobis")
-    mahalanobis.fit(train, None)
+    mahalanobis.fit(train, model)
     z, y = train.features.double(), train.labels
     means = torch.stack([z[y == c].mean(0) for c in range(3)])
     sigma = sum((z[y == c] - means[c]).T @ (z[y == c] - means[c]) for c in range(3)) / len(z)
@@ -84,6 +85,10 @@ def test_mahalanobis_is_the_distance_to_the_closest_class_mean_under_the_shared_
     assert torch.allclose(mahalanobis.score(test).double(),
                           -2 * len(z) * theirs.predict_features(test.features).double(),
                           rtol=1e-3)
+    # fitted on images of two of the three classes (a small fit_subset): the two means count
+    two = Embedding(train.logits[y < 2], train.features[y < 2], y[y < 2])
+    mahalanobis.fit(two, model)
+    assert mahalanobis.means.shape[0] == 2 and torch.isfinite(mahalanobis.score(test)).all()
 
 
 def test_knn_is_the_negative_distance_to_the_kth_nearest_normalised_training_feature():
@@ -253,3 +258,56 @@ def test_the_teacher_goes_through_the_same_evaluations_with_the_difference(tmp_p
     # without eval.teacher (the default) no teacher keys
     plain = train(compose_config("method=kd", "+eval.ood.far.digits=null"), tmp_path / "plain")
     assert not any(k.startswith(("teacher/ood", "vs_teacher/")) for k in plain)
+
+
+def test_vim_refuses_a_model_without_a_linear_classifier_before_training():
+    from kdrun.errors import ConfigError
+
+    model = build_model("resnet8", 3, [0.5] * 3, [0.25] * 3)
+    score("vim", dim=4).check_model(model)  # resnet8's 64-wide linear head: fine
+    with pytest.raises(ConfigError, match="vim.dim=64 leaves no residual of the 64-wide"):
+        score("vim", dim=64).check_model(model)
+    model.net.fc = torch.nn.Linear(64, 3, bias=False)
+    with pytest.raises(ConfigError, match="resnet8's is a Linear without a bias: leave vim out"):
+        score("vim", dim=4).check_model(model)
+
+
+def test_a_teacher_to_evaluate_needs_a_method_with_one():
+    from kdrun.errors import ConfigError
+    from kdrun.validate import validate
+
+    with pytest.raises(ConfigError, match="^eval.teacher=True is not allowed: only a training "
+                                          "run of a method with a teacher"):
+        validate(compose_config("method=vanilla", "eval.teacher=true"))
+    validate(compose_config("method=kd", "eval.teacher=true"))
+
+
+def test_a_failing_evaluation_does_not_cost_the_trained_student(tmp_path, monkeypatch):
+    from kdrun.evaluation.shift import Shift
+    from kdrun.jobs import train
+
+    def broken(self, subject):
+        raise RuntimeError("an evaluation failed")
+
+    monkeypatch.setattr(Shift, "measure", broken)
+    with pytest.raises(RuntimeError, match="an evaluation failed"):
+        train(compose_config("method=vanilla", "+eval.shift.sets.synthetic=null"), tmp_path)
+    assert (tmp_path / "checkpoints" / "student.pt").is_file()
+
+
+def test_an_image_list_reads_a_benchmarks_exact_selection(tmp_path):
+    """OpenOOD's benchmark_imglist form: 'path label' lines, paths relative to the root,
+    given with the set's root as the role's value."""
+    from kdrun.jobs import train
+
+    write_tree(tmp_path / "images_classic" / "tin", {"n01443537/images": 5, "n01629819": 4})
+    listed = tmp_path / "test_tin.txt"
+    listed.write_text("tin/n01443537/images/0.jpg -1\ntin/n01629819/3.jpg -1\n\n")
+    near = f"+eval.ood.near.tin={{root:'{tmp_path}/images_classic',image_list:'{listed}'}}"
+    results = train(compose_config("method=vanilla", near), tmp_path / "run")
+    assert 0 <= results["ood/tin/msp/auroc"] <= 100
+    listed.write_text("tin/n01443537/images/9.jpg -1\n")
+    from kdrun.errors import DataNotFoundError
+
+    with pytest.raises(DataNotFoundError, match="tin/n01443537/images/9.jpg named by"):
+        train(compose_config("method=vanilla", near), tmp_path / "again")

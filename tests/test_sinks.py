@@ -142,10 +142,10 @@ def test_tensorboard_scalars_match_metrics_jsonl_step_for_step(tmp_path):
         for tag, value in row.items():
             if tag != "step":
                 assert shown[tag][row["step"]] == pytest.approx(value, rel=1e-6), tag
-    # the final results not logged as steps land at the last step; the teacher trained inside
-    # the run has its own series in tensorboard/teacher
+    # the final results at the last step, as results/<key>; the teacher trained inside the
+    # run has its own series in tensorboard/teacher
     last = max(r["step"] for r in run_rows)
-    assert shown["test/agreement"][last] == pytest.approx(results["test/agreement"])
+    assert shown["results/test/agreement"] == {last: pytest.approx(results["test/agreement"])}
     teacher_rows = [r for r in rows if "teacher/step" in r]
     teacher = tensorboard_scalars(tmp_path / "tensorboard" / "teacher")
     assert teacher_rows and all(teacher[tag][r["teacher/step"]] == pytest.approx(value)
@@ -177,6 +177,21 @@ def test_a_resumed_run_continues_its_tensorboard_series_without_a_step_twice(tmp
     assert shown["train/batch_loss"] == pytest.approx(
         {r["step"]: r["train/batch_loss"] for r in rows})
     assert sorted(shown["epoch"].values()) == [1, 2, 3]
+
+
+def test_a_run_restarted_without_a_checkpoint_purges_what_its_first_attempt_logged(tmp_path):
+    """A run killed before its first checkpoint starts again from step 1 in the same folder."""
+    first = train(compose_config("logger=[tensorboard]", "method=vanilla", "epochs=1",
+                                 "trainer.max_steps=4"), tmp_path)
+    assert first["train/steps"] == 4
+    (tmp_path / "results.json").unlink()  # as if killed before it ended, without a checkpoint
+    (tmp_path / "checkpoints" / "last.pt").unlink(missing_ok=True)
+    train(compose_config("logger=[tensorboard]", "method=vanilla", "epochs=1",
+                         "trainer.resume=true"), tmp_path)
+    shown = tensorboard_scalars(tmp_path / "tensorboard")  # asserts each step once
+    rows = [r for r in jsonl_rows(tmp_path) if "train/batch_loss" in r]
+    assert shown["train/batch_loss"] == pytest.approx(
+        {r["step"]: r["train/batch_loss"] for r in rows})
 
 
 def test_both_loggers_at_once_and_none(tmp_path, monkeypatch):

@@ -66,12 +66,14 @@ def _read(cfg: DictConfig, cache_dir: str) -> ImageData:
 SHARED_KEYS = tuple(f.name for f in dataclasses.fields(DatasetSettings))
 
 
-def named_dataset_cfg(name: str, root: str | None, base: DictConfig, role: str) -> DictConfig:
+def named_dataset_cfg(name: str, root: str | dict | None, base: DictConfig,
+                      role: str) -> DictConfig:
     """The data set `name` in a role beside the run's (`role`: dataset.test_set, eval.ood.svhn,
     method.unlabelled, ...): the run's shared settings (download, workers, image size), then
     conf/dataset/<name>.yaml with its own keys (SVHN's `extra`), the whole split, read from
-    `root` (None: the YAML's). Typed and checked like the run's data set: one line naming the
-    role when something is wrong."""
+    `root` (None: the YAML's; a mapping: `root` and any of the set's own settings, as
+    {root: PATH, image_list: FILE}). Typed and checked like the run's data set: one line
+    naming the role when something is wrong."""
     module = DATASETS.get(name, key=role)
     if getattr(module, "TRAINING_SET_ONLY", False):
         raise ConfigError(f"{role}: {name} can only be the training set (dataset={name}): "
@@ -84,13 +86,15 @@ def named_dataset_cfg(name: str, root: str | None, base: DictConfig, role: str) 
     cfg = OmegaConf.merge(OmegaConf.create(shared), OmegaConf.load(str(path)))
     cfg.image_size = base.image_size
     cfg.train_subset, cfg.test_subset, cfg.test_set, cfg.val_size = None, None, None, 0
-    if root is not None:
-        cfg.root = root
+    settings = dict(root) if isinstance(root, (dict, DictConfig)) else {"root": root}
+    for key, value in settings.items():
+        if key != "root" or value is not None:
+            cfg[key] = value
     dataset_settings(cfg, key=role)
     return cfg
 
 
-def load_named_dataset(name: str, root: str | None, base: DictConfig, role: str,
+def load_named_dataset(name: str, root: str | dict | None, base: DictConfig, role: str,
                        cache_dir: str) -> ImageData:
     """The whole data set `name` in `role` (named_dataset_cfg); a missing one says which role
     asked for it."""

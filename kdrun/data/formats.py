@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import MISSING, DictConfig
 
-from kdrun.data.image_folder import is_image_folder, read_image_folder
+from kdrun.data.image_folder import decode_cached, is_image_folder, read_image_folder
+from kdrun.data.settings import DatasetSettings
 from kdrun.data.types import ImageData, TensorSplit
 from kdrun.errors import DataNotFoundError
 
@@ -91,13 +93,33 @@ def cifar_loader(title: str, folder_name: str, train_files: list[str], test_file
     return load
 
 
+@dataclass
+class ImageTreeSettings(DatasetSettings):
+    image_list: str | None = MISSING  # a file naming the images to read (null: all of them)
+
+
 def image_tree_loader(title: str, how: str) -> Loader:
-    """The loader of an evaluation-only set: every image under root, at any depth, labelled by
-    its top-level folder, as both splits (an OOD set is read whole)."""
+    """The loader of an evaluation-only set, read whole as both splits: every image under
+    root, at any depth, labelled by its top-level folder; or, with `image_list`, the images a
+    list file names - one per line, its first field a path relative to root (OpenOOD's
+    benchmark_imglist files), so a benchmark's exact selection is read."""
 
     def load(cfg: DictConfig, root: Path, cache_dir: Path) -> ImageData:
         if not root.is_dir():
             raise missing(title, root, "a folder of images", how)
+        if cfg.image_list is not None:
+            listed = Path(cfg.image_list).expanduser()
+            if not listed.is_file():
+                raise DataNotFoundError(f"{title}: the image list {listed} does not exist: give "
+                                        "the file that names the images (image_list)")
+            files = [(root / line.split()[0], 0) for line in listed.read_text().splitlines()
+                     if line.strip()]
+            absent = next((path for path, _ in files if not path.is_file()), None)
+            if absent is not None or not files:
+                raise DataNotFoundError(f"{title}: {absent or 'no image'} named by {listed} is "
+                                        f"not under {root}: give the folder its paths start from")
+            return ImageData(*[decode_cached(root, [title], files, cfg.image_size,
+                                             cache_dir)] * 2, [title])
         try:
             split, classes = read_image_folder(root, cfg.image_size, cache_dir, any_depth=True)
         except FileNotFoundError:

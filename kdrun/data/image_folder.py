@@ -47,11 +47,17 @@ def read_image_folder(root: Path, image_size: int, cache_dir: Path,
     classes, files = list_images(root, any_depth)
     if not files:
         raise FileNotFoundError(f"no images under {root}")
+    return decode_cached(root, classes, files, image_size, cache_dir), classes
+
+
+def decode_cached(root: Path, classes: list[str], files: list[tuple[Path, int]],
+                  image_size: int, cache_dir: Path) -> TensorSplit:
+    """`files` (path, label) decoded once, then read from the cache."""
     cache = cache_dir / f"{_fingerprint(root, files, image_size)}.pt"
     if cache.is_file():
         try:
             stored = checkpoint.load(cache)
-            return TensorSplit(stored["images"], stored["labels"]), stored["classes"]
+            return TensorSplit(stored["images"], stored["labels"])
         except (CheckpointError, KeyError, TypeError) as err:
             log.warning("the decoded copy %s is damaged (%s); decoding the images again",
                         cache, str(err).splitlines()[0][:120])
@@ -60,7 +66,7 @@ def read_image_folder(root: Path, image_size: int, cache_dir: Path,
     split = TensorSplit(images, torch.tensor([label for _, label in files]))
     checkpoint.save_atomic({"images": split.images, "labels": split.labels,
                             "classes": classes}, cache)
-    return split, classes
+    return split
 
 
 def list_image_files(root: Path) -> list[Path]:

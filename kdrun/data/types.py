@@ -3,6 +3,7 @@ on the training device), large-image splits as torch Datasets (DataLoader path).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +52,21 @@ def hold_out(split, size: int, seed: int):
 def holdout_split(split: TensorSplit, test_fraction: float, seed: int):
     """A fixed, seeded train/test split for data sets that ship without one."""
     return hold_out(split, max(1, round(len(split) * test_fraction)), seed)
+
+
+def evaluation_view(split, test):
+    """`split` read as the test split is: a Dataset's images through the test split's transform
+    (a centre crop, not the training crops and flips); an in-memory split as it is (the loader
+    augments only when training)."""
+    if isinstance(split, TensorSplit):
+        return split
+    if isinstance(split, torch.utils.data.Subset):
+        return torch.utils.data.Subset(evaluation_view(split.dataset, test), split.indices)
+    while isinstance(test, torch.utils.data.Subset):
+        test = test.dataset
+    view = copy.copy(split)
+    view.transform = test.transform
+    return view
 
 
 def take(split, index: torch.Tensor):

@@ -12,7 +12,6 @@ prefixes."""
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from kdrun.errors import ConfigError
 from kdrun.evaluation.base import Evaluation, Subject, SuiteSettings
 from kdrun.evaluation.calibration import calibration_bins
 from kdrun.evaluation.plots import figure_title, reliability_diagram
-from kdrun.registry import Registry, discover
+from kdrun.registry import Registry, register_subclasses
 from kdrun.runtime.run import Run
 
 EVALUATIONS: Registry[type[Evaluation]] = Registry("evaluation")
@@ -90,6 +89,14 @@ class EvaluationSuite:
         for evaluation in self.evaluations:
             evaluation.load(data, dataset_cfg, cache_dir)
 
+    def check_model(self, model: nn.Module, teacher: nn.Module | None = None) -> None:
+        """What the evaluations need of the model (and of the teacher, when it is evaluated
+        too), checked before training: ConfigError, one line."""
+        for evaluation in self.evaluations:
+            evaluation.check_model(model)
+            if self.settings.teacher and teacher is not None:
+                evaluation.check_model(teacher)
+
     def run(self, model: nn.Module, data: ImageData, run: Run, clean: dict[str, Any],
             teacher: nn.Module | None = None) -> dict[str, float]:
         """`clean`: the clean metrics already measured (figures start from them)."""
@@ -105,7 +112,12 @@ class EvaluationSuite:
         subject = Subject(model, data, run, self.settings)
         results = {}
         for evaluation in self.evaluations:
-            results.update(evaluation.measure(subject))
+            measured = evaluation.measure(subject)
+            stray = [key for key in measured if not evaluation.owns(key)]
+            if stray:  # a key nobody owns would have no summary line, label or column
+                raise TypeError(f"evaluation {evaluation.name} returned {stray[:3]}, outside "
+                                f"its prefixes {evaluation.prefixes}")
+            results.update(measured)
         if plots:
             title = figure_title(run.cfg.method.name if choice(run.cfg.mode) == "train"
                                  else "evaluated", model.arch, run.cfg.dataset.name)
@@ -172,13 +184,6 @@ def curves(results: dict[str, Any]) -> dict[str, tuple[str, str, dict[float, flo
             for name, curve in EVALUATIONS.get(n).curves(results).items()}
 
 
-for _module in discover(__name__, __path__):
-    _classes = [obj for obj in vars(_module).values()
-                if inspect.isclass(obj) and issubclass(obj, Evaluation) and obj is not Evaluation
-                and obj.__module__ == _module.__name__]
-    if len(_classes) > 1:
-        raise TypeError(f"{_module.__name__} defines {len(_classes)} evaluations: one per "
-                        "module, named like the module")
-    if _classes:
-        _classes[0].name = _module.__name__.rsplit(".", 1)[1]
-        EVALUATIONS.add(_classes[0].name, _classes[0])
+register_subclasses(EVALUATIONS, __name__, __path__, Evaluation)
+for _name in EVALUATIONS.names():
+    EVALUATIONS.get(_name).name = _name

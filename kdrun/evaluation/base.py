@@ -16,14 +16,10 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from kdrun.checks import NoSettings, require
 from kdrun.data import ImageData, make_loader
-from kdrun.data.types import subset
+from kdrun.data.types import evaluation_view, subset
 from kdrun.runtime.run import Run
-
-
-@dataclass
-class NoSettings:
-    """For an evaluation without settings of its own."""
 
 
 @dataclass
@@ -36,8 +32,6 @@ class SuiteSettings:
     teacher: bool  # evaluate the teacher too: teacher/<key> and vs_teacher/<key>
 
     def __post_init__(self):
-        from kdrun.checks import require
-
         require(self.calibration_bins >= 1, "eval.calibration_bins", self.calibration_bins,
                 "use >= 1")
         require(self.batch_size >= 1, "eval.batch_size", self.batch_size, "use >= 1")
@@ -81,9 +75,11 @@ class Subject:
         return self.embed(self.data.test, self.run.cfg.trainer.eval_batch_size)
 
     def train_set(self, size: int | None) -> Embedding:
-        """The training images' embedding (no augmentation), on a seeded subset of `size`."""
+        """The training images' embedding, read as the test set is (no augmentation), on a
+        seeded subset of `size`."""
         if size not in self._train:
-            self._train[size] = self.embed(subset(self.data.train, size, self.run.seed))
+            train = evaluation_view(self.data.train, self.data.test)
+            self._train[size] = self.embed(subset(train, size, self.run.seed))
         return self._train[size]
 
     @torch.inference_mode()
@@ -115,6 +111,9 @@ class Evaluation:
     def load(self, data: ImageData, dataset_cfg: DictConfig, cache_dir: str) -> None:
         """Read the data sets it needs when the run starts: a missing one stops the run in
         seconds, not after training."""
+
+    def check_model(self, model: nn.Module) -> None:
+        """What it needs of the model it will measure, checked before training."""
 
     def measure(self, subject: Subject) -> dict[str, float]:
         raise NotImplementedError

@@ -3,7 +3,8 @@ seeded subset of the test set: generated on the fly (corruption_ops.py, 9 of CIF
 and read from the released CIFAR-10-C / CIFAR-100-C files when `released_root` is given (one
 <corruption>.npy per corruption, N x 32 x 32 x 3 uint8 holding severities 1..5 one after the
 other, and labels.npy) - the same seeded subset of each severity's images, which are the test
-set's images in its official order. Keys (percent): corrupt/<name>/s<k>/acc and
+set's images in its official order (the same images the generated suite corrupts when the test
+set is read in that order, as CIFAR's pickles are). Keys (percent): corrupt/<name>/s<k>/acc and
 corrupt/mean_acc (generated); corrupt/released/<name>/s<k>/acc and corrupt/released/mean_acc."""
 
 from __future__ import annotations
@@ -68,6 +69,12 @@ class Corruptions(Evaluation):
                 f"eval.corruptions.released_root: {', '.join(absent[:3])} not found in {root}: "
                 "unpack CIFAR-10-C.tar or CIFAR-100-C.tar (https://zenodo.org/records/2535967, "
                 "https://zenodo.org/records/3555552) and point released_root at its folder")
+        classes = np.unique(np.load(labels))
+        if len(classes) != dataset_cfg.num_classes or classes.max() >= dataset_cfg.num_classes:
+            raise DataNotFoundError(
+                f"eval.corruptions.released_root: {labels} holds {len(classes)} classes and "
+                f"{dataset_cfg.name} has {dataset_cfg.num_classes}: give the folder of the "
+                "released files for this data set (CIFAR-100-C for CIFAR-100)")
         n = len(np.load(labels, mmap_mode="r"))
         size = dataset_cfg.image_size
         for path in wanted:

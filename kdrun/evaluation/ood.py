@@ -33,8 +33,9 @@ METRICS = {"auroc": "AUROC", "fpr95": "FPR95", "aupr_in": "AUPR-In", "aupr_out":
 
 @dataclass
 class Settings:
-    near: dict[str, str | None] = field(default_factory=dict)  # name: root (null: its YAML's)
-    far: dict[str, str | None] = field(default_factory=dict)
+    # name: root (null: its YAML's), or {root: PATH, <a setting of the set>: VALUE}
+    near: dict[str, Any] = field(default_factory=dict)
+    far: dict[str, Any] = field(default_factory=dict)
     scores: list[str] = MISSING
     settings: dict[str, Any] = field(default_factory=dict)  # per score: its settings
     fit_subset: int | None = MISSING  # training images the fitted scores read (null: all)
@@ -88,6 +89,10 @@ class Ood(Evaluation):
         fitted_on = min(len(data.train), self.settings.fit_subset or len(data.train))
         for score in self.scores.values():
             score.check(fitted_on)
+
+    def check_model(self, model) -> None:
+        for score in self.scores.values():
+            score.check_model(model)
 
     def measure(self, subject: Subject) -> dict[str, float]:
         model = subject.model

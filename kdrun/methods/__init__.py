@@ -4,30 +4,16 @@ is a method named like the module (and like its YAML in conf/method/). Modules w
 
 from __future__ import annotations
 
-import inspect
-
 from omegaconf import DictConfig
 
 from kdrun.checks import typed_settings
 from kdrun.methods.base import Method, MethodSettings, Networks
-from kdrun.registry import Registry, discover
+from kdrun.registry import Registry, register_subclasses
 
 METHODS: Registry[type[Method]] = Registry("method")
 
 
-def _defined_methods(module) -> list[type[Method]]:
-    return [obj for obj in vars(module).values()
-            if inspect.isclass(obj) and issubclass(obj, Method) and obj is not Method
-            and obj.__module__ == module.__name__]
-
-
-for _module in discover(__name__, __path__):
-    _classes = _defined_methods(_module)
-    if len(_classes) > 1:
-        raise TypeError(f"{_module.__name__} defines {len(_classes)} methods: one per module, "
-                        "named like the module")
-    if _classes:
-        METHODS.add(_module.__name__.rsplit(".", 1)[1], _classes[0])
+register_subclasses(METHODS, __name__, __path__, Method)
 
 
 def method_settings(cfg: DictConfig) -> MethodSettings:

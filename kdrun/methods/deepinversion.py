@@ -50,6 +50,7 @@ class DeepInversion(KD):
         super().__init__(settings, networks)
         self.synthesised: dict[str, Any] = {"synth/images": 0, "synth/seconds": 0.0,
                                              "synth/captured": False}
+        self.batches_logged = 0  # synthesis batches whose loss terms are logged (their step)
 
     def competition(self) -> Competition | None:
         """Adaptive DeepInversion's extra synthesis term; none here."""
@@ -93,7 +94,8 @@ class DeepInversion(KD):
         batch_size = self.settings.batch_size
         seed = run.seed * 1_000_003 + zlib.crc32(path.name.encode())
         labels = balanced_labels(size, len(classes), torch.Generator().manual_seed(seed))
-        synthesizer = Synthesizer(self.teacher, self.settings, run, self.competition())
+        synthesizer = Synthesizer(self.teacher, self.settings, run, self.competition(),
+                                  logged_batches=self.batches_logged)
         starts = range(0, size, batch_size)
         size_px = run.cfg.dataset.image_size
         images = [torch.zeros(0, 3, size_px, size_px,
@@ -116,6 +118,7 @@ class DeepInversion(KD):
             "method": type(self).__name__, "teacher": self.teacher.arch,
             "iterations": self.settings.iterations, "seconds": elapsed})
         run.sink.images({"synth/samples": grid})
+        self.batches_logged = synthesizer.optimised  # the next pool's rows go on from here
         self.synthesised["synth/images"] += size
         self.synthesised["synth/seconds"] += elapsed
         self.synthesised["synth/captured"] |= synthesizer.captured

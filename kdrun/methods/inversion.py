@@ -172,13 +172,15 @@ class Synthesizer:
     """Optimises image batches against a frozen teacher (and, for ADI, a student)."""
 
     def __init__(self, teacher: Classifier, settings: SynthesisSettings, run: Run,
-                 competition: Competition | None = None):
+                 competition: Competition | None = None, logged_batches: int = 0):
         self.teacher = teacher
         self.settings = settings
         self.run = run  # autocast, the networks' memory format, and the sink for loss terms
         self.competition = competition
         self.batches: dict[tuple, ImageBatch] = {}
-        self.optimised = 0  # batches optimised: the step of its logged loss terms
+        # batches optimised by the run so far (earlier pools' included): the step of the rows
+        # of loss terms, which go on across Adaptive DeepInversion's rounds
+        self.optimised = logged_batches
         # the normalised-space values of pixel 0 and pixel 1, per channel (`clamp`'s range)
         self.low, self.high = (0 - teacher.mean) / teacher.std, (1 - teacher.mean) / teacher.std
 

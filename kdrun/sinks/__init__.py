@@ -5,13 +5,12 @@ conf/logger/. Methods and the trainer log through a Sink and know nothing about 
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from kdrun.checks import typed_settings
-from kdrun.registry import Registry, discover
+from kdrun.registry import Registry, register_subclasses
 from kdrun.runtime import distributed
 from kdrun.sinks.base import Logger, Sink, Start
 from kdrun.sinks.local import LocalSink
@@ -88,11 +87,6 @@ def build_sinks(cfg: DictConfig, run_dir: Path, sweep_group: str | None,
     return MultiSink(sinks)
 
 
-for _module in discover(__name__, __path__):
-    _classes = [obj for obj in vars(_module).values()
-                if inspect.isclass(obj) and issubclass(obj, Logger) and obj is not Logger
-                and obj.__module__ == _module.__name__]
-    if _classes:
-        LOGGERS.add(_module.__name__.rsplit(".", 1)[1], _classes[0])
+register_subclasses(LOGGERS, __name__, __path__, Logger)
 
 __all__ = ["LOGGERS", "MultiSink", "PrefixedSink", "Sink", "build_sinks", "logger_settings"]

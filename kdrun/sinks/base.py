@@ -9,6 +9,8 @@ from typing import Any, ClassVar
 
 from omegaconf import DictConfig
 
+from kdrun.checks import NoSettings
+
 
 class Sink:
     def log(self, metrics: dict[str, Any], step: int, counter: str = "step") -> None:
@@ -31,11 +33,6 @@ class Sink:
     def rewind(self, position: dict[str, Any]) -> None:
         """Back to `position` when a run resumes from that checkpoint: the rows logged after it
         are logged again by the resumed run, so they must go."""
-
-
-@dataclass
-class NoSettings:
-    """For a logger without settings."""
 
 
 @dataclass

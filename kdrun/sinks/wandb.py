@@ -83,8 +83,9 @@ MODES = ("auto", "online", "offline", "disabled")
 
 
 class WandbSink(Logger):
-    """The step travels in the row as W&B's own key (`step`, or `teacher/step` for a teacher
-    trained inside the run), so each series plots against its own steps."""
+    """The step travels in the row under its counter's name (`step`, or `teacher/step` for a
+    teacher trained inside the run), as the rows did before the step became an argument: the
+    W&B history is unchanged."""
     Settings = Settings
 
     def __init__(self, run, offline: bool):

@@ -4,18 +4,13 @@ each image one number, higher for in-distribution."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import nn
 
+from kdrun.checks import NoSettings
 from kdrun.evaluation.base import Embedding
-
-
-@dataclass
-class NoSettings:
-    """For a score without settings."""
 
 
 class Score:
@@ -31,6 +26,9 @@ class Score:
     def check(self, fitted_on: int) -> None:
         """What it needs of the number of training images it is fitted on, checked when the
         run starts."""
+
+    def check_model(self, model: nn.Module) -> None:
+        """What it needs of the model (ViM: a linear classifier), checked before training."""
 
     def fit(self, train: Embedding, model: nn.Module) -> None:
         """Statistics of the training set (its features, labels, the model's classifier)."""

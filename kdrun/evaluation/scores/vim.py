@@ -10,8 +10,10 @@ from dataclasses import dataclass
 
 import torch
 from omegaconf import MISSING
+from torch import nn
 
 from kdrun.checks import require
+from kdrun.errors import ConfigError
 from kdrun.evaluation.scores.base import Score
 
 
@@ -30,21 +32,31 @@ class Vim(Score):
     label = "ViM"
     fitted = True
 
+    def check_model(self, model):
+        head = model.net.get_classifier()
+        if not isinstance(head, nn.Linear) or head.bias is None:
+            what = "a Linear without a bias" if isinstance(head, nn.Linear) else \
+                type(head).__name__
+            raise ConfigError(f"eval.ood.scores: vim reads the weights and bias of a linear "
+                              f"classifier, and {model.arch}'s is {what}: leave vim out for "
+                              "this model")
+        width = head.weight.shape[1]
+        if self.dim(width) >= width:
+            raise ConfigError(f"eval.ood.settings.vim.dim={self.dim(width)} leaves no residual "
+                              f"of the {width}-wide features of {model.arch}: use a dim below "
+                              f"{width}, or null for {width // 2}")
+
+    def dim(self, width: int) -> int:
+        return self.settings.dim if self.settings.dim is not None else width // 2
+
     def fit(self, train, model):
         head = model.net.get_classifier()
         weight, bias = head.weight.detach().double(), head.bias.detach().double()
         width = weight.shape[1]
-        dim = self.settings.dim if self.settings.dim is not None else width // 2
-        if dim >= width:
-            from kdrun.errors import ConfigError
-
-            raise ConfigError(f"eval.ood.settings.vim.dim={dim} leaves no residual of the "
-                              f"{width}-wide features of {model.arch}: use a dim below "
-                              f"{width}, or null for {width // 2}")
         self.origin = -torch.linalg.pinv(weight) @ bias
         centred = train.features.double() - self.origin
         _, vectors = torch.linalg.eigh(centred.T @ centred / len(centred))  # ascending
-        self.residual_space = vectors[:, : width - dim]  # all but the `dim` largest
+        self.residual_space = vectors[:, : width - self.dim(width)]  # all but the largest
         residual = (centred @ self.residual_space).norm(dim=1)
         self.alpha = train.logits.double().max(dim=1).values.mean() / residual.mean()
 
