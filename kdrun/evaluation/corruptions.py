@@ -102,9 +102,9 @@ class Corruptions(Evaluation):
         if results:
             results["corrupt/mean_acc"] = sum(results.values()) / len(results)
         released = {}
+        labels = torch.from_numpy(np.load(self.root / "labels.npy")) if self.root else None
         for name in s.released if self.root is not None else []:
             images = np.load(self.root / f"{name}.npy", mmap_mode="r")
-            labels = torch.from_numpy(np.load(self.root / "labels.npy"))
             per = len(labels) // SEVERITIES
             for severity in s.severities:
                 part = slice((severity - 1) * per, severity * per)
