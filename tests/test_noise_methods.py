@@ -22,8 +22,8 @@ def method(name: str, shuffle: float = 0.0, **settings):
     student = build_model("resnet8", 10, MEAN, STD)
     teacher = build_model("resnet8", 10, MEAN, STD)
     distills = name != "gaussian_aug"
-    cfg = OmegaConf.create({"name": name, **({"alpha": 0.9, "T": 4.0} if distills else {}),
-                            **settings})
+    kd = {"alpha": 0.9, "T": 4.0, "logit_standardization": False}
+    cfg = OmegaConf.create({"name": name, **(kd if distills else {}), **settings})
     return build_method(cfg, Networks(student, teacher,
                                       teacher_output_shuffle=shuffle)).train()
 
