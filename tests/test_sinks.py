@@ -131,6 +131,16 @@ def jsonl_rows(run_dir) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def shown_as_logged(run_dir) -> dict[str, dict[int, float]]:
+    """TensorBoard's series (each step once), its batch losses those metrics.jsonl logged
+    last at each step."""
+    shown = tensorboard_scalars(run_dir / "tensorboard")
+    rows = [r for r in jsonl_rows(run_dir) if "train/batch_loss" in r]
+    assert shown["train/batch_loss"] == pytest.approx(
+        {r["step"]: r["train/batch_loss"] for r in rows})
+    return shown
+
+
 def test_tensorboard_scalars_match_metrics_jsonl_step_for_step(tmp_path):
     results = train(compose_config("logger=[tensorboard]", "method=kd", "epochs=2",
                                    "teacher.epochs=1", "eval.plots=true"), tmp_path)
@@ -172,11 +182,7 @@ def test_a_resumed_run_continues_its_tensorboard_series_without_a_step_twice(tmp
     assert max(before["train/batch_loss"]) > steps  # steps past the checkpoint were written
     train(compose_config("logger=[tensorboard]", "method=vanilla", "epochs=3",
                          "trainer.resume=true"), tmp_path)
-    shown = tensorboard_scalars(tmp_path / "tensorboard")  # asserts each step once
-    rows = [r for r in jsonl_rows(tmp_path) if "train/batch_loss" in r]
-    assert shown["train/batch_loss"] == pytest.approx(
-        {r["step"]: r["train/batch_loss"] for r in rows})
-    assert sorted(shown["epoch"].values()) == [1, 2, 3]
+    assert sorted(shown_as_logged(tmp_path)["epoch"].values()) == [1, 2, 3]
 
 
 def test_a_run_restarted_without_a_checkpoint_purges_what_its_first_attempt_logged(tmp_path):
@@ -188,10 +194,7 @@ def test_a_run_restarted_without_a_checkpoint_purges_what_its_first_attempt_logg
     (tmp_path / "checkpoints" / "last.pt").unlink(missing_ok=True)
     train(compose_config("logger=[tensorboard]", "method=vanilla", "epochs=1",
                          "trainer.resume=true"), tmp_path)
-    shown = tensorboard_scalars(tmp_path / "tensorboard")  # asserts each step once
-    rows = [r for r in jsonl_rows(tmp_path) if "train/batch_loss" in r]
-    assert shown["train/batch_loss"] == pytest.approx(
-        {r["step"]: r["train/batch_loss"] for r in rows})
+    shown_as_logged(tmp_path)
 
 
 def test_both_loggers_at_once_and_none(tmp_path, monkeypatch):

@@ -118,8 +118,8 @@ def image_tree_loader(title: str, how: str) -> Loader:
             if absent is not None or not files:
                 raise DataNotFoundError(f"{title}: {absent or 'no image'} named by {listed} is "
                                         f"not under {root}: give the folder its paths start from")
-            return ImageData(*[decode_cached(root, [title], files, cfg.image_size,
-                                             cache_dir)] * 2, [title])
+            split = decode_cached(root, [title], files, cfg.image_size, cache_dir)
+            return ImageData(split, split, [title])
         try:
             split, classes = read_image_folder(root, cfg.image_size, cache_dir, any_depth=True)
         except FileNotFoundError:

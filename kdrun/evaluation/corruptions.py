@@ -137,10 +137,12 @@ class Corruptions(Evaluation):
 
 @torch.inference_mode()
 def _accuracy(model, loader, run, damage=None) -> float:
-    correct, seen = 0, 0
+    """Percent right on the loader's images (damaged by `damage`), counted on the device and
+    read once."""
+    correct, seen = torch.zeros((), dtype=torch.long, device=run.device), 0
     for images, labels in loader:
         damaged = damage(images) if damage is not None else images
         with run.autocast():
-            correct += (model(damaged).argmax(dim=1) == labels).sum().item()
+            correct += (model(damaged).argmax(dim=1) == labels).sum()
         seen += len(labels)
-    return 100 * correct / seen
+    return 100 * correct.item() / seen

@@ -83,7 +83,8 @@ class DKD(Method):
 
     def step_taken(self) -> None:
         self.steps += 1
-        self._set_ramp()
+        if self.steps % self.steps_per_epoch == 0:  # the ramp moves once an epoch
+            self._set_ramp()
 
     def get_extra_state(self) -> dict[str, int]:
         return {"steps": self.steps}
