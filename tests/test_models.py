@@ -1,10 +1,14 @@
-"""The zoo: every architecture's logits and stage features through the one feature contract."""
+"""The zoo: every architecture's logits and stage features through the one feature contract, and
+the CRD table's architectures against HobbitLong/RepDistiller@b84f547 (counted and compared
+once with its own model files; no RepDistiller code here)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from kdrun.errors import ConfigError
 from kdrun.models import MODELS, build_model
 
 MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
@@ -70,3 +74,62 @@ def test_networks_without_residual_blocks_refuse_stochastic_depth_in_one_line():
 
     with pytest.raises(ConfigError, match="vgg8 has no residual blocks"):
         build_model("vgg8", 10, MEAN, STD, drop_path_rate=0.2)
+
+
+NEW = ["mobilenetv2", "shufflenetv1", "shufflenetv2", "resnet50"]
+
+
+@pytest.mark.parametrize(("arch", "parameters"), [
+    ("mobilenetv2", 812_836), ("shufflenetv1", 949_258), ("shufflenetv2", 1_355_528),
+    ("resnet50", 23_705_252)])
+def test_parameter_counts_match_repdistiller_exactly(arch, parameters):
+    """RD's mobile_half, ShuffleV1, ShuffleV2 and ResNet50 at 100 classes (the CRD table's
+    0.81M, 0.95M, 1.36M, 23.71M): a layer or a width off changes the count."""
+    model = build_model(arch, 100, MEAN, STD)
+    assert sum(p.numel() for p in model.parameters()) == parameters
+
+
+@pytest.mark.parametrize(("arch", "stages", "pooled"), [
+    ("mobilenetv2", [(12, 2), (16, 4), (48, 8), (160, 16)], 1280),
+    ("shufflenetv1", [(240, 2), (480, 4), (960, 8)], 960),
+    ("shufflenetv2", [(116, 2), (232, 4), (464, 8)], 1024),
+    ("resnet50", [(256, 1), (512, 2), (1024, 4), (2048, 8)], 2048)])
+def test_stages_are_those_repdistiller_reports(arch, stages, pooled):
+    """(channels, reduction) of RD's is_feat maps between f0 and the pooled vector; the 1x1
+    head conv of MobileNetV2 and ShuffleNetV2 widens the pooled vector, not the last stage."""
+    model = build_model(arch, 100, MEAN, STD).eval()
+    assert [(i["num_chs"], i["reduction"]) for i in model.feature_info] == stages
+    _, embedding = model.forward_embedding(torch.rand(1, 3, 32, 32))
+    assert embedding.shape == (1, pooled)
+
+
+@pytest.mark.parametrize("arch", NEW)
+def test_pre_activation_features_are_the_outputs_before_their_relu(arch):
+    """relu(pre-activation) is the stage output; MobileNetV2's stages end linear (pre = post)."""
+    model = build_model(arch, 7, MEAN, STD).eval()
+    x = torch.rand(2, 3, 32, 32)
+    logits, post = model.forward_intermediates(x)
+    same_logits, pre = model.forward_intermediates(x, pre_activation=True)
+    assert torch.allclose(same_logits, logits, atol=1e-5)
+    for before, after in zip(pre, post):
+        if arch == "mobilenetv2":
+            assert torch.equal(before, after)
+        else:
+            assert (before < 0).any() and torch.allclose(F.relu(before), after, atol=1e-6)
+
+
+@pytest.mark.parametrize(("arch", "dropped_blocks"), [
+    ("mobilenetv2", 10), ("shufflenetv1", 13), ("resnet50", 15)])
+def test_stochastic_depth_drops_only_residual_branches(arch, dropped_blocks):
+    """Blocks that add an identity (MobileNetV2, ShuffleNet's stride-1 units) or a shortcut
+    (ResNet); the first ResNet block's rate is 0."""
+    model = build_model(arch, 3, MEAN, STD, drop_path_rate=0.5)
+    assert sum(type(m).__name__ == "DropPath" for m in model.modules()) == dropped_blocks
+    x = torch.rand(4, 3, 32, 32)
+    model.train()
+    assert not torch.equal(model(x), model(x))
+
+
+def test_shufflenetv2_refuses_stochastic_depth_in_one_line():
+    with pytest.raises(ConfigError, match="shufflenetv2 has no residual blocks"):
+        build_model("shufflenetv2", 10, MEAN, STD, drop_path_rate=0.2)

@@ -140,6 +140,38 @@ def test_a_compiled_network_sees_one_memory_format_whatever_layout_it_is_given()
     torch._dynamo.reset()
 
 
+def test_a_compiled_model_compiles_the_feature_paths_methods_call_and_keeps_its_keys():
+    import copy
+
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from kdrun.models import build_model
+
+    model = build_model("resnet8", 4, [0.5] * 3, [0.25] * 3).eval()
+    keys = list(model.state_dict())
+    images = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        plain = model.forward_intermediates(images, [1]), model.forward_embedding(images)
+    torch._dynamo.reset()
+    counters.clear()
+    model.compile_network(backend="eager")  # dynamo's graphs without a C++ compiler
+    with torch.no_grad():
+        compiled = model.forward_intermediates(images, [1]), model.forward_embedding(images)
+        assert counters["stats"]["unique_graphs"] == 2  # both paths went through dynamo
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            model.forward_intermediates(images, [1]), model.forward_embedding(images)
+    assert torch.allclose(compiled[0][1][0], plain[0][1][0], atol=1e-6)
+    assert torch.allclose(compiled[1][1], plain[1][1], atol=1e-6)
+    assert list(model.state_dict()) == keys
+    twin = copy.deepcopy(model)  # a copy runs its own weights through the compiled paths
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.mul_(0.5)
+        assert torch.allclose(twin.forward_embedding(images)[0], twin(images), atol=1e-6)
+    torch._dynamo.reset()
+
+
 # ---- on a CUDA device only ----------------------------------------------------------------
 
 def cuda_run(*overrides):

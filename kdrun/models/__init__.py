@@ -46,4 +46,4 @@ def build_model(arch: str, num_classes: int, mean: list[float], std: list[float]
     return Classifier(net, arch, num_classes, list(mean), list(std))
 
 
-__all__ = ["MODELS", "Classifier", "build_model", "build_network", "check_arch"]
+__all__ = ["MODELS", "TIMM_PREFIX", "Classifier", "build_model", "build_network", "check_arch"]

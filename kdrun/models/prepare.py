@@ -13,8 +13,9 @@ from kdrun.runtime.run import Run
 
 def prepare(module: nn.Module, run: Run) -> nn.Module:
     """`module` (a network, or a method holding several) on the run's device in its memory
-    format, every network compiled when the run compiles: the network inside each Classifier,
-    after the normalisation that brings any input to the run's memory format. Networks
+    format, every network compiled when the run compiles: the network inside each Classifier
+    (its forward and its feature paths), after the normalisation that brings any input to the
+    run's memory format. Networks
     compiled earlier (a cached teacher, an earlier stage) are left as they are, so state_dict
     keys never change."""
     module.to(run.device, memory_format=run.memory_format)
@@ -23,7 +24,7 @@ def prepare(module: nn.Module, run: Run) -> nn.Module:
         if isinstance(network, Classifier):
             network.memory_format = run.memory_format
             if run.compile and network.net._compiled_call_impl is None:
-                network.net.compile()
+                network.compile_network()
             archs.add(network.arch)
     if run.compile:
         allow_recompiles(len(archs))

@@ -26,10 +26,15 @@ class BasicBlock(nn.Module):
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False),
                                           nn.BatchNorm2d(cout))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's output before its final ReLU (what FitNet's and ReviewKD's references
+        distil)."""
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu(self.drop_path(out) + self.shortcut(x))
+        return self.drop_path(out) + self.shortcut(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.pre_activation(x))
 
 
 def resnet(stem_width: int, widths: list[int], blocks: list[int], strides: list[int],

@@ -4,6 +4,7 @@ timm's feature contract so methods ask for stage indices rather than module path
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -40,21 +41,68 @@ class StagedNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def forward_intermediates(self, x: torch.Tensor, indices=None, **_):
+    def forward_intermediates(self, x: torch.Tensor, indices=None, pre_activation: bool = False,
+                              **_):
         """timm's signature: (final feature map, [stage outputs at `indices`]); an int n means
-        the last n stages. The last stage is reported after the head norm, as timm does."""
+        the last n stages. The last stage is reported after the head norm, as timm does.
+        `pre_activation`: the taken stages' outputs before their last ReLU (split_activation)."""
         from timm.models._features import feature_take_indices  # timm: only when used
 
         take, _ = feature_take_indices(len(self.stages), indices)
         intermediates = []
         x = self.stem(x)
+        last = len(self.stages) - 1
         for i, stage in enumerate(self.stages):
+            if pre_activation and i in take:
+                before, x = self.split_activation(i, x)
+                intermediates.append(before)
+                continue
             x = stage(x)
-            if i == len(self.stages) - 1:
+            if i == last:
                 x = self.head_norm(x)
             if i in take:
                 intermediates.append(x)
         return x, intermediates
+
+    def split_activation(self, i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(stage i's output before its last ReLU, its output), as the KD references'
+        `preact_feats` (HobbitLong/RepDistiller, megvii-research/mdistiller): the sum before a
+        post-activation block's ReLU, a conv group's BN output. A stage of pre-activation
+        blocks ends in a sum that no ReLU follows; theirs is then what the next ReLU reads: the
+        head norm's BN output after the last stage, the next block's first BN before it."""
+        stage = self.stages[i]
+        if i == len(self.stages) - 1 and not isinstance(self.head_norm, nn.Identity):
+            return split_activation(self.head_norm, stage(x))
+        before, out = split_activation(stage, x)
+        following = self.stages[i + 1][0] if i + 1 < len(self.stages) else None
+        if before is out and hasattr(following, "activation_input"):
+            before = following.activation_input(out)
+        return before, out
+
+
+def split_activation(layers: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(`layers`' output before its final ReLU, its output) for the zoo's layer ends: a
+    post-activation residual block (`pre_activation` gives its sum before the ReLU), a
+    conv-BN-ReLU group, or pre-activation residual blocks, whose output is a sum that no ReLU
+    follows (both the same tensor)."""
+    *body, end = layers
+    x = nn.Sequential(*body)(x) if body else x
+    if hasattr(end, "pre_activation"):
+        before = end.pre_activation(x)
+        return before, F.relu(before)
+    if isinstance(end, nn.ReLU):  # applied out of place: `x` is kept
+        return x, F.relu(x)
+    out = end(x)
+    return out, out
+
+
+def batch_norm_without_update(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """`bn(x)` as the forward pass computes it, without moving its running statistics: a
+    feature read must not count a batch twice (mdistiller's WRN does, on every forward)."""
+    if bn.training:
+        return F.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+    return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0,
+                        bn.eps)
 
 
 def _init_weights(model: nn.Module) -> None:

@@ -9,7 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdrun.models.zoo.staged import StagedNet, conv3x3, drop_path_rates, residual_drop
+from kdrun.models.zoo.staged import (
+    StagedNet,
+    batch_norm_without_update,
+    conv3x3,
+    drop_path_rates,
+    residual_drop,
+)
 
 
 class PreActBlock(nn.Module):
@@ -23,6 +29,11 @@ class PreActBlock(nn.Module):
         self.shortcut = None
         if stride != 1 or cin != cout:
             self.shortcut = nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
+
+    def activation_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the block's first ReLU reads, bn1(x), for the previous stage's pre-activation
+        features (StagedNet.split_activation)."""
+        return batch_norm_without_update(self.bn1, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         o = F.relu(self.bn1(x))
