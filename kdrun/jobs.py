@@ -115,7 +115,8 @@ def build_run_method(run: Run, data: ImageData) -> tuple[Method, dict[str, Any]]
                                    mean=cfg.dataset.mean, std=cfg.dataset.std,
                                    drop_rate=cfg.student.drop_rate)
     method = build_method(cfg.method, Networks(make_model(cfg.student.arch), teacher,
-                                               make_model, cfg.teacher.output_shuffle))
+                                               make_model, cfg.teacher.output_shuffle,
+                                               cfg.dataset.image_size))
     if distributed.world_size() > 1:  # the ranks' noise and dropout draws differ
         seed_everything(cfg.seed + 1_000_003 * distributed.rank())
     return prepare(method, run), provenance  # where work between stages runs
@@ -128,6 +129,7 @@ def train(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
     set and writes the results."""
     with start_run(cfg, run_dir, sweep_group, run_name) as (run, data, evaluations):
         results = run_info(run)
+        METHODS.get(cfg.method.name).check_data(method_settings(cfg.method), data)
         method, teacher_provenance = build_run_method(run, data)
         results.update(teacher_provenance)
         results.update(recorded_settings(method))

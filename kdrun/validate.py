@@ -18,8 +18,8 @@ from kdrun.config import choice, schema_keys, unknown_keys
 from kdrun.data import dataset_settings
 from kdrun.errors import ConfigError
 from kdrun.evaluation import build_evaluations, complete_eval_config
-from kdrun.methods import METHODS, method_settings
-from kdrun.models import check_arch
+from kdrun.methods import METHODS, Networks, build_method, method_settings
+from kdrun.models import Classifier, build_model, check_arch
 from kdrun.runtime import distributed
 from kdrun.sinks import logger_settings
 
@@ -71,6 +71,24 @@ def validate(cfg: DictConfig) -> None:
         if cfg.dataset.name == "synthetic_pool" and cfg.teacher.checkpoint == "auto":
             raise ConfigError("teacher.checkpoint=auto would train a teacher on the synthetic "
                               "pool: give the teacher that made it, teacher.checkpoint=FILE")
+    if METHODS.get(cfg.method.name).reads_features:
+        _check_feature_connections(cfg)
+
+
+def _check_feature_connections(cfg: DictConfig) -> None:
+    """A method that connects feature maps is built once on meta-device networks (no memory,
+    no compute), so a stage index or shape it cannot connect is one line before the data is
+    read and a teacher trained."""
+    d = cfg.dataset
+
+    def make_model(arch: str, **kwargs) -> Classifier:
+        return build_model(arch, d.num_classes, d.mean, d.std, **kwargs)
+
+    with torch.device("meta"):
+        teacher = make_model(cfg.teacher.arch) if METHODS.get(cfg.method.name).needs_teacher \
+            else None
+        build_method(cfg.method, Networks(make_model(cfg.student.arch), teacher, make_model,
+                                          image_size=d.image_size))
 
 
 def _check_keys(cfg: DictConfig) -> None:

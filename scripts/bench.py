@@ -128,7 +128,8 @@ def networks(cfg) -> Networks:
                                    mean=cfg.dataset.mean, std=cfg.dataset.std)
     needs_teacher = METHODS.get(cfg.method.name).needs_teacher
     teacher = make_model(cfg.teacher.arch) if needs_teacher else None
-    return Networks(make_model(cfg.student.arch), teacher, make_model)
+    return Networks(make_model(cfg.student.arch), teacher, make_model,
+                    image_size=cfg.dataset.image_size)
 
 
 def kdrun_throughput(run: Run, data, bench: dict, compiled: bool,
@@ -142,7 +143,7 @@ def kdrun_throughput(run: Run, data, bench: dict, compiled: bool,
     prepare(method, run)
     stage = next(method.stages(data, cfg.epochs, run))
     loader = make_loader(stage.data.train, cfg.trainer.batch_size, run, train=True,
-                         augment=stage.augment, mix=stage.mix)
+                         augment=stage.augment, mix=stage.mix, indices=method.needs_indices)
     optimizers = Optimizers(method, cfg.optim, cfg.sched,
                             Schedule(len(loader) * cfg.epochs, len(loader)))
     method.train()

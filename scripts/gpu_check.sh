@@ -2,7 +2,8 @@
 # kdrun's GPU check, one call on a GPU machine without network (about 8 minutes on one H100):
 # the CUDA-only tests, scripts/bench.py at batch 128 and 512 (eager, compiled, CUDA graph) and
 # on the machine's CPU, a real KD run timed to extrapolate 200 epochs (recompiles counted),
-# Noisy Student, DML and AFD graph vs eager, every method's quickstart on CUDA, DeepInversion's
+# Noisy Student, DML and AFD graph vs eager, the feature baselines FitNet, AT, CRD and ReviewKD
+# (eager, compiled, graph; parts bench_<method>), every method's quickstart on CUDA, DeepInversion's
 # synthesis (graph vs eager), captured vs eager test accuracy at 20 epochs (two seeds), and
 # joblib sweeps of 2 and 4 jobs on the one GPU. Not all of it fits one call: the parts named
 # below took, on an H200 on 2026-11-26, tests 35 s, teacher 89 s, kd_200 270 s, accuracy
@@ -51,9 +52,13 @@ CPU_STEPS=20      # of the CPU bench
 SYNTH_ITERATIONS=200
 ACCURACY_EPOCHS=20
 GRAPH=true        # trainer.cuda_graph of the accuracy runs' captured half
+FEATURE_PAIR=(teacher=wrn_40_2 student=wrn_16_2)
+CRD_NEGATIVES=16384
 if [ "${GPU_CHECK_TINY:-}" ]; then
   CIFAR+=(dataset.train_subset=256 dataset.test_subset=128 trainer.device=cpu)
   KD=(method=kd teacher=resnet8 student=resnet8)
+  FEATURE_PAIR=(teacher=resnet8 student=resnet8)
+  CRD_NEGATIVES=64
   STEPS=(bench.steps=2 bench.warmup=1 bench.workers=0 bench.compile=false bench.graph=false)
   EPOCHS=2
   FULL_EPOCHS=2
@@ -136,6 +141,14 @@ done
 part bench_afd_disc_every2 120 $PY scripts/bench.py method=afd student=wrn_16_2 \
   "method.peers=[wrn_16_2]" method.disc_every=2 "${CIFAR[@]}" "${STEPS[@]}" bench.compile=false \
   bench.reference=false hydra.run.dir="$OUT/bench/bench_afd_disc_every2"
+
+# the field's feature baselines on the KD pair (eager, compiled - their feature paths too -
+# and captured), beside kd's own rows in bench128
+for m in fitnet at crd reviewkd; do
+  extra=(); [ $m = crd ] && extra=(method.negatives=$CRD_NEGATIVES)
+  part bench_$m 150 $PY scripts/bench.py method=$m "${FEATURE_PAIR[@]}" "${extra[@]}" \
+    "${CIFAR[@]}" "${STEPS[@]}" bench.reference=false hydra.run.dir="$OUT/bench/bench_$m"
+done
 
 for yaml in conf/method/*.yaml; do
   m=$(basename "$yaml" .yaml)

@@ -71,6 +71,23 @@ def test_every_noise_method_runs_on_the_offline_quickstart(tmp_path, cli_env):
         assert ("teacher/test/acc" in results) == (method != "gaussian_aug"), method
 
 
+def test_the_feature_baselines_run_on_the_offline_quickstart(tmp_path, cli_env):
+    """FitNet, AT and ReviewKD in one sweep; CRD with its memory bank over the quickstart's
+    training split (a subset here, so fewer negatives than its quickstart's 512)."""
+    quick = ["experiment=quickstart", "epochs=1", "teacher.epochs=1", "dataset.train_subset=256",
+             "eval=clean", "logger=none", "trainer.progress=false"]
+    kdrun("-m", *quick, "method=fitnet,at,reviewkd", f"hydra.sweep.dir={tmp_path}/sweep",
+          env=cli_env, cwd=tmp_path)
+    kdrun(*quick, "method=crd", "method.negatives=128", f"hydra.run.dir={tmp_path}/crd",
+          env=cli_env, cwd=tmp_path)
+    runs = {"fitnet": "sweep/0", "at": "sweep/1", "reviewkd": "sweep/2", "crd": "crd"}
+    for method, run in runs.items():
+        results = read_results(tmp_path / run)
+        assert results["method/name"] == method
+        assert 0 <= results["test/acc"] <= 100 and "teacher/test/acc" in results, method
+    assert read_results(tmp_path / "crd")["method/negatives"] == 128
+
+
 def test_online_and_self_distillation_methods_run_through_the_cli(tmp_path, cli_env):
     methods = ["dml", "ddgsd", "afd"]
     kdrun("-m", *TINY, f"method={','.join(methods)}", f"hydra.sweep.dir={tmp_path}/sweep",
@@ -260,6 +277,14 @@ def test_dry_run_lists_a_sweeps_jobs_without_running_any(tmp_path, cli_env):
     assert shown.stderr.strip().splitlines() == [
         "kdrun: --cfg shows one job, not a sweep: list the sweep's jobs with --dry-run, or drop "
         "-m and give each key one value to see that job"]
+
+
+def test_the_crd_table_preset_lists_its_pairs_by_the_fields_methods(tmp_path, cli_env):
+    proc = kdrun("-m", "experiment=crd_cifar100", "--dry-run", env=cli_env, cwd=tmp_path)
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "kdrun --dry-run: 104 jobs"  # 13 pairs x 8 methods
+    assert lines[1] == "  0: crd_pair=wrn_40_2-wrn_16_2 method=vanilla experiment=crd_cifar100"
+    assert lines[-1] == "  103: crd_pair=wrn_40_2-shufflenetv1 method=dist experiment=crd_cifar100"
 
 
 def test_help_says_what_each_method_is_and_what_a_methods_keys_mean(tmp_path, cli_env):

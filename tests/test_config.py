@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_module
 from hydra.core.config_store import ConfigStore
 from hydra.errors import ConfigCompositionException
 
@@ -78,6 +79,9 @@ def test_every_job_of_every_preset_sweep_composes_and_validates(preset, override
     validate(cfg)
     for override in overrides:
         key, value = override.split("=")
+        if key == "crd_pair":  # a pair of architectures, set where they live
+            assert f"{cfg.teacher.arch}-{cfg.student.arch}" == value
+            continue
         node = cfg
         for part in key.split("."):
             node = node[part]
@@ -140,7 +144,7 @@ def test_the_quickstart_gives_a_method_the_settings_it_needs_there_and_the_comma
     ("student.drop_rate=1.0", "student.drop_rate=1.0 is not allowed"),
     ("dataset.test_fraction=1.0", "dataset.test_fraction=1.0 is not allowed"),
     ("method.name=kdd", "method.name=kdd is not a known method: choose one of "
-                        "adaptive_deepinversion, afd, ddgsd, "),
+                        "adaptive_deepinversion, afd, at, "),
     ("student.arch=wrn_99_9", "student.arch=wrn_99_9 is not a known architecture"),
     ("teacher.arch=timm/not_a_model", "teacher.arch=timm/not_a_model is not a timm model"),
     ("dataset.name=emnist", "dataset.name=emnist is not a known data set"),
@@ -236,3 +240,22 @@ def test_an_eval_choice_on_the_command_line_beats_the_presets():
     clean = compose_config("experiment=quickstart", "eval=clean", tiny=False)
     assert clean.eval.attacks is None and clean.eval.corruptions is None
     assert "ood" not in clean.eval
+
+
+def test_the_crd_table_pairs_carry_the_benchmarks_recipe_and_student_lr():
+    """Every pair file is in the preset's sweep; MobileNetV2 and ShuffleNet students train at
+    the benchmark's lr 0.01, the others at 0.05; 240 epochs, batch 64, x0.1 at 150/180/210."""
+    pairs = sorted(p.stem for p in (Path(kdrun.__file__).parent.parent / "conf" / "crd_pair")
+                   .glob("*.yaml"))
+    assert len(pairs) == 13
+    with initialize_config_module("kdrun.conf", version_base="1.3"):
+        swept = compose("config", overrides=["experiment=crd_cifar100"], return_hydra_config=True)
+        assert sorted(swept.hydra.sweeper.params.crd_pair.split(",")) == pairs
+        for pair in pairs:
+            cfg = compose("config", overrides=["experiment=crd_cifar100", f"crd_pair={pair}"])
+            teacher, student = pair.split("-")
+            assert (cfg.teacher.arch, cfg.student.arch) == (teacher, student)
+            small = student.startswith(("mobilenet", "shufflenet"))
+            assert cfg.optim.lr == (0.01 if small else 0.05) and cfg.teacher.optim.lr == 0.05
+            assert (cfg.epochs, cfg.trainer.batch_size, cfg.dataset.name) == (240, 64, "cifar100")
+            assert [round(m * 240) for m in cfg.sched.milestones] == [150, 180, 210]

@@ -119,12 +119,14 @@ def test_dkd_warms_its_distillation_term_up_by_epoch_from_one(tmp_path):
     make = lambda: build_model("resnet8", 4, [0.5] * 3, [0.25] * 3)  # noqa: E731
     method = build_method(compose_config("method=dkd", "method.warmup=4").method,
                           Networks(make(), make(), make, 0.0))
-    method.steps_per_epoch = 10
-    method._set_ramp()
+    method.warmup.start(train_size=320, batch_size=32)  # 10 steps an epoch
     seen = []
     for _ in range(45):  # the trainer's host call after every step moves the ramp
-        seen.append(method.ramp.item())
+        seen.append(method.warmup.factor.item())
         method.step_taken()
     assert seen[0] == seen[9] == 0.25 and seen[10] == 0.5 and seen[30] == 1.0 and seen[44] == 1.0
-    method.set_extra_state({"steps": 25})  # a resumed run's ramp comes from its step count
-    assert method.ramp.item() == 0.75
+    state = method.state_dict()  # a resumed run's ramp comes from its step count
+    state["warmup._extra_state"] = {"steps": 25}
+    method.load_state_dict(state)
+    assert method.warmup.factor.item() == 0.75
+

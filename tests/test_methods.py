@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 import kdrun
+from kdrun.data import ImageData, TensorSplit
 from kdrun.methods import METHODS, Networks, build_method
 from kdrun.methods.base import Schedule
 from kdrun.methods.losses import distillation_kl
@@ -41,7 +42,8 @@ def make_model(arch: str, **noise):
 
 # Test-size values for the keys that set a method's cost (its YAML's are the papers'); every
 # other setting comes from conf/method/<name>.yaml, so a new method is tested as it ships.
-TEST_SIZE = {"pool_size": 8, "batch_size": 4, "iterations": 2, "rounds": 2, "peers": ["resnet8"]}
+TEST_SIZE = {"pool_size": 8, "batch_size": 4, "iterations": 2, "rounds": 2, "peers": ["resnet8"],
+             "negatives": 6}
 
 
 def yaml_settings(name: str) -> dict:
@@ -78,14 +80,19 @@ def test_one_step_lowers_the_loss_on_a_fixed_batch(name):
     method = make_method(name).train()
     g = torch.Generator().manual_seed(1)
     images, labels = torch.rand(16, 3, 16, 16, generator=g), torch.arange(16) % 4
+    batch = (images, labels)
+    if method.needs_indices:  # the batch is a whole training split, indexed
+        split = TensorSplit((images * 255).to(torch.uint8), labels)
+        next(method.stages(ImageData(split, split, list("abcd")), 1, run=None))
+        batch = (images, labels, torch.arange(16))
     optimizers = make_optimizers(method)
     torch.manual_seed(2)  # methods that draw noise or distortions draw the same before and after
-    before = method.training_step(images, labels)
+    before = method.training_step(*batch)
     assert torch.isfinite(before["loss"]) and before["logits"].shape == (16, 4)
     for _ in range(3):
-        optimizers.step(method.training_step(images, labels))
+        optimizers.step(method.training_step(*batch))
     torch.manual_seed(2)
-    assert method.training_step(images, labels)["loss"] < before["loss"]
+    assert method.training_step(*batch)["loss"] < before["loss"]
 
 
 def test_kd_loss_is_the_weighted_sum_of_its_terms():

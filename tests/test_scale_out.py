@@ -74,11 +74,13 @@ def test_two_ddp_processes_train_as_one_process_does_and_resume(tmp_path, cli_en
 @pytest.mark.parametrize(("method", "keys"), [
     ("kd", ["teacher/test/acc", "test/agreement"]),  # the teacher trained under DDP, cached
     ("afd", ["peer1/test/acc", "train/loss/disc"]),  # two optimisers, a discriminator
+    ("crd", ["train/crd"]),  # each batch's indices, a memory bank moved by the global batch
 ])
 def test_methods_with_a_teacher_or_several_optimisers_run_under_ddp(tmp_path, cli_env, method,
                                                                      keys):
-    torchrun(*TINY, f"method={method}", f"hydra.run.dir={tmp_path}/run", env=cli_env,
-             cwd=tmp_path)
+    settings = ["method.negatives=16"] if method == "crd" else []
+    torchrun(*TINY, f"method={method}", *settings, f"hydra.run.dir={tmp_path}/run",
+             env=cli_env, cwd=tmp_path)
     results = read_results(tmp_path / "run")
     for key in ["test/acc", *keys]:
         assert 0 <= results[key] <= 100 or key.startswith("train/"), key

@@ -9,7 +9,7 @@ from kdrun.data.datasets import (
 )
 from kdrun.data.device_loader import BatchMix, make_loader
 from kdrun.data.sets import DATASETS
-from kdrun.data.types import ImageData, TensorSplit
+from kdrun.data.types import ImageData, TensorSplit, split_labels
 
 __all__ = ["DATASETS", "BatchMix", "ImageData", "TensorSplit", "dataset_settings", "load_dataset",
-           "load_named_dataset", "make_loader", "named_dataset_cfg"]
+           "load_named_dataset", "make_loader", "named_dataset_cfg", "split_labels"]

@@ -69,6 +69,19 @@ def evaluation_view(split, test):
     return view
 
 
+def split_labels(split) -> torch.Tensor:
+    """Every label of a split, read without reading an image: an in-memory split's, a
+    torchvision folder data set's `targets`, through Subsets and relabelled views."""
+    if isinstance(split, TensorSplit):
+        return split.labels
+    if isinstance(split, torch.utils.data.Subset):
+        return split_labels(split.dataset)[torch.as_tensor(split.indices, dtype=torch.long)]
+    labels = getattr(split, "labels", getattr(split, "targets", None))
+    if labels is None:
+        raise TypeError(f"{type(split).__name__} does not list its labels")
+    return torch.as_tensor(labels, dtype=torch.long)
+
+
 def take(split, index: torch.Tensor):
     """The examples at `index`, of an in-memory split or of a Dataset."""
     if isinstance(split, TensorSplit):

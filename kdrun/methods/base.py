@@ -38,6 +38,7 @@ class Networks:
     make_model: Callable[..., Classifier] | None = None  # (arch, drop_rate=..., drop_path_rate=...)
                                                          # -> a network built like the student
     teacher_output_shuffle: float = 0.0  # teacher.output_shuffle: share of outputs shuffled
+    image_size: int = 32  # the data set's: feature methods size their extra modules by it
 
 
 @dataclass
@@ -90,6 +91,11 @@ def freeze(model: nn.Module) -> nn.Module:
 class Method(nn.Module):
     Settings: ClassVar[type[MethodSettings]] = MethodSettings
     needs_teacher: ClassVar[bool] = False
+    # True: training_step takes a third argument, each image's index in the training split
+    needs_indices: ClassVar[bool] = False
+    # True: building the method connects its networks' feature maps (stage indices, regressor
+    # shapes), so validation builds it on meta-device networks before any data or teacher
+    reads_features: ClassVar[bool] = False
     # True: the method distorts its training batches itself (e.g. two views per image), so the
     # loader hands it un-augmented ones
     augments_batches: ClassVar[bool] = False
@@ -101,6 +107,12 @@ class Method(nn.Module):
         given = networks.teacher if self.needs_teacher else None
         self.teacher = freeze(given) if given is not None else None
         self.teacher_output_shuffle = networks.teacher_output_shuffle
+        self.image_size = networks.image_size
+
+    @classmethod
+    def check_data(cls, settings: MethodSettings, data: ImageData) -> None:
+        """A one-line ConfigError for data this method cannot train on (a memory bank larger
+        than the training split), raised once the data is read, before a teacher is trained."""
 
     @classmethod
     def teacher_settings(cls, settings: MethodSettings) -> dict[str, Any]:
@@ -110,7 +122,9 @@ class Method(nn.Module):
 
     def training_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Returns 'loss' (what the trainer minimises), 'logits' (the student's, for train
-        accuracy; 'labels' if the batch's labels are encoded) and any scalar parts to log."""
+        accuracy; 'labels' if the batch's labels are encoded) and any scalar parts to log. A
+        method that `needs_indices` takes the images' indices in the split as a third
+        argument."""
         raise NotImplementedError
 
     def eval_model(self) -> nn.Module:
@@ -177,3 +191,19 @@ class Method(nn.Module):
         shuffles a share of its rows."""
         with torch.no_grad():
             return shuffle_outputs(self.teacher(images), self.teacher_output_shuffle)
+
+    def teacher_embedding(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The teacher's logits (as `teacher_logits` gives them) and the pooled features its
+        classifier reads, under the same contract."""
+        with torch.no_grad():
+            logits, pooled = self.teacher.forward_embedding(images)
+        return shuffle_outputs(logits, self.teacher_output_shuffle), pooled
+
+    def teacher_features(self, images: torch.Tensor, indices: list[int],
+                         pre_activation: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The teacher's logits (as `teacher_logits` gives them) and its feature maps at the
+        stage `indices`, under the same contract: no gradient into the teacher."""
+        with torch.no_grad():
+            logits, features = self.teacher.forward_intermediates(images, indices,
+                                                                  pre_activation=pre_activation)
+        return shuffle_outputs(logits, self.teacher_output_shuffle), features

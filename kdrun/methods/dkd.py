@@ -4,9 +4,9 @@ KD (NCKD, Eq. 3: the distribution among the non-target classes), weighted apart 
 loss = ce_weight * CE + warm-up * (alpha * TCKD + beta * NCKD), each KL at temperature T times
 T^2. As the official code (megvii-research/mdistiller, distillers/DKD.py): the non-target
 distribution is a softmax with the target logit lowered by 1000, each KL summed and divided by
-the batch, and the distillation term ramps up linearly, min(epoch / warmup, 1) with epochs
-counted from 1. With `logit_standardization` both networks' logits are z-scored first (Sun et
-al., CVPR 2024: their DKD+LS multiplies alpha and beta by 9 and takes T 2)."""
+the batch, and the distillation term ramps up linearly (warmup.EpochRamp). With
+`logit_standardization` both networks' logits are z-scored first (Sun et al., CVPR 2024: their
+DKD+LS multiplies alpha and beta by 9 and takes T 2)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from omegaconf import MISSING
 
 from kdrun.checks import require
-from kdrun.data.device_loader import num_batches
 from kdrun.methods.base import Method, MethodSettings
 from kdrun.methods.losses import standardize
+from kdrun.methods.warmup import EpochRamp
 
 MASKED = 1000.0  # subtracted from the target logit (over T) to leave the non-target classes
 
@@ -64,34 +64,14 @@ class DKD(Method):
 
     def __init__(self, settings: DKDSettings, networks):
         super().__init__(settings, networks)
-        self.steps = 0  # training steps taken (kept in checkpoints): the warm-up's clock
-        self.steps_per_epoch = 1
-        # read inside the (captured) step; refilled on the host between steps
-        self.register_buffer("ramp", torch.ones(()), persistent=False)
-        self._set_ramp()  # epoch 1's until the stages say how long an epoch is
+        self.warmup = EpochRamp(settings.warmup)
 
     def stages(self, data, epochs, run):
-        self.steps_per_epoch = num_batches(len(data.train), run.cfg.trainer.batch_size,
-                                           train=True)
-        self._set_ramp()
+        self.warmup.start(len(data.train), run.cfg.trainer.batch_size)
         yield from super().stages(data, epochs, run)
 
-    def _set_ramp(self) -> None:
-        epoch = self.steps // self.steps_per_epoch + 1
-        warmup = self.settings.warmup
-        self.ramp.fill_(min(epoch / warmup, 1.0) if warmup else 1.0)
-
     def step_taken(self) -> None:
-        self.steps += 1
-        if self.steps % self.steps_per_epoch == 0:  # the ramp moves once an epoch
-            self._set_ramp()
-
-    def get_extra_state(self) -> dict[str, int]:
-        return {"steps": self.steps}
-
-    def set_extra_state(self, state: dict[str, int]) -> None:
-        self.steps = state["steps"]
-        self._set_ramp()
+        self.warmup.step_taken()
 
     def training_step(self, images, labels):
         s = self.settings
@@ -102,5 +82,5 @@ class DKD(Method):
             tckd, nckd = dkd_terms(standardize(logits), standardize(teacher), labels, s.T)
         else:
             tckd, nckd = dkd_terms(logits, teacher, labels, s.T)
-        loss = s.ce_weight * ce + self.ramp * (s.alpha * tckd + s.beta * nckd)
+        loss = s.ce_weight * ce + self.warmup.factor * (s.alpha * tckd + s.beta * nckd)
         return {"loss": loss, "logits": logits, "ce": ce, "tckd": tckd, "nckd": nckd}

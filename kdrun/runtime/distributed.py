@@ -169,6 +169,16 @@ def gather(values: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts).to(values.device)
 
 
+def gather_batch(values: torch.Tensor) -> torch.Tensor:
+    """Every rank's `values` of one shape (its share of a batch) concatenated in rank order, on
+    every rank, on the device: no host copy."""
+    if world_size() == 1:
+        return values
+    parts = [torch.empty_like(values) for _ in range(world_size())]
+    dist.all_gather(parts, values.contiguous())
+    return torch.cat(parts)
+
+
 def every_rank(value: T) -> list[T]:
     """Each rank's `value`, in rank order, on every rank (small objects: RNG states)."""
     if world_size() == 1:

@@ -20,11 +20,12 @@ NOT_LOGGED = ("logits", "labels")
 
 
 def train_step(method: Method, optimizers: Optimizers, images: torch.Tensor,
-               labels: torch.Tensor, run: Run) -> dict[str, torch.Tensor]:
+               labels: torch.Tensor, run: Run, *indices: torch.Tensor) -> dict[str, torch.Tensor]:
     """One optimisation step's device work (the schedule's step is the caller's); `images` in
-    the run's memory format (the Stepper converts them once, before a replay copies them)."""
+    the run's memory format (the Stepper converts them once, before a replay copies them);
+    `indices`, the images' places in the training split, for a method that `needs_indices`."""
     with run.autocast():
-        out = method.training_step(images, labels)
+        out = method.training_step(images, labels, *indices)
     optimizers.update(out)
     method.after_update()
     return out
@@ -107,23 +108,24 @@ class Stepper:
     def captured(self) -> bool:
         return any(replay.captured for replay in self.replays.values())
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor,
+                 *indices: torch.Tensor) -> dict[str, torch.Tensor]:
         images = images.contiguous(memory_format=self.run.memory_format)
         variant = self.method.step_variant()
         if variant not in self.replays:
             what = "the training step" + (f" {variant}" if variant else "")
             self.replays[variant] = Replay(self.run.device, self.capture, what,
                                            on_failure=self.sums.forget_captured)
-        out = self.replays[variant](self._step, images, labels)
+        out = self.replays[variant](self._step, images, labels, *indices)
         self.sums.keep_captured()
         self.method.step_taken()
         self.optimizers.advance()
         self.sums.count(out, len(labels))
         return out
 
-    def _step(self, images, labels) -> dict[str, torch.Tensor]:
+    def _step(self, images, labels, *indices) -> dict[str, torch.Tensor]:
         """The step's outputs, detached: holding them keeps no autograd graph alive (whose
         gradient nodes would pin the warm-up's stream)."""
-        out = train_step(self.method, self.optimizers, images, labels, self.run)
+        out = train_step(self.method, self.optimizers, images, labels, self.run, *indices)
         self.sums.add(out, labels)
         return {key: value.detach() for key, value in out.items()}

@@ -128,7 +128,8 @@ class Trainer:
         these (and their schedule) instead of starting fresh ones from the recipe."""
         run = self.run
         train_loader = make_loader(data.train, recipe.batch_size, run, train=True,
-                                   augment=augment, shard=True, mix=recipe.mix)
+                                   augment=augment, shard=True, mix=recipe.mix,
+                                   indices=method.needs_indices)
         test_loader = make_loader(data.test, self.cfg.eval_batch_size, run, train=False,
                                   shard=True)
         val_loader = None if data.val is None else make_loader(
@@ -240,10 +241,10 @@ class Trainer:
                    disable=None if self.cfg.progress and distributed.is_main() else True,
                    leave=False)
         with logging_redirect_tqdm():
-            for images, labels in loader:
-                out = stepper(images, labels)
+            for batch in loader:
+                out = stepper(*batch)
                 progress.step += 1
-                interval_images += len(labels) * world
+                interval_images += len(batch[0]) * world
                 batches += 1
                 bar.update()
                 if progress.step % self.cfg.log_every == 0:
