@@ -8,9 +8,11 @@ import math
 import pytest
 import torch
 
+from kdrun.errors import ConfigError
 from kdrun.methods.dist import dist_terms
 from kdrun.methods.dkd import dkd_terms
 from kdrun.methods.losses import standardize
+from kdrun.validate import validate
 
 from conftest import compose_config
 
@@ -130,3 +132,22 @@ def test_dkd_warms_its_distillation_term_up_by_epoch_from_one(tmp_path):
     method.load_state_dict(state)
     assert method.warmup.factor.item() == 0.75
 
+
+def test_kd_weighs_its_terms_apart_when_asked_as_kd_with_ls_does():
+    """Sun et al.'s KD+LS: CE 0.1 and KD 9, which (1 - alpha, alpha) cannot express."""
+    from kdrun.methods import build_method
+    from kdrun.methods.base import Networks
+    from kdrun.models import build_model
+
+    torch.manual_seed(0)
+    make = lambda: build_model("resnet8", 4, [0.5] * 3, [0.25] * 3)  # noqa: E731
+    images, labels = torch.rand(6, 3, 16, 16), torch.arange(6) % 4
+    for name in ("kd", "soft_randomization"):
+        cfg = compose_config(f"method={name}", "method.ce_weight=0.1", "method.kd_weight=9",
+                             "method.logit_standardization=true", "T=2", "sigma=0").method
+        out = build_method(cfg, Networks(make(), make().eval(), make, 0.0)).training_step(
+            images, labels)
+        assert out["loss"].item() == pytest.approx(0.1 * out["ce"].item() + 9 * out["kd"].item(),
+                                                   rel=1e-5)
+    with pytest.raises(ConfigError, match="method.kd_weight=-1"):
+        validate(compose_config("method=kd", "method.kd_weight=-1"))
