@@ -143,7 +143,7 @@ def kdrun_throughput(run: Run, data, bench: dict, compiled: bool,
     prepare(method, run)
     stage = next(method.stages(data, cfg.epochs, run))
     loader = make_loader(stage.data.train, cfg.trainer.batch_size, run, train=True,
-                         augment=stage.augment, mix=stage.mix, indices=method.needs_indices)
+                         augment=stage.augment, mix=stage.mix, with_indices=method.needs_indices)
     optimizers = Optimizers(method, cfg.optim, cfg.sched,
                             Schedule(len(loader) * cfg.epochs, len(loader)))
     method.train()

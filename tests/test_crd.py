@@ -117,7 +117,7 @@ def test_loaders_hand_out_each_images_index_in_the_split(tmp_path):
     split = TensorSplit(images.contiguous(), torch.arange(12) % 3)
     seen = []
     for batch_images, labels, indices in make_loader(split, 4, run, train=True, augment=False,
-                                                     indices=True):
+                                                     with_indices=True):
         assert torch.equal(labels, indices % 3)
         assert torch.equal((batch_images[:, 0, 0, 0] * 255).round().long(), indices)
         seen += indices.tolist()
@@ -133,7 +133,8 @@ def test_loaders_hand_out_each_images_index_in_the_split(tmp_path):
             return torch.full((3, 2, 2), float(i)), self.targets[i]
 
     seen = []
-    for batch_images, labels, indices in make_loader(Files(), 4, run, train=True, indices=True):
+    for batch_images, labels, indices in make_loader(Files(), 4, run, train=True,
+                                                     with_indices=True):
         assert torch.equal(batch_images[:, 0, 0, 0].long(), indices)
         assert torch.equal(labels, indices % 3)
         seen += indices.tolist()

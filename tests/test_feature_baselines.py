@@ -14,7 +14,7 @@ from kdrun.errors import ConfigError
 from kdrun.methods import build_method
 from kdrun.methods.at import attention_loss, attention_map
 from kdrun.methods.base import Networks
-from kdrun.methods.features import HintRegressor
+from kdrun.methods.fitnet import HintRegressor
 from kdrun.methods.losses import distillation_kl
 from kdrun.models import build_model
 from kdrun.validate import validate
@@ -54,11 +54,13 @@ def test_pre_activation_features_are_the_references_and_move_no_statistics(train
         assert torch.allclose(logits_pre, logits, atol=1e-5)
         assert all(torch.equal(after_pre[k], v) for k, v in model.state_dict().items())
         if arch == "wrn_16_2":
-            reads = [model.net.stages[1][0].bn1, model.net.stages[2][0].bn1]
+            # stage outputs are the sums themselves (the references' feats), the last one
+            # before the head's BN-ReLU; pre-activation reads them through the next BN
+            reads = [model.net.stages[1][0].bn1, model.net.stages[2][0].bn1,
+                     model.net.head_norm[0]]
             if not train:
-                assert torch.allclose(pre[0], reads[0](post[0]), atol=1e-5)
-                assert torch.allclose(pre[1], reads[1](post[1]), atol=1e-5)
-            assert torch.allclose(F.relu(pre[2]), post[2], atol=1e-6)
+                for i in range(3):
+                    assert torch.allclose(pre[i], reads[i](post[i]), atol=1e-5)
             assert not torch.allclose(pre[0], post[0])
         else:
             for a, b in zip(pre, post):
@@ -158,7 +160,7 @@ def test_at_sums_the_attention_loss_over_every_stage_pair():
 
 def test_at_pairs_the_deepest_stages_of_networks_of_different_depth():
     m = method("at", student="vgg8")
-    assert m.student_stages == [2, 3, 4] and m.teacher_stages == [0, 1, 2]
+    assert m.student_stages == [1, 2, 3] and m.teacher_stages == [0, 1, 2]
     images, labels = torch.rand(4, 3, 16, 16), torch.arange(4)
     assert torch.isfinite(m.train().training_step(images, labels)["at"])
 

@@ -81,10 +81,11 @@ NEW = ["mobilenetv2", "shufflenetv1", "shufflenetv2", "resnet50"]
 
 @pytest.mark.parametrize(("arch", "parameters"), [
     ("mobilenetv2", 812_836), ("shufflenetv1", 949_258), ("shufflenetv2", 1_355_528),
-    ("resnet50", 23_705_252)])
+    ("resnet50", 23_705_252), ("vgg8", 3_965_028), ("vgg13", 9_462_180)])
 def test_parameter_counts_match_repdistiller_exactly(arch, parameters):
-    """RD's mobile_half, ShuffleV1, ShuffleV2 and ResNet50 at 100 classes (the CRD table's
-    0.81M, 0.95M, 1.36M, 23.71M): a layer or a width off changes the count."""
+    """RD's mobile_half, ShuffleV1, ShuffleV2, ResNet50 and VGG (conv biases included) at 100
+    classes (the CRD table's 0.81M, 0.95M, 1.36M, 23.71M, 3.97M, 9.46M): a layer or a width
+    off changes the count."""
     model = build_model(arch, 100, MEAN, STD)
     assert sum(p.numel() for p in model.parameters()) == parameters
 
@@ -93,7 +94,9 @@ def test_parameter_counts_match_repdistiller_exactly(arch, parameters):
     ("mobilenetv2", [(12, 2), (16, 4), (48, 8), (160, 16)], 1280),
     ("shufflenetv1", [(240, 2), (480, 4), (960, 8)], 960),
     ("shufflenetv2", [(116, 2), (232, 4), (464, 8)], 1024),
-    ("resnet50", [(256, 1), (512, 2), (1024, 4), (2048, 8)], 2048)])
+    ("resnet50", [(256, 1), (512, 2), (1024, 4), (2048, 8)], 2048),
+    # the first conv group is the stem; no pooling before the last (4x4 at 32 pixels)
+    ("vgg13", [(128, 2), (256, 4), (512, 8), (512, 8)], 512)])
 def test_stages_are_those_repdistiller_reports(arch, stages, pooled):
     """(channels, reduction) of RD's is_feat maps between f0 and the pooled vector; the 1x1
     head conv of MobileNetV2 and ShuffleNetV2 widens the pooled vector, not the last stage."""

@@ -312,6 +312,18 @@ def test_cache_key_follows_the_teacher_recipe_not_the_student_settings():
     assert cache_entry(compose_config("teacher.output_shuffle=0.5")) == base  # not a recipe
 
 
+def test_a_revised_architecture_keys_its_cached_teachers_apart(monkeypatch):
+    """VGG's layers changed (revision 2): a teacher cached with the first form is not it."""
+    from kdrun.models import MODELS
+
+    cfg = compose_config("teacher=vgg8")
+    revised = cache_entry(cfg)
+    monkeypatch.setattr(MODELS.get("vgg8"), "revision", 1)
+    assert cache_entry(cfg) != revised
+    monkeypatch.delattr(MODELS.get("vgg8"), "revision")
+    assert cache_entry(cfg) != revised  # the key a teacher of the first form was cached under
+
+
 def test_a_corrupted_teacher_learns_from_a_fixed_seeded_flip_of_its_training_labels(tmp_path):
     from kdrun.training.teachers import with_label_noise
 

@@ -1,9 +1,9 @@
 """Batches for training and evaluation. Small-image splits live on the training device (uint8,
 or a synthesised pool's floats) and are augmented a whole batch at a time (no per-image
 Python); large-image data sets go through a DataLoader. Both yield (float images on the [0, 1]
-scale, labels) on the device - and, when asked (`indices`), each image's index in the split, for
-methods that keep a record per training image - in an order fixed by (seed, epoch), so an
-interrupted run resumes onto the same batches. Under torch.distributed (`shard=True`) a
+scale, labels) on the device - and, when asked (`with_indices`), each image's index in the
+split, for methods that keep a record per training image - in an order fixed by (seed, epoch),
+so an interrupted run resumes onto the same batches. Under torch.distributed (`shard=True`) a
 training loader yields this rank's share of each global batch, and an evaluation loader this
 rank's part of the split."""
 
@@ -102,9 +102,9 @@ class EpochBatches:
     """Batches of one pass over a split, in an order fixed by (seed, epoch)."""
 
     def __init__(self, batch_size: int, device: torch.device, seed: int, train: bool,
-                 mix: BatchMix | None = None, indices: bool = False):
+                 mix: BatchMix | None = None, with_indices: bool = False):
         self.batch_size = batch_size
-        self.indices = indices  # yield each image's index in the split too
+        self.with_indices = with_indices  # yield each image's index in the split too
         self.device = device
         self.seed = seed
         self.train = train
@@ -123,8 +123,8 @@ class DeviceLoader(EpochBatches):
     def __init__(self, split: TensorSplit, batch_size: int, device: torch.device, seed: int,
                  train: bool, crop_padding: int = 0, hflip: bool = False,
                  ranks: tuple[int, int] = (0, 1), mix: BatchMix | None = None,
-                 indices: bool = False):
-        super().__init__(batch_size, device, seed, train, mix, indices)
+                 with_indices: bool = False):
+        super().__init__(batch_size, device, seed, train, mix, with_indices)
         self.images = split.images.to(device)
         self.labels = split.labels.to(device)
         self.crop_padding = crop_padding
@@ -145,7 +145,7 @@ class DeviceLoader(EpochBatches):
                 share = len(index) // self.world
                 mine = slice(self.rank * share, (self.rank + 1) * share)
                 images, labels, index = images[mine], labels[mine], index[mine]
-            yield (unit_pixels(images), labels, index) if self.indices else (
+            yield (unit_pixels(images), labels, index) if self.with_indices else (
                 unit_pixels(images), labels)
 
 
@@ -154,9 +154,9 @@ class DatasetLoader(EpochBatches):
 
     def __init__(self, dataset: Dataset, batch_size: int, device: torch.device, seed: int,
                  train: bool, num_workers: int, ranks: tuple[int, int] = (0, 1),
-                 mix: BatchMix | None = None, indices: bool = False):
-        super().__init__(batch_size, device, seed, train, mix, indices)
-        self.dataset = WithIndices(dataset) if indices else dataset
+                 mix: BatchMix | None = None, with_indices: bool = False):
+        super().__init__(batch_size, device, seed, train, mix, with_indices)
+        self.dataset = WithIndices(dataset) if with_indices else dataset
         self.num_workers = num_workers
         self.rank, self.world = ranks
 
@@ -202,12 +202,12 @@ class WithIndices(Dataset):
 
 def make_loader(split: TensorSplit | Dataset, batch_size: int, run: Run, train: bool,
                 augment: bool = True, shard: bool = False, mix: BatchMix | None = None,
-                indices: bool = False) -> DeviceLoader | DatasetLoader:
+                with_indices: bool = False) -> DeviceLoader | DatasetLoader:
     """Batches on the run's device, in an order seeded by the run's seed. `augment=False`:
     training batches without the data set's crop/flip, for methods that distort batches
     themselves. `shard=True`: this rank's part under torch.distributed (`batch_size` stays the
     global batch when training). `mix`: training batches drawn from two parts at a ratio.
-    `indices`: each batch carries its images' indices in `split` (the rank's share of them)."""
+    `with_indices`: each batch carries its images' indices in `split` (the rank's share)."""
     dataset_cfg = run.cfg.dataset
     sharded = shard and distributed.world_size() > 1
     ranks = (distributed.rank(), distributed.world_size()) if sharded and train else (0, 1)
@@ -217,10 +217,10 @@ def make_loader(split: TensorSplit | Dataset, batch_size: int, run: Run, train: 
         return DeviceLoader(split, batch_size, run.device, run.seed, train,
                             crop_padding=dataset_cfg.crop_padding if augment else 0,
                             hflip=dataset_cfg.hflip and augment, ranks=ranks, mix=mix,
-                            indices=indices)
+                            with_indices=with_indices)
     if not augment:
         raise ConfigError(f"this method distorts its own batches, which needs an in-memory data "
                           f"set (cifar10, cifar100, svhn, cinic10, digits), not "
                           f"{dataset_cfg.name}: choose one of those")
     return DatasetLoader(split, batch_size, run.device, run.seed, train, dataset_cfg.num_workers,
-                         ranks, mix, indices)
+                         ranks, mix, with_indices)

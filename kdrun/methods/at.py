@@ -18,7 +18,7 @@ from omegaconf import MISSING
 from kdrun.checks import require
 from kdrun.errors import ConfigError
 from kdrun.methods.base import Method, MethodSettings
-from kdrun.methods.features import check_stages, paired_stages, pool_to_smaller
+from kdrun.methods.features import check_stages, paired_stages
 
 
 @dataclass
@@ -34,6 +34,15 @@ class ATSettings(MethodSettings):
         for key in ("ce_weight", "beta"):
             require(getattr(self, key) >= 0, f"method.{key}", getattr(self, key), "use >= 0")
         require(self.p > 0, "method.p", self.p, "the power must be > 0")
+
+
+def pool_to_smaller(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The larger of two feature maps average-pooled to the other's spatial size."""
+    if a.shape[-2:] == b.shape[-2:]:
+        return a, b
+    if a.shape[-1] > b.shape[-1]:
+        return F.adaptive_avg_pool2d(a, b.shape[-2:]), b
+    return a, F.adaptive_avg_pool2d(b, a.shape[-2:])
 
 
 def attention_map(features: torch.Tensor, p: float) -> torch.Tensor:

@@ -29,6 +29,7 @@ from kdrun.checks import require
 from kdrun.data import split_labels
 from kdrun.errors import ConfigError
 from kdrun.methods.base import Method, MethodSettings
+from kdrun.methods.features import feature_shapes
 from kdrun.methods.losses import distillation_kl
 from kdrun.runtime import distributed
 
@@ -125,11 +126,14 @@ class CRD(Method):
     Settings = CRDSettings
     needs_teacher = True
     needs_indices = True
+    reads_features = True
 
     def __init__(self, settings: CRDSettings, networks):
         super().__init__(settings, networks)
-        self.student_head = nn.Linear(self.student.net.num_features, settings.feat_dim)
-        self.teacher_head = nn.Linear(self.teacher.net.num_features, settings.feat_dim)
+        _, student = feature_shapes(self.student, self.image_size)
+        _, teacher = feature_shapes(self.teacher, self.image_size)
+        self.student_head = nn.Linear(student, settings.feat_dim)
+        self.teacher_head = nn.Linear(teacher, settings.feat_dim)
         # the score normalisers, set from the first batch (0: not yet), as the reference's Z
         self.register_buffer("z", torch.zeros(2))
         self.bank: MemoryBank | None = None  # made for the training split (stages)
@@ -167,8 +171,9 @@ class CRD(Method):
                                         self.bank.scores(self.bank.teacher, v_s, rows)])
                            / s.nce_T)
         n = len(self.bank.labels)
-        with torch.no_grad():  # the first batch's mean sets each Z, once
-            self.z.copy_(torch.where(self.z > 0, self.z, scores.mean(dim=(1, 2)) * n))
+        with torch.no_grad():  # the first (global) batch's mean sets each Z, once
+            first = distributed.gather_batch(scores.mean(dim=(1, 2))[None]).mean(dim=0)
+            self.z.copy_(torch.where(self.z > 0, self.z, first * n))
         scores = scores / self.z[:, None, None]
         crd = nce_loss(scores[0], n) + nce_loss(scores[1], n)
         # the rows move after the backward pass, which reads the bank as it was scored

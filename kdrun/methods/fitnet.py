@@ -10,21 +10,51 @@ the mean squared error between the two maps, in one of two forms:
   distiller_zoo/FitNet.py HintLoss): ce_weight * CE + hint_weight * MSE in one training.
 
 The MSE is averaged over the map's elements as the references do (the paper's 1/2 ||.||^2 is
-a sum); the regressor is theirs (features.HintRegressor)."""
+a sum); the regressor is theirs (HintRegressor)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from omegaconf import MISSING
+from torch import nn
 
 from kdrun.checks import require
+from kdrun.errors import ConfigError
 from kdrun.methods.base import Method, MethodSettings, Stage
-from kdrun.methods.features import HintRegressor, check_stages, stage_shapes
+from kdrun.methods.features import check_stages, feature_shapes
 from kdrun.methods.losses import distillation_kl
 
 FORMS = ("one_stage", "two_stage")
+
+
+class HintRegressor(nn.Module):
+    """FitNet's regressor (Romero et al., Sec. 2.2) as the CRD benchmark writes it
+    (HobbitLong/RepDistiller, models/util.py ConvReg): conv-BN-ReLU from the student's hint map
+    to the teacher's. Spatial sizes decide the conv: half the student's -> 3x3 stride 2, twice
+    -> 4x4 transposed conv stride 2, smaller -> the paper's kernel of 1 + s - t; a student map
+    smaller in any other way cannot be connected."""
+
+    def __init__(self, student: torch.Size, teacher: torch.Size, key: str):
+        super().__init__()
+        (s_c, s_h, s_w), (t_c, t_h, t_w) = student, teacher
+        if s_h == 2 * t_h and s_w == 2 * t_w:
+            self.conv = nn.Conv2d(s_c, t_c, 3, stride=2, padding=1)
+        elif 2 * s_h == t_h and 2 * s_w == t_w:
+            self.conv = nn.ConvTranspose2d(s_c, t_c, 4, stride=2, padding=1)
+        elif s_h >= t_h and s_w >= t_w:
+            self.conv = nn.Conv2d(s_c, t_c, (1 + s_h - t_h, 1 + s_w - t_w))
+        else:
+            raise ConfigError(f"{key}: a regressor cannot connect the student's {s_h}x{s_w} "
+                              f"feature map to the teacher's {t_h}x{t_w} (it maps a map to one "
+                              "at most as large, or twice as large): choose stages whose "
+                              "sizes fit")
+        self.bn = nn.BatchNorm2d(t_c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(x)))
 
 
 @dataclass
@@ -60,8 +90,8 @@ class FitNet(Method):
         s = settings
         self.guided = check_stages([s.guided_stage], self.student, "method.guided_stage")
         self.hint = check_stages([s.hint_stage], self.teacher, "method.hint_stage")
-        student = stage_shapes(self.student, self.image_size, s.pre_activation)
-        teacher = stage_shapes(self.teacher, self.image_size, s.pre_activation)
+        student, _ = feature_shapes(self.student, self.image_size, s.pre_activation)
+        teacher, _ = feature_shapes(self.teacher, self.image_size, s.pre_activation)
         self.regressor = HintRegressor(student[self.guided[0]], teacher[self.hint[0]],
                                        "method.guided_stage/hint_stage")
         self.hint_only = False  # the two-stage form's first stage

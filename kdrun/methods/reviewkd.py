@@ -24,7 +24,7 @@ from torch import nn
 
 from kdrun.checks import require
 from kdrun.methods.base import Method, MethodSettings
-from kdrun.methods.features import paired_stages, stage_shapes
+from kdrun.methods.features import feature_shapes, paired_stages
 from kdrun.methods.warmup import EpochRamp
 
 POOLED_LEVELS = (4, 2, 1)  # HCL's pyramid
@@ -94,9 +94,11 @@ def hcl_loss(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.
     return total
 
 
-def levels(shapes: list[torch.Size], pooled: int) -> list[tuple[int, int, int]]:
-    """(channels, height, width) of each level: the stages, then the pooled features as 1x1."""
-    return [tuple(shape) for shape in shapes] + [(pooled, 1, 1)]
+def levels(shapes: list[torch.Size], pooled: int,
+           stages: list[int]) -> list[tuple[int, int, int]]:
+    """(channels, height, width) of each level: the `stages`, then the pooled features as
+    1x1."""
+    return [tuple(shapes[i]) for i in stages] + [(pooled, 1, 1)]
 
 
 class ReviewKD(Method):
@@ -108,10 +110,10 @@ class ReviewKD(Method):
         super().__init__(settings, networks)
         s = settings
         self.student_stages, self.teacher_stages = paired_stages(self.student, self.teacher)
-        student = levels([stage_shapes(self.student, self.image_size, s.student_pre_activation)[i]
-                          for i in self.student_stages], self.student.net.num_features)
-        teacher = levels([stage_shapes(self.teacher, self.image_size, s.teacher_pre_activation)[i]
-                          for i in self.teacher_stages], self.teacher.net.num_features)
+        student = levels(*feature_shapes(self.student, self.image_size, s.student_pre_activation,
+                                         "method.student_pre_activation"), self.student_stages)
+        teacher = levels(*feature_shapes(self.teacher, self.image_size, s.teacher_pre_activation,
+                                         "method.teacher_pre_activation"), self.teacher_stages)
         mid = min(s.max_mid_channels, student[-1][0])
         self.fusions = nn.ModuleList(  # shallowest level first; the deepest does not fuse
             AttentionFusion(c_in[0], mid, c_out[0], fuse=i < len(student) - 1)

@@ -52,16 +52,21 @@ class Classifier(nn.Module):
         """(logits, [feature maps of the stages at `indices`]) for zoo and timm networks alike.
         `pre_activation`: each stage's output before its last ReLU, as FitNet's and ReviewKD's
         references distil them (zoo networks only; timm's contract has post-activation maps)."""
-        logits, features, _ = self.forward_stages(x, indices, pre_activation)
-        return logits, features
+        final, features = self._intermediates_of(x, indices, pre_activation)
+        return self.net.forward_head(final), features
 
     def forward_stages(self, x: torch.Tensor, indices=None, pre_activation: bool = False):
         """(logits, [feature maps at `indices`], the pooled features the classifier reads)."""
+        final, features = self._intermediates_of(x, indices, pre_activation)
+        return (self.net.forward_head(final), features,
+                self.net.forward_head(final, pre_logits=True))
+
+    def _intermediates_of(self, x: torch.Tensor, indices, pre_activation: bool):
+        """(the final feature map, the stage maps) through the compiled path when there is one;
+        `net` is the network itself (compile_network compiles in place, never wraps it)."""
         kwargs = {"pre_activation": True} if pre_activation else {}
         intermediates = self._intermediates or type(self.net).forward_intermediates
-        final, features = intermediates(self.net, self.normalize(x), indices=indices, **kwargs)
-        pooled = self.net.forward_head(final, pre_logits=True)
-        return self.net.forward_head(final), features, pooled
+        return intermediates(self.net, self.normalize(x), indices=indices, **kwargs)
 
     @property
     def feature_info(self) -> list[dict]:

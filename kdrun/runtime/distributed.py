@@ -148,9 +148,13 @@ def average_gradients(parameters: Iterable[nn.Parameter]) -> None:
 
 def average_buffers(module: nn.Module) -> None:
     """BatchNorm running statistics averaged over ranks, so every rank evaluates and saves
-    the same model."""
+    the same model. Other buffers are the same on every rank already (a memory bank moved by
+    the global batch): all-reducing them would cost their size every epoch."""
     if world_size() > 1:
-        _all_reduce_mean([b for b in module.buffers() if b.is_floating_point()])
+        _all_reduce_mean([stat for m in module.modules()
+                          if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                          and m.track_running_stats
+                          for stat in (m.running_mean, m.running_var)])
 
 
 def sum_across_ranks(values: torch.Tensor) -> torch.Tensor:

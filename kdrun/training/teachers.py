@@ -28,7 +28,7 @@ from kdrun.errors import ConfigError
 from kdrun.methods import Networks
 from kdrun.methods.base import MethodSettings
 from kdrun.methods.vanilla import Vanilla
-from kdrun.models import Classifier, build_model
+from kdrun.models import MODELS, Classifier, build_model
 from kdrun.models.files import load_model, save_model
 from kdrun.runtime import checkpoint, distributed
 from kdrun.runtime.device import seed_everything
@@ -68,6 +68,10 @@ def cache_entry(cfg: DictConfig) -> Path:
               "optim": t["optim"], "sched": t["sched"], "max_steps": cfg.trainer.max_steps}
     if t["label_noise"]:  # absent at 0, so the entries cached before the setting stay valid
         recipe["label_noise"] = t["label_noise"]
+    revision = getattr(MODELS.get(t["arch"]), "revision", None) \
+        if t["arch"] in MODELS.names() else None
+    if revision:  # an architecture whose layers changed: its earlier teachers are not it
+        recipe["arch_revision"] = revision
     if not dataset.get("val_size"):  # likewise: the teacher trains on every training image
         dataset.pop("val_size", None)
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]

@@ -129,7 +129,7 @@ class Trainer:
         run = self.run
         train_loader = make_loader(data.train, recipe.batch_size, run, train=True,
                                    augment=augment, shard=True, mix=recipe.mix,
-                                   indices=method.needs_indices)
+                                   with_indices=method.needs_indices)
         test_loader = make_loader(data.test, self.cfg.eval_batch_size, run, train=False,
                                   shard=True)
         val_loader = None if data.val is None else make_loader(

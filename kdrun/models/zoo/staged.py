@@ -44,49 +44,49 @@ class StagedNet(nn.Module):
     def forward_intermediates(self, x: torch.Tensor, indices=None, pre_activation: bool = False,
                               **_):
         """timm's signature: (final feature map, [stage outputs at `indices`]); an int n means
-        the last n stages. The last stage is reported after the head norm, as timm does.
-        `pre_activation`: the taken stages' outputs before their last ReLU (split_activation)."""
+        the last n stages. Stage outputs are the stages' own, before the head norm (timm's
+        default, norm=False, and the KD references' `feats`); the final map is after it.
+        `pre_activation`: the taken stages' outputs before their last ReLU
+        (stage_with_pre_activation)."""
         from timm.models._features import feature_take_indices  # timm: only when used
 
         take, _ = feature_take_indices(len(self.stages), indices)
         intermediates = []
         x = self.stem(x)
-        last = len(self.stages) - 1
         for i, stage in enumerate(self.stages):
             if pre_activation and i in take:
-                before, x = self.split_activation(i, x)
+                before, x = self.stage_with_pre_activation(i, x)
                 intermediates.append(before)
-                continue
-            x = stage(x)
-            if i == last:
-                x = self.head_norm(x)
-            if i in take:
-                intermediates.append(x)
-        return x, intermediates
+            else:
+                x = stage(x)
+                if i in take:
+                    intermediates.append(x)
+        return self.head_norm(x), intermediates
 
-    def split_activation(self, i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def stage_with_pre_activation(self, i: int,
+                                  x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(stage i's output before its last ReLU, its output), as the KD references'
         `preact_feats` (HobbitLong/RepDistiller, megvii-research/mdistiller): the sum before a
         post-activation block's ReLU, a conv group's BN output. A stage of pre-activation
-        blocks ends in a sum that no ReLU follows; theirs is then what the next ReLU reads: the
-        head norm's BN output after the last stage, the next block's first BN before it."""
-        stage = self.stages[i]
-        if i == len(self.stages) - 1 and not isinstance(self.head_norm, nn.Identity):
-            return split_activation(self.head_norm, stage(x))
-        before, out = split_activation(stage, x)
-        following = self.stages[i + 1][0] if i + 1 < len(self.stages) else None
-        if before is out and hasattr(following, "activation_input"):
-            before = following.activation_input(out)
+        blocks ends in a sum that no ReLU follows; theirs is then what the next ReLU reads
+        (`activation_input`): the next block's first BN, or the head norm's after the last
+        stage."""
+        before, out = split_last_relu(self.stages[i], x)
+        if before is out:
+            reader = self.stages[i + 1][0] if i + 1 < len(self.stages) else self.head_norm
+            if hasattr(reader, "activation_input"):
+                before = reader.activation_input(out)
         return before, out
 
 
-def split_activation(layers: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def split_last_relu(layers: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(`layers`' output before its final ReLU, its output) for the zoo's layer ends: a
     post-activation residual block (`pre_activation` gives its sum before the ReLU), a
     conv-BN-ReLU group, or pre-activation residual blocks, whose output is a sum that no ReLU
     follows (both the same tensor)."""
     *body, end = layers
-    x = nn.Sequential(*body)(x) if body else x
+    for layer in body:
+        x = layer(x)
     if hasattr(end, "pre_activation"):
         before = end.pre_activation(x)
         return before, F.relu(before)
@@ -94,6 +94,17 @@ def split_activation(layers: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tens
         return x, F.relu(x)
     out = end(x)
     return out, out
+
+
+class NormAct(nn.Sequential):
+    """BN then ReLU after a network's last pre-activation block (WRN's head norm)."""
+
+    def __init__(self, channels: int):
+        super().__init__(nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+
+    def activation_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the ReLU reads, BN(x), for the last stage's pre-activation features."""
+        return batch_norm_without_update(self[0], x)
 
 
 def batch_norm_without_update(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
@@ -109,6 +120,8 @@ def _init_weights(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdrun.models.zoo.staged import (
+    NormAct,
     StagedNet,
     batch_norm_without_update,
     conv3x3,
@@ -32,7 +33,7 @@ class PreActBlock(nn.Module):
 
     def activation_input(self, x: torch.Tensor) -> torch.Tensor:
         """What the block's first ReLU reads, bn1(x), for the previous stage's pre-activation
-        features (StagedNet.split_activation)."""
+        features (StagedNet.stage_with_pre_activation)."""
         return batch_norm_without_update(self.bn1, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -56,7 +57,7 @@ def wide_resnet(depth: int, widen: int, num_classes: int, drop_rate: float = 0.0
                               next(rates)) for i in range(n)]
         stages.append(nn.Sequential(*blocks))
         cin = width
-    head_norm = nn.Sequential(nn.BatchNorm2d(widths[-1]), nn.ReLU(inplace=True))
+    head_norm = NormAct(widths[-1])
     return StagedNet(conv3x3(3, 16), stages, widths, [1, 2, 4], head_norm, num_classes, drop_rate)
 
 
