@@ -187,3 +187,63 @@ def test_fitnet_two_stage_runs_both_stages_and_keeps_the_hint_stage_apart(tmp_pa
     assert {"hint/test/acc", "test/acc", "train/hint", "train/kd"} <= set(results)
     assert (tmp_path / "checkpoints" / "hint.pt").is_file()
     assert (tmp_path / "checkpoints" / "student.pt").is_file()
+
+
+def test_hcl_is_the_papers_pyramid_of_pooled_mses_normalised_by_its_weights():
+    """Per level: MSE at full size (weight 1), then pooled to 4, 2, 1 where smaller than the
+    map (weights 1/2, 1/4, 1/8), divided by the weights' sum; summed over levels."""
+    from kdrun.methods.reviewkd import hcl_loss
+
+    g = torch.Generator().manual_seed(0)
+    s8, t8 = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g)
+    s1, t1 = torch.randn(2, 5, 1, 1, generator=g), torch.randn(2, 5, 1, 1, generator=g)
+
+    def pooled(x, size):  # average over equal blocks, written out
+        n, c, h, _ = x.shape
+        k = h // size
+        return x.view(n, c, size, k, size, k).mean(dim=(3, 5))
+
+    def mse(a, b):
+        return ((a - b) ** 2).mean().item()
+
+    level8 = (mse(s8, t8) + 0.5 * mse(pooled(s8, 4), pooled(t8, 4))
+              + 0.25 * mse(pooled(s8, 2), pooled(t8, 2))
+              + 0.125 * mse(pooled(s8, 1), pooled(t8, 1))) / 1.875
+    level1 = mse(s1, t1)  # a 1x1 map has no smaller level
+    assert hcl_loss([s8, s1], [t8, t1]).item() == pytest.approx(level8 + level1, rel=1e-5)
+
+
+def test_attention_fusion_weighs_the_level_and_the_deeper_residual_by_two_sigmoid_maps():
+    from kdrun.methods.reviewkd import AttentionFusion
+
+    torch.manual_seed(0)
+    abf = AttentionFusion(4, 6, 5, fuse=True).eval()
+    x, deeper = torch.randn(2, 4, 8, 8), torch.randn(2, 6, 4, 4)
+    out, residual = abf(x, deeper, (16, 16))
+    with torch.no_grad():
+        own = abf.conv1(x)
+        up = F.interpolate(deeper, (8, 8), mode="nearest")
+        z = torch.sigmoid(abf.attention[0](torch.cat([own, up], 1)))
+        fused = own * z[:, :1] + up * z[:, 1:]
+        want = F.interpolate(fused, (16, 16), mode="nearest")
+    assert torch.allclose(residual, want, atol=1e-6)
+    assert torch.allclose(out, abf.conv2(want), atol=1e-6) and out.shape == (2, 5, 16, 16)
+
+
+def test_reviewkd_compares_every_fused_level_with_the_teachers_pre_activation_maps():
+    m = method("reviewkd").train()
+    images, labels = torch.rand(6, 3, 16, 16), torch.arange(6) % 4
+    out = m.training_step(images, labels)
+    from kdrun.methods.reviewkd import hcl_loss
+
+    with torch.no_grad():
+        _, teacher, pooled = m.teacher.forward_stages(images, pre_activation=True)
+        logits, maps, own = m.student.forward_stages(images)
+        levels = [*teacher, pooled[:, :, None, None]]
+        fused = m.review([*maps, own[:, :, None, None]], levels)
+        review = hcl_loss(fused, levels)
+    assert len(fused) == 4  # three stages and the pooled features
+    assert out["review"].item() == pytest.approx(review.item(), rel=1e-5)
+    ramp = 1 / 20  # the first epoch of a 20-epoch warm-up
+    ce = F.cross_entropy(logits, labels).item()
+    assert out["loss"].item() == pytest.approx(ce + ramp * 5 * review.item(), rel=1e-5)
