@@ -26,8 +26,10 @@ def summary(cfg: DictConfig, results: dict[str, Any], run_dir: Path) -> str:
         lines = [f"{cfg.method.name}: {results['meta/student_arch']} on {cfg.dataset.name}, "
                  f"{cfg.epochs} epochs" + "".join(f", {h}" for h in headline)]
     if "teacher/test/acc" in results:
+        sha = results.get("meta/teacher_sha256")
         lines.append(f"  teacher ({results.get('meta/teacher_arch', cfg.teacher.arch)}) test acc  "
-                     f"{results['teacher/test/acc']:6.2f} %")
+                     f"{results['teacher/test/acc']:6.2f} %"
+                     + (f"  (file SHA-256 {sha[:16]}…)" if sha else ""))
     best = f"  (best epoch {results['test/best_acc']:.2f} %)" if "test/best_acc" in results else ""
     who = "model" if choice(cfg.mode) == "eval" else f"student ({results['meta/student_arch']})"
     lines.append(f"  {who} test acc  {results['test/acc']:6.2f} %{best}")

@@ -211,6 +211,10 @@ def test_teacher_is_trained_once_then_read_from_the_cache(tmp_path):
     assert b_provenance["meta/teacher_device"] == "cpu"
     assert b_provenance["meta/teacher_precision"] == "fp32"
     assert b_provenance["meta/teacher_source"] == str(cache_entry(cfg) / "teacher.pt")
+    import hashlib  # issue 29, item 2: the exact weights, by their file's SHA-256
+
+    file = (cache_entry(cfg) / "teacher.pt").read_bytes()
+    assert b_provenance["meta/teacher_sha256"] == hashlib.sha256(file).hexdigest()
 
 
 def test_a_job_waiting_for_another_to_train_the_teacher_says_so(tmp_path, caplog):

@@ -82,7 +82,8 @@ def cache_entry(cfg: DictConfig) -> Path:
 
 def resolve_teacher(run: Run, data: ImageData) -> tuple[Classifier, dict[str, Any]]:
     """The run's teacher, with its weights loaded (training and caching it if need be), and its
-    provenance as meta/teacher_* results: the file, and the environment that trained it when
+    provenance as meta/teacher_* results: the file and its SHA-256 (the exact weights, so two
+    runs can say they distilled from the same teacher), and the environment that trained it when
     kdrun did (a teacher's weights depend on the thread count, device and precision, which
     the cache key leaves out)."""
     cfg = run.cfg
@@ -93,12 +94,13 @@ def resolve_teacher(run: Run, data: ImageData) -> tuple[Classifier, dict[str, An
         distributed.copy_from_main(teacher)
         return teacher, {"meta/teacher_source": f"timm pretrained {cfg.teacher.arch}"}
     path = Path(source).expanduser() if source != "auto" else _cached(run, data)
-    meta = distributed.from_main(lambda: load_model(teacher, path))
+    meta, sha256 = distributed.from_main(lambda: (load_model(teacher, path),
+                                                  checkpoint.sha256(path)))
     distributed.copy_from_main(teacher)
     log.info("teacher: %s from %s%s", cfg.teacher.arch, path,
              f" (test acc {meta['test/acc']:.2f}% when trained)" if "test/acc" in meta else "")
     trained_in = meta.get("environment", {})
-    return teacher, {"meta/teacher_source": str(path),
+    return teacher, {"meta/teacher_source": str(path), "meta/teacher_sha256": sha256,
                      **{f"meta/teacher_{key}": value for key, value in trained_in.items()}}
 
 
