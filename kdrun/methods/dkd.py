@@ -19,7 +19,7 @@ from omegaconf import MISSING
 from kdrun.checks import require
 from kdrun.methods.base import Method, MethodSettings
 from kdrun.methods.losses import standardize
-from kdrun.methods.warmup import EpochRamp
+from kdrun.methods.warmup import EpochRamp, RampsUp
 
 MASKED = 1000.0  # subtracted from the target logit (over T) to leave the non-target classes
 
@@ -58,20 +58,13 @@ def dkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     return tckd * T * T, nckd * T * T
 
 
-class DKD(Method):
+class DKD(RampsUp, Method):
     Settings = DKDSettings
     needs_teacher = True
 
     def __init__(self, settings: DKDSettings, networks):
         super().__init__(settings, networks)
         self.warmup = EpochRamp(settings.warmup)
-
-    def stages(self, data, epochs, run):
-        self.warmup.start(len(data.train), run.cfg.trainer.batch_size)
-        yield from super().stages(data, epochs, run)
-
-    def step_taken(self) -> None:
-        self.warmup.step_taken()
 
     def training_step(self, images, labels):
         s = self.settings

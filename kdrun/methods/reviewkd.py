@@ -25,7 +25,7 @@ from torch import nn
 from kdrun.checks import require
 from kdrun.methods.base import Method, MethodSettings
 from kdrun.methods.features import feature_shapes, paired_stages
-from kdrun.methods.warmup import EpochRamp
+from kdrun.methods.warmup import EpochRamp, RampsUp
 
 POOLED_LEVELS = (4, 2, 1)  # HCL's pyramid
 
@@ -101,7 +101,7 @@ def levels(shapes: list[torch.Size], pooled: int,
     return [tuple(shapes[i]) for i in stages] + [(pooled, 1, 1)]
 
 
-class ReviewKD(Method):
+class ReviewKD(RampsUp, Method):
     Settings = ReviewKDSettings
     needs_teacher = True
     reads_features = True
@@ -119,13 +119,6 @@ class ReviewKD(Method):
             AttentionFusion(c_in[0], mid, c_out[0], fuse=i < len(student) - 1)
             for i, (c_in, c_out) in enumerate(zip(student, teacher)))
         self.warmup = EpochRamp(s.warmup)
-
-    def stages(self, data, epochs, run):
-        self.warmup.start(len(data.train), run.cfg.trainer.batch_size)
-        yield from super().stages(data, epochs, run)
-
-    def step_taken(self) -> None:
-        self.warmup.step_taken()
 
     def review(self, maps: list[torch.Tensor], like: list[torch.Tensor]) -> list[torch.Tensor]:
         """The fused outputs of every level (shallowest first), built from the deepest up, each

@@ -40,3 +40,18 @@ class EpochRamp(nn.Module):
     def set_extra_state(self, state: dict[str, int]) -> None:
         self.steps = state["steps"]
         self._refill()
+
+
+class RampsUp:
+    """For a Method (listed before it among the bases) that keeps an EpochRamp as
+    `self.warmup`: its clock learns each stage's epoch length and moves after every step."""
+
+    warmup: EpochRamp
+
+    def stages(self, data, epochs, run):
+        self.warmup.start(len(data.train), run.cfg.trainer.batch_size)
+        yield from super().stages(data, epochs, run)
+
+    def step_taken(self) -> None:
+        super().step_taken()
+        self.warmup.step_taken()
