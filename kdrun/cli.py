@@ -24,6 +24,7 @@ from kdrun.runtime import checkpoint, distributed
 from kdrun.summary import summary
 from kdrun.sweep import SweepSummary, objective_key, sweep_jobs
 from kdrun.usage import extra_help
+from kdrun.weights.registry import PREFIX, is_zoo, weight_files
 
 log = logging.getLogger("kdrun")
 register_configs()
@@ -70,10 +71,15 @@ def unusable_output_dir(args: list[str]) -> str | None:
 
 def with_checkpoint_dataset(args: list[str]) -> list[str]:
     """`mode=eval` without `dataset=` (or a preset): the data set the checkpoint was trained
-    on, which kdrun records in every model file, instead of the default CIFAR-10."""
+    on, which kdrun records in every model file (and the registry for a published one,
+    zoo:NAME), instead of the default CIFAR-10."""
     given = dict(arg.split("=", 1) for arg in args if "=" in arg and not arg.startswith("-"))
     if given.get("mode") != "eval" or "dataset" in given or "experiment" in given:
         return args
+    if is_zoo(given.get("checkpoint")):
+        files = weight_files()
+        name = given["checkpoint"][len(PREFIX):]
+        return [*args, f"dataset={files[name].dataset}"] if name in files else args
     path = Path(given.get("checkpoint", "")).expanduser()
     try:
         stored = checkpoint.load(path) if path.is_file() else {}

@@ -25,7 +25,7 @@ from kdrun.methods.base import Stage
 from kdrun.models import build_model
 from kdrun.models.files import load_classifier, save_model
 from kdrun.models.prepare import prepare
-from kdrun.runtime import distributed
+from kdrun.runtime import checkpoint, distributed
 from kdrun.runtime.device import seed_everything
 from kdrun.runtime.run import Run
 from kdrun.runtime.run_directory import claimed
@@ -34,6 +34,7 @@ from kdrun.training.optimizers import Optimizers
 from kdrun.training.teachers import resolve_teacher
 from kdrun.training.trainer import Recipe, Trainer
 from kdrun.validate import validate
+from kdrun.weights import is_zoo, lookup, obtain
 
 log = logging.getLogger("kdrun")
 
@@ -188,13 +189,21 @@ def train_stage(run: Run, method: Method, stage: Stage,
 
 def evaluate_checkpoint(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
                         run_name: str | None = None) -> dict[str, Any]:
-    """`mode=eval`: the evaluation suite on a saved model (`checkpoint=PATH`), no training; the
-    model is prepared as a training run prepares its student."""
+    """`mode=eval`: the evaluation suite on a saved model (`checkpoint=PATH`, or a published one,
+    `zoo:NAME`, beside the accuracy its source reports), no training; the model is prepared as
+    a training run prepares its student."""
     with start_run(cfg, run_dir, sweep_group, run_name) as (run, data, evaluations):
         results = run_info(run)
-        model = prepare(load_classifier(Path(cfg.checkpoint).expanduser(),
-                                        cfg.dataset.num_classes, cfg.dataset.mean,
-                                        cfg.dataset.std), run)
+        path = Path(cfg.checkpoint).expanduser()
+        if is_zoo(cfg.checkpoint):
+            entry = lookup(cfg.checkpoint, "checkpoint")
+            path = obtain(entry, cfg.teacher.cache_dir)
+            results["meta/model_reported_acc"] = entry.reported_acc
+        model, meta = load_classifier(path, cfg.dataset.num_classes, cfg.dataset.mean,
+                                      cfg.dataset.std)
+        # a published file is known by its own digest, not by that of kdrun's conversion
+        results["meta/model_sha256"] = meta.get("source_sha256") or checkpoint.sha256(path)
+        model = prepare(model, run)
         evaluations.check_model(model)
         loader = make_loader(data.test, cfg.trainer.eval_batch_size, run, train=False)
         results.update(evaluate(model, loader, run.autocast, bins=cfg.eval.calibration_bins))

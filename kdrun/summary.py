@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from kdrun.config import choice
 from kdrun.evaluation import summary_lines as evaluation_lines
+from kdrun.weights import ACCURACY_TOLERANCE
 
 # The settings a summary's first line names, when the method has them.
 HEADLINE_SETTINGS = ("alpha", "T", "sigma", "label_noise", "rounds")
@@ -30,9 +31,12 @@ def summary(cfg: DictConfig, results: dict[str, Any], run_dir: Path) -> str:
         lines.append(f"  teacher ({results.get('meta/teacher_arch', cfg.teacher.arch)}) test acc  "
                      f"{results['teacher/test/acc']:6.2f} %"
                      + (f"  (file SHA-256 {sha[:16]}…)" if sha else ""))
+        lines += against_reported(results["teacher/test/acc"],
+                                  results.get("meta/teacher_reported_acc"), cfg)
     best = f"  (best epoch {results['test/best_acc']:.2f} %)" if "test/best_acc" in results else ""
     who = "model" if choice(cfg.mode) == "eval" else f"student ({results['meta/student_arch']})"
     lines.append(f"  {who} test acc  {results['test/acc']:6.2f} %{best}")
+    lines += against_reported(results["test/acc"], results.get("meta/model_reported_acc"), cfg)
     if "test/acc_at_best_val" in results:
         lines.append(f"  at the best validation epoch ({results['val/best_epoch']}): val acc "
                      f"{results['val/best_acc']:.2f} %, test acc "
@@ -63,6 +67,21 @@ def summary(cfg: DictConfig, results: dict[str, Any], run_dir: Path) -> str:
                      f"{graph if results.get('train/captured') else ''}")
     lines.append(f"  run directory  {run_dir}")
     return "\n".join(lines)
+
+
+def against_reported(measured: float, reported: float | None, cfg: DictConfig) -> list[str]:
+    """A published model's measured accuracy beside the one its source reports, warned about
+    beyond ACCURACY_TOLERANCE when measured on the whole test split."""
+    if reported is None:
+        return []
+    gap = measured - reported
+    line = f"    its source reports {reported:.2f} % ({gap:+.2f} points)"
+    if cfg.dataset.test_subset is not None:
+        return [line + " on the whole test split; this run tested a subset"]
+    if abs(gap) > ACCURACY_TOLERANCE:
+        return [line, f"    warning: more than {ACCURACY_TOLERANCE} points apart: not the "
+                "model its source measured (file, conversion or input normalisation)"]
+    return [line]
 
 
 def peer_architectures(cfg: DictConfig) -> dict[str, str]:

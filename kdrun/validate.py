@@ -22,6 +22,7 @@ from kdrun.methods import METHODS, Networks, build_method, method_settings
 from kdrun.models import Classifier, build_model, check_arch
 from kdrun.runtime import distributed
 from kdrun.sinks import logger_settings
+from kdrun.weights.registry import check_fits, is_zoo, lookup
 
 
 def validate(cfg: DictConfig) -> None:
@@ -49,8 +50,12 @@ def validate(cfg: DictConfig) -> None:
         require(cfg.checkpoint is not None, "checkpoint", cfg.checkpoint,
                 "mode=eval needs checkpoint=PATH of a model file (e.g. <run "
                 "dir>/checkpoints/student.pt)")
-        _check_file("checkpoint", cfg.checkpoint, "give the path of a model file (e.g. <run "
-                    "dir>/checkpoints/student.pt)")
+        if is_zoo(cfg.checkpoint):
+            check_fits(lookup(cfg.checkpoint, "checkpoint"), "checkpoint",
+                       cfg.dataset.test_set or cfg.dataset.name, cfg.dataset.num_classes)
+        else:
+            _check_file("checkpoint", cfg.checkpoint, "give the path of a model file (e.g. "
+                        "<run dir>/checkpoints/student.pt), or a published one, zoo:NAME")
 
     dataset_settings(cfg.dataset)
     _check_eval(cfg)
@@ -67,7 +72,7 @@ def validate(cfg: DictConfig) -> None:
     method_settings(cfg.method)
     if METHODS.get(cfg.method.name).needs_teacher:
         check_arch(cfg.teacher.arch, key="teacher.arch")
-        _check_teacher(cfg.teacher)
+        _check_teacher(cfg.teacher, cfg.dataset)
         if cfg.dataset.name == "synthetic_pool" and cfg.teacher.checkpoint == "auto":
             raise ConfigError("teacher.checkpoint=auto would train a teacher on the synthetic "
                               "pool: give the teacher that made it, teacher.checkpoint=FILE")
@@ -168,7 +173,7 @@ def _check_sched(sched: DictConfig, key: str) -> None:
     require(sched.warmup_epochs >= 0, f"{key}.warmup_epochs", sched.warmup_epochs, "use >= 0")
 
 
-def _check_teacher(teacher: DictConfig) -> None:
+def _check_teacher(teacher: DictConfig, dataset: DictConfig) -> None:
     require(0 <= teacher.label_noise <= 1, "teacher.label_noise", teacher.label_noise,
             "it is the share of the teacher's training labels changed, in [0, 1]")
     require(0 <= teacher.output_shuffle <= 1, "teacher.output_shuffle", teacher.output_shuffle,
@@ -183,8 +188,12 @@ def _check_teacher(teacher: DictConfig) -> None:
             require(teacher.arch.startswith("timm/"), "teacher.checkpoint", ckpt,
                     "pretrained weights exist only for timm models (teacher.arch=timm/NAME)")
         return
-    _check_file("teacher.checkpoint", ckpt, "give the path of a checkpoint file, or "
-                "teacher.checkpoint=auto to train and cache one")
+    if is_zoo(ckpt):
+        check_fits(lookup(ckpt, "teacher.checkpoint"), "teacher.checkpoint",
+                   dataset.test_set or dataset.name, dataset.num_classes, teacher.arch)
+        return
+    _check_file("teacher.checkpoint", ckpt, "give the path of a checkpoint file, a published "
+                "one (zoo:NAME), or teacher.checkpoint=auto to train and cache one")
 
 
 def _check_file(key: str, value: str, fix: str) -> None:

@@ -1,10 +1,14 @@
 """Model files: architecture, class count and weights in one checkpoint (teachers, final
-students), read back into the architecture they name."""
+students), read back into the architecture they name. A file converted from published weights
+also carries the input normalisation they were trained with (meta/normalization), which the
+loaded model then uses in place of the run's data set's."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from kdrun.errors import CheckpointError, ConfigError
 from kdrun.models import Classifier, build_model
@@ -17,12 +21,12 @@ def save_model(model: Classifier, path: Path, meta: dict[str, Any]) -> None:
 
 
 def load_classifier(path: Path, num_classes: int, mean: list[float],
-                    std: list[float]) -> Classifier:
-    """The model a checkpoint holds, built with the architecture it names."""
+                    std: list[float]) -> tuple[Classifier, dict[str, Any]]:
+    """The model a checkpoint holds, built with the architecture it names, and the
+    checkpoint's metadata."""
     stored = _read(path)
     model = build_model(stored["arch"], num_classes, mean, std)
-    _load_weights(model, stored, path)
-    return model
+    return model, _load_weights(model, stored, path)
 
 
 def load_model(model: Classifier, path: Path) -> dict[str, Any]:
@@ -48,4 +52,9 @@ def _load_weights(model: Classifier, stored: dict[str, Any], path: Path) -> dict
     except RuntimeError as err:
         raise ConfigError(f"checkpoint {path} does not fit {model.arch} "
                           f"(different class count?): {str(err).splitlines()[0]}") from None
-    return stored.get("meta", {})
+    meta = stored.get("meta", {})
+    if "normalization" in meta:
+        norm = meta["normalization"]
+        model.mean.copy_(torch.tensor(norm["mean"]).view_as(model.mean))
+        model.std.copy_(torch.tensor(norm["std"]).view_as(model.std))
+    return meta

@@ -43,10 +43,12 @@ def remove_stale_temporaries(folder: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def load(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+def load(path: Path, device: torch.device | str = "cpu",
+         allowed_globals: list | None = None) -> dict[str, Any]:
     """A checkpoint's contents, or a one-line CheckpointError naming the file and what is wrong
-    with it. Only tensors and plain data load: a file that holds anything else is refused, as
-    unpickling it could run code."""
+    with it. Only tensors and plain data load (and the harmless `allowed_globals` a caller
+    names, torch.serialization.safe_globals' entries): a file that holds anything else is
+    refused, as unpickling it could run code."""
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory, not a checkpoint file: give a file in it "
@@ -54,7 +56,8 @@ def load(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist: give the path of a checkpoint file")
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        with torch.serialization.safe_globals(allowed_globals or []):
+            return torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as err:
         code = re.search(r"GLOBAL (\S+)", str(err))
         if code:

@@ -1,9 +1,10 @@
-"""Where a run's teacher comes from: a checkpoint file, timm's pretrained weights, or (`auto`)
-the teacher cache, keyed by data set, architecture, seed and training recipe. A missing cache
-entry is trained once with the vanilla recipe; a file lock makes concurrent sweep jobs wait for
-that one training instead of repeating it or reading half a file. Under torch.distributed rank
-0 holds the lock and reads the file, all ranks train a missing teacher together, and every
-rank gets rank 0's weights."""
+"""Where a run's teacher comes from: a checkpoint file, a published one (`zoo:NAME`, measured on
+its first use on a test set against the accuracy its source reports), timm's pretrained
+weights, or (`auto`) the teacher cache, keyed by data set, architecture, seed and training
+recipe. A missing cache entry is trained once with the vanilla recipe; a file lock makes
+concurrent sweep jobs wait for that one training instead of repeating it or reading half a
+file. Under torch.distributed rank 0 holds the lock and reads the file, all ranks train a
+missing teacher together, and every rank gets rank 0's weights."""
 
 from __future__ import annotations
 
@@ -22,9 +23,10 @@ from filelock import FileLock, Timeout
 from omegaconf import DictConfig
 
 from kdrun.config import to_dict
-from kdrun.data import DATASETS, ImageData, TensorSplit
+from kdrun.data import DATASETS, ImageData, TensorSplit, make_loader
 from kdrun.data.noise import flip_labels
 from kdrun.errors import ConfigError
+from kdrun.evaluation.accuracy import evaluate
 from kdrun.methods import Networks
 from kdrun.methods.base import MethodSettings
 from kdrun.methods.vanilla import Vanilla
@@ -35,6 +37,7 @@ from kdrun.runtime.device import seed_everything
 from kdrun.runtime.run import Run
 from kdrun.sinks import PrefixedSink
 from kdrun.training.trainer import Recipe, Trainer
+from kdrun.weights import ACCURACY_TOLERANCE, PREFIX, WeightFile, is_zoo, lookup, obtain
 
 log = logging.getLogger(__name__)
 # Data-set settings that change how data is read, not what it is: left out of the cache key.
@@ -93,6 +96,8 @@ def resolve_teacher(run: Run, data: ImageData) -> tuple[Classifier, dict[str, An
         log.info("teacher: timm pretrained %s", cfg.teacher.arch)
         distributed.copy_from_main(teacher)
         return teacher, {"meta/teacher_source": f"timm pretrained {cfg.teacher.arch}"}
+    if is_zoo(source):
+        return teacher, _published(run, data, teacher, lookup(source, "teacher.checkpoint"))
     path = Path(source).expanduser() if source != "auto" else _cached(run, data)
     meta, sha256 = distributed.from_main(lambda: (load_model(teacher, path),
                                                   checkpoint.sha256(path)))
@@ -102,6 +107,51 @@ def resolve_teacher(run: Run, data: ImageData) -> tuple[Classifier, dict[str, An
     trained_in = meta.get("environment", {})
     return teacher, {"meta/teacher_source": str(path), "meta/teacher_sha256": sha256,
                      **{f"meta/teacher_{key}": value for key, value in trained_in.items()}}
+
+
+def _published(run: Run, data: ImageData, teacher: Classifier,
+               entry: WeightFile) -> dict[str, Any]:
+    """`teacher` loaded from the published file `entry` (fetched and converted on first use);
+    its provenance, whose SHA-256 is the published file's, so runs that share it can say so
+    whoever converted it."""
+    path = distributed.from_main(lambda: obtain(entry, run.cfg.teacher.cache_dir))
+    meta = distributed.from_main(lambda: load_model(teacher, path))
+    distributed.copy_from_main(teacher)
+    log.info("teacher: %s%s (%s, reported %.2f %% by %s)", PREFIX, entry.name, entry.arch,
+             entry.reported_acc, entry.reported_by)
+    if distributed.world_size() == 1:  # evaluated by every rank at the end of the run instead
+        measure_once(run, data, teacher, entry, path)
+    return {"meta/teacher_source": f"{PREFIX}{entry.name}",
+            "meta/teacher_sha256": meta["source_sha256"],
+            "meta/teacher_reported_acc": entry.reported_acc}
+
+
+def measure_once(run: Run, data: ImageData, teacher: Classifier, entry: WeightFile,
+                 path: Path) -> None:
+    """The first time a published teacher meets a test set, its accuracy there, recorded
+    beside the converted file and warned about when it is not what the source reports (the
+    wrong file, a conversion that lost something, other input normalisation): said before
+    the student trains on it, not after."""
+    cfg = run.cfg
+    record = path.with_name(path.stem + ".measured.json")
+    measured = json.loads(record.read_text()) if record.is_file() else {}
+    test_set = f"{cfg.dataset.test_set or cfg.dataset.name} test split, {len(data.test)} images"
+    if test_set in measured:
+        return
+    teacher.to(run.device)
+    loader = make_loader(data.test, cfg.trainer.eval_batch_size, run, train=False)
+    accuracy = evaluate(teacher, loader, run.autocast)["test/acc"]
+    teacher.cpu()
+    record.write_text(json.dumps({**measured, test_set: accuracy}, indent=2) + "\n")
+    gap = accuracy - entry.reported_acc
+    if cfg.dataset.test_subset is None and abs(gap) > ACCURACY_TOLERANCE:
+        log.warning("teacher: %s%s measures %.2f %% on the %s, %+.2f points from the %.2f %% "
+                    "%s reports (more than %.1f): check the file and the data before "
+                    "trusting its rows", PREFIX, entry.name, accuracy, test_set, gap,
+                    entry.reported_acc, entry.reported_by, ACCURACY_TOLERANCE)
+    else:
+        log.info("teacher: %s%s measures %.2f %% on the %s (reported %.2f %%)", PREFIX,
+                 entry.name, accuracy, test_set, entry.reported_acc)
 
 
 def with_label_noise(data: ImageData, cfg: DictConfig) -> ImageData:

@@ -1,5 +1,9 @@
 """Wide residual networks for 32x32 inputs (Zagoruyko & Komodakis, BMVC 2016, arXiv 1605.07146):
-WRN-d-k has (d-4)/6 pre-activation blocks per stage and widths 16k, 32k, 64k."""
+WRN-d-k has (d-4)/6 pre-activation blocks per stage and widths 16k, 32k, 64k. A block that
+changes the shape projects its shortcut from the activated input, BN-ReLU(x), as the authors'
+code and RepDistiller's do; `wrn_d_k_input_shortcut` projects the raw input x instead, as
+torchdistill's WRN (after meliketoy/wide-resnet.pytorch) does, so its published weights give
+their accuracy."""
 
 from __future__ import annotations
 
@@ -20,8 +24,10 @@ from kdrun.models.zoo.staged import (
 
 
 class PreActBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int, drop_path: float = 0.0):
+    def __init__(self, cin: int, cout: int, stride: int, drop_path: float = 0.0,
+                 shortcut_reads_input: bool = False):
         super().__init__()
+        self.shortcut_reads_input = shortcut_reads_input
         self.drop_path = residual_drop(drop_path)
         self.bn1 = nn.BatchNorm2d(cin)
         self.conv1 = conv3x3(cin, cout, stride)
@@ -38,14 +44,17 @@ class PreActBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         o = F.relu(self.bn1(x))
-        skip = x if self.shortcut is None else self.shortcut(o)
+        if self.shortcut is None:
+            skip = x
+        else:
+            skip = self.shortcut(x if self.shortcut_reads_input else o)
         out = self.conv1(o)
         out = self.conv2(F.relu(self.bn2(out)))
         return self.drop_path(out) + skip
 
 
 def wide_resnet(depth: int, widen: int, num_classes: int, drop_rate: float = 0.0,
-                drop_path_rate: float = 0.0) -> StagedNet:
+                drop_path_rate: float = 0.0, shortcut_reads_input: bool = False) -> StagedNet:
     if (depth - 4) % 6:
         raise ValueError(f"WRN depth must be 6n+4, got {depth}")
     n = (depth - 4) // 6
@@ -54,7 +63,7 @@ def wide_resnet(depth: int, widen: int, num_classes: int, drop_rate: float = 0.0
     rates = iter(drop_path_rates(drop_path_rate, 3 * n))
     for width, stride in zip(widths, (1, 2, 2)):
         blocks = [PreActBlock(cin if i == 0 else width, width, stride if i == 0 else 1,
-                              next(rates)) for i in range(n)]
+                              next(rates), shortcut_reads_input) for i in range(n)]
         stages.append(nn.Sequential(*blocks))
         cin = width
     head_norm = NormAct(widths[-1])
@@ -64,3 +73,6 @@ def wide_resnet(depth: int, widen: int, num_classes: int, drop_rate: float = 0.0
 ARCHITECTURES = {f"wrn_{depth}_{widen}": partial(wide_resnet, depth, widen)
                  for depth, widen in [(16, 1), (16, 2), (16, 4), (16, 8), (28, 2), (28, 4),
                                       (28, 10), (40, 1), (40, 2), (40, 4)]}
+ARCHITECTURES.update({f"wrn_{depth}_{widen}_input_shortcut":
+                      partial(wide_resnet, depth, widen, shortcut_reads_input=True)
+                      for depth, widen in [(16, 8), (28, 10), (40, 4)]})
