@@ -1,7 +1,10 @@
 """`kdrun-report DIR`: the table of a sweep. Reads every run directory under DIR (its
 results.json; no W&B needed), groups the runs by the settings the sweep varied, averages over
 seeds (mean ± std, n), puts the papers' published figure beside each row (kdrun/published.yaml)
-and lists the runs that failed or did not finish. Draws the sweep's curves as PNGs."""
+with the protocol that selected it (last or best epoch, statistic over how many runs, epochs,
+teacher), computes the row's figure by the same protocol (the best epoch from each run's
+metrics.jsonl), marks what still differs, and lists the runs that failed or did not finish.
+Draws the sweep's curves as PNGs."""
 
 from __future__ import annotations
 
@@ -17,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from scipy import stats
 
 import kdrun.evaluation as evaluation
 from kdrun.errors import KdrunError
+from kdrun.sinks.local import epoch_series
 
 PUBLISHED = Path(__file__).with_name("published.yaml")
 # Tabulated when --metric is not given (those some run has): the last epoch's test accuracy,
@@ -50,12 +55,24 @@ class Run:
         return "failed" if self.error is not None else "incomplete"
 
 
+# How a published figure was selected (published.yaml's `selection`), as the table says it.
+SELECTIONS = {"last": "last epoch", "best": "best test epoch",
+              "best_val": "best validation epoch", "unstated": "epoch unstated"}
+STATISTICS = ("mean", "median", "single", "unstated")  # over the paper's runs
+PROTOCOL_DEFAULTS = {"selection": "unstated", "runs": None, "statistic": "unstated",
+                     "epochs": None, "teacher": None, "copied_from": None, "std": None}
+
+
 @dataclass
 class Row:
     settings: tuple[str, ...]
     runs: list[Run]
     stats: dict[str, tuple[float, float | None, int]] = field(default_factory=dict)
     published: dict[str, Any] | None = None
+    # the row's figure selected as `published` was, and what still differs from its protocol
+    as_published: tuple[float, float | None, int] | None = None
+    interval: tuple[float, float] | None = None  # 95 % CI of (row - published), n >= 2
+    gaps: list[str] = field(default_factory=list)
 
 
 def natural_key(path: Path) -> list:
@@ -104,19 +121,33 @@ def config_value(config: dict[str, Any], dotted: str) -> Any:
 
 
 def load_published(path: Path = PUBLISHED) -> list[dict[str, Any]]:
+    """The published figures, each with its protocol (PROTOCOL_DEFAULTS where not given)."""
     entries = yaml.safe_load(path.read_text()) or []
     for i, entry in enumerate(entries):
         missing = {"paper", "source", "match", "metric", "value"} - set(entry)
         if missing:
             raise KdrunError(f"{path}: entry {i + 1} lacks {', '.join(sorted(missing))}: every "
                              "published figure needs paper, source, match, metric and value")
+        for key, value in PROTOCOL_DEFAULTS.items():
+            entry.setdefault(key, value)
+        if entry["selection"] not in SELECTIONS or entry["statistic"] not in STATISTICS:
+            raise KdrunError(f"{path}: entry {i + 1} has selection {entry['selection']} and "
+                             f"statistic {entry['statistic']}: use one of "
+                             f"{', '.join(SELECTIONS)} and one of {', '.join(STATISTICS)}")
     return entries
 
 
-def matching_entry(row: Row, metric: str, entries: list[dict]) -> dict | None:
-    """The published figure for `metric` whose `match` settings all equal the row's config."""
+def matching_entry(row: Row, metric: str, entries: list[dict],
+                   paper: str | None = None) -> dict | None:
+    """The published figure for `metric` whose `match` settings all equal the row's config:
+    the first one a paper measured itself, or, given `paper`, the first of that paper's
+    (copied figures included: its table as printed)."""
     config = next((r.config for r in row.runs if r.config), {})
     for entry in entries:
+        if paper is None and entry["copied_from"]:
+            continue
+        if paper is not None and paper.lower() not in entry["paper"].lower():
+            continue
         if entry["metric"] == metric and all(
                 str(config_value(config, key)) == str(value)
                 for key, value in entry["match"].items()):
@@ -124,8 +155,80 @@ def matching_entry(row: Row, metric: str, entries: list[dict]) -> dict | None:
     return None
 
 
-def summarise(runs: list[Run], metrics: list[str], entries: list[dict]) -> tuple[list[str],
-                                                                                 list[Row]]:
+def selected_value(run: Run, metric: str, selection: str) -> float | None:
+    """One run's `metric` selected as a paper selected its figure: the best of its epochs'
+    values (metrics.jsonl), the one at its best validation epoch, or the last epoch's."""
+    if selection == "best":
+        series = epoch_series(run.path, metric)
+        return max(series) if series else None
+    key = f"{metric}_at_best_val" if selection == "best_val" else metric
+    value = (run.results or {}).get(key)
+    return None if value is None else float(value)
+
+
+def compare_with_published(row: Row, metric: str) -> None:
+    """The row's figure by its published entry's protocol, the CI of the difference, and the
+    ways the row's runs still differ from the entry's (runs, epochs, teacher)."""
+    entry = row.published
+    done = [r for r in row.runs if r.results is not None]
+    values = [v for r in done if (v := selected_value(r, metric, entry["selection"])) is not None]
+    if not values:
+        return
+    n = len(values)
+    centre = statistics.median(values) if entry["statistic"] == "median" else \
+        statistics.fmean(values)
+    spread = statistics.stdev(values) if n > 1 else None
+    row.as_published = (centre, spread, n)
+    if spread is not None and entry["statistic"] != "median":
+        row.interval = difference_interval(values, entry)
+    if entry["runs"] and n != entry["runs"]:
+        row.gaps.append(f"{n} run{'s' * (n != 1)} vs {entry['runs']}")
+    epochs = sorted({str(config_value(r.config, "epochs")) for r in done})
+    if entry["epochs"] and epochs != [str(entry["epochs"])]:
+        row.gaps.append(f"{'/'.join(epochs)} epochs vs {entry['epochs']}")
+    if entry["teacher"]:
+        teachers = sorted({teacher_name(r.results) for r in done})
+        if teachers != [entry["teacher"]]:
+            row.gaps.append(f"teacher {'/'.join(teachers)} vs {entry['teacher']}")
+
+
+def teacher_name(results: dict[str, Any]) -> str:
+    """A run's teacher as published.yaml names one: its zoo name, else kdrun's own file."""
+    source = str(results.get("meta/teacher_source", "none"))
+    return source if source.startswith("zoo:") else "kdrun-trained"
+
+
+def difference_interval(values: list[float], entry: dict) -> tuple[float, float]:
+    """95 % confidence interval of (the row's mean - the published figure): Student's t over
+    the row's runs, or Welch's when the entry gives its own std over its runs."""
+    n, mean, var = len(values), statistics.fmean(values), statistics.variance(values)
+    delta = mean - entry["value"]
+    if entry["std"] is not None and entry["runs"]:
+        m, published_var = entry["runs"], entry["std"] ** 2
+        se2 = var / n + published_var / m
+        df = se2 ** 2 / ((var / n) ** 2 / (n - 1) + (published_var / m) ** 2 / (m - 1))
+    else:
+        se2, df = var / n, n - 1
+    half = stats.t.ppf(0.975, df) * se2 ** 0.5
+    return delta - half, delta + half
+
+
+def protocol_label(entry: dict) -> str:
+    """How the entry's figure was selected, in words ('unstated' for what the paper does not
+    say; a row then takes its last epoch)."""
+    parts = [SELECTIONS[entry["selection"]] + (" (last taken)" if entry["selection"] ==
+                                               "unstated" else "")]
+    if entry["statistic"] == "single":
+        parts.append("one run")
+    elif entry["runs"] or entry["statistic"] != "unstated":
+        parts.append(f"{entry['statistic']} of {entry['runs'] or 'unstated runs'}")
+    if entry["epochs"]:
+        parts.append(f"{entry['epochs']} ep")
+    return ", ".join(parts)
+
+
+def summarise(runs: list[Run], metrics: list[str], entries: list[dict],
+              paper: str | None = None) -> tuple[list[str], list[Row]]:
     keys = swept_keys(runs)
     rows: dict[tuple[str, ...], Row] = {}
     for run in runs:
@@ -138,7 +241,9 @@ def summarise(runs: list[Run], metrics: list[str], entries: list[dict]) -> tuple
             if values:
                 std = statistics.stdev(values) if len(values) > 1 else None
                 row.stats[metric] = (statistics.fmean(values), std, len(values))
-        row.published = matching_entry(row, metrics[0], entries)
+        row.published = matching_entry(row, metrics[0], entries, paper)
+        if row.published is not None:
+            compare_with_published(row, metrics[0])
     return keys, list(rows.values())
 
 
@@ -151,21 +256,30 @@ def _cell(stat: tuple[float, float | None, int] | None) -> str:
 
 def table_rows(keys: list[str], rows: list[Row], metrics: list[str],
                sources: list[str]) -> list[list[str]]:
-    """Header and body as text cells; `sources` collects the cited sources in order."""
-    body = [[*keys, *map(metric_label, metrics), "n", "paper", "Δ"]]
+    """Header and body as text cells; `sources` collects the cited sources in order. Rows
+    with a published figure get its protocol, the row's figure by that protocol, their
+    difference (with its 95 % CI from 2 runs on) and what still differs."""
+    protocols = any(row.published is not None for row in rows)
+    head = ["paper", "protocol", "kdrun, same protocol", "Δ", "differs"] if protocols \
+        else ["paper", "Δ"]
+    body = [[*keys, *map(metric_label, metrics), "n", *head]]
     for row in rows:
-        stat = row.stats.get(metrics[0])
         n = max((s[2] for s in row.stats.values()), default=0)
-        paper, delta = "—", "—"
+        cells = ["—"] * len(head)
         if row.published is not None:
-            source = f"{row.published['paper']}, {row.published['source']}"
+            entry = row.published
+            source = f"{entry['paper']}, {entry['source']}" + (
+                f" (copied from {entry['copied_from']})" if entry["copied_from"] else "")
             if source not in sources:
                 sources.append(source)
-            paper = f"{row.published['value']:.2f} [{sources.index(source) + 1}]"
-            if stat is not None:
-                delta = f"{stat[0] - row.published['value']:+.2f}"
+            paper = f"{entry['value']:.2f}" + (f" ± {entry['std']:.2f}" if entry["std"] else "")
+            cells = [f"{paper} [{sources.index(source) + 1}]", protocol_label(entry),
+                     _cell(row.as_published), "—", "; ".join(row.gaps) or "—"]
+            if row.as_published is not None:
+                cells[3] = f"{row.as_published[0] - entry['value']:+.2f}" + (
+                    f" [{row.interval[0]:+.2f}, {row.interval[1]:+.2f}]" if row.interval else "")
         body.append([*row.settings, *(_cell(row.stats.get(m)) for m in metrics), str(n),
-                     paper, delta])
+                     *cells])
     return body
 
 
@@ -316,12 +430,15 @@ def main(argv: list[str] | None = None) -> None:
                         "compared")
     parser.add_argument("--published", type=Path, default=PUBLISHED,
                         help="the YAML of published figures")
+    parser.add_argument("--paper", help="compare with this paper's table as printed, its "
+                        "copied baselines included (a part of its name, e.g. DKD); default: "
+                        "each row's figure from the paper that measured it")
     parser.add_argument("--plots", type=Path,
                         help="folder for the PNG curves (default: DIR/report)")
     args = parser.parse_args(argv)
     try:
         text, plots = report(args.dir, args.format, args.metrics, args.published,
-                             args.plots or args.dir / "report")
+                             args.plots or args.dir / "report", args.paper)
     except KdrunError as err:
         print(f"kdrun-report: {err}", file=sys.stderr)
         sys.exit(1)
@@ -334,7 +451,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def report(root: Path, fmt: str, metrics: list[str] | None, published: Path,
-           plots_dir: Path) -> tuple[str, list[Path]]:
+           plots_dir: Path, paper: str | None = None) -> tuple[str, list[Path]]:
     """The table (and curves) of the runs under `root`; `metrics` None: the default ones."""
     if not root.is_dir():
         raise KdrunError(f"{root} is not a directory: give a multirun directory "
@@ -352,7 +469,12 @@ def report(root: Path, fmt: str, metrics: list[str] | None, published: Path,
         known = ", ".join(sorted(k for k in present if not k.startswith("meta/"))[:12])
         raise KdrunError(f"--metric {missing[0]}: no run under {root} has it; its runs have "
                          f"{known}, ...")
-    keys, rows = summarise(runs, metrics, load_published(published))
+    entries = load_published(published)
+    if paper is not None and not any(paper.lower() in e["paper"].lower() for e in entries):
+        papers = sorted({e["paper"] for e in entries})
+        raise KdrunError(f"--paper {paper}: no published figure is from such a paper; "
+                         f"{published} has {'; '.join(papers)}")
+    keys, rows = summarise(runs, metrics, entries, paper)
     return render(fmt, keys, rows, metrics, root), plot_curves(keys, rows, metrics[0], plots_dir)
 
 

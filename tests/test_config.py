@@ -244,7 +244,8 @@ def test_an_eval_choice_on_the_command_line_beats_the_presets():
 
 def test_the_crd_table_pairs_carry_the_benchmarks_recipe_and_student_lr():
     """Every pair file is in the preset's sweep; MobileNetV2 and ShuffleNet students train at
-    the benchmark's lr 0.01, the others at 0.05; 240 epochs, batch 64, x0.1 at 150/180/210."""
+    the benchmark's lr 0.01, the others at 0.05; 240 epochs, batch 64, x0.1 at 150/180/210;
+    the teacher is the benchmark's published file."""
     pairs = sorted(p.stem for p in (Path(kdrun.__file__).parent.parent / "conf" / "crd_pair")
                    .glob("*.yaml"))
     assert len(pairs) == 13
@@ -259,3 +260,5 @@ def test_the_crd_table_pairs_carry_the_benchmarks_recipe_and_student_lr():
             assert cfg.optim.lr == (0.01 if small else 0.05) and cfg.teacher.optim.lr == 0.05
             assert (cfg.epochs, cfg.trainer.batch_size, cfg.dataset.name) == (240, 64, "cifar100")
             assert [round(m * 240) for m in cfg.sched.milestones] == [150, 180, 210]
+            assert cfg.teacher.checkpoint.startswith("zoo:mdistiller/")  # the benchmark's file
+            validate(cfg)  # ... which is a CIFAR-100 file of the pair's teacher architecture

@@ -1,4 +1,5 @@
-"""The run directory's own record: metrics.jsonl (one line per logged row) and results.json."""
+"""The run directory's own record: metrics.jsonl (one line per logged row) and results.json;
+and the reading back of a logged series (kdrun-report's best-epoch statistic)."""
 
 from __future__ import annotations
 
@@ -45,3 +46,20 @@ class LocalSink(Sink):
         if position["metrics_bytes"] <= self._metrics.tell():
             self._metrics.truncate(position["metrics_bytes"])
             self._metrics.seek(position["metrics_bytes"])
+
+
+def epoch_series(run_dir: Path, key: str) -> list[float]:
+    """`key`'s value at each evaluated epoch, in the order logged (empty without a record):
+    the rows metrics.jsonl holds with an `epoch` counter, of every stage of the run."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    values = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # the half line of a killed run
+            continue
+        if "epoch" in row and key in row:
+            values.append(float(row[key]))
+    return values

@@ -87,9 +87,10 @@ def check_fits(entry: WeightFile, key: str, dataset: str, num_classes: int,
     """A weight file fits the run: its data set, class count and (a teacher's) architecture."""
     given = f"{key}={PREFIX}{entry.name}"
     if entry.dataset != dataset or entry.num_classes != num_classes:
+        other = " (or teacher.checkpoint=auto to train one)" if key.startswith("teacher") else ""
         raise ConfigError(f"{given} was trained on {entry.dataset} ({entry.num_classes} "
                           f"classes), not on this run's {dataset} ({num_classes} classes): "
-                          f"set dataset={entry.dataset} or pick a {dataset} file")
+                          f"set dataset={entry.dataset} or pick a {dataset} file{other}")
     if arch is not None and arch != entry.arch:
         raise ConfigError(f"{given} is a {entry.arch}, not a {arch}: set "
                           f"{arch_key}={entry.arch}")
