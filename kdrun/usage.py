@@ -1,12 +1,15 @@
 """What `kdrun --help` adds to Hydra's help: every method with what it is (the first line of its
-YAML's header), and for `kdrun method=NAME --help` that method's YAML as written, comments and
-all, since they say what each key means and which values are the paper's. Read from the
-config files alone, so help stays as quick as Hydra's."""
+YAML's header) and every published teacher file (teacher.checkpoint=zoo:NAME), and for
+`kdrun method=NAME --help` that method's YAML as written, comments and all, since they say
+what each key means and which values are the paper's. Read from the config files alone, so
+help stays as quick as Hydra's."""
 
 from __future__ import annotations
 
 import re
 from importlib.resources import files
+
+from kdrun.weights.registry import weight_files
 
 
 def method_files() -> dict[str, str]:
@@ -39,5 +42,8 @@ def extra_help(args: list[str]) -> str:
                 f"method.KEY=VALUE) ==\n{methods[chosen].rstrip()}\n")
     width = max(map(len, methods))
     lines = [f"  {name:<{width}}  {headline(text)}" for name, text in methods.items()]
+    zoo = [f"  {entry.describe()}" for entry in weight_files().values()]
     return ("== Methods (kdrun method=NAME --help: its settings and what they mean) ==\n"
-            + "\n".join(lines) + "\n")
+            + "\n".join(lines) + "\n\n== Published teachers (teacher.checkpoint=zoo:NAME, "
+            "also mode=eval checkpoint=zoo:NAME; downloaded once, verified, converted) ==\n"
+            + "\n".join(zoo) + "\n")

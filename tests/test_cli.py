@@ -292,6 +292,8 @@ def test_help_says_what_each_method_is_and_what_a_methods_keys_mean(tmp_path, cl
     general = kdrun("--help", env=cli_env, cwd=tmp_path).stdout
     assert "  kd                      Hinton KD (arXiv 1503.02531): (1 - alpha) * CE" in general
     assert "  deepdream               DeepDream, the baseline of Yin et al. (arXiv" in general
+    assert ("  zoo:mdistiller/resnet110: resnet110 on cifar100, reported 74.31 % (RepDistiller "
+            "README, teacher row (RepDistiller issue 29 measured 70.27))") in general
     afd = kdrun("method=afd", "--help", env=cli_env, cwd=tmp_path).stdout
     assert "== method=afd (conf/method/afd.yaml; set any key as method.KEY=VALUE) ==" in afd
     assert "disc_every: 1         # discriminator update every N steps" in afd

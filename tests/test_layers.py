@@ -17,7 +17,7 @@ LAYERS = [
     {"config", "registry", "checks"},
     {"runtime"},
     {"data", "models"},
-    {"methods", "evaluation", "sinks"},
+    {"methods", "evaluation", "sinks", "weights"},
     {"training"},
     {"validate", "options", "report", "summary", "usage"},
     {"sweep"},

@@ -43,8 +43,8 @@ class WeightFile:
         return Path(self.file).name
 
     def describe(self) -> str:
-        return (f"{PREFIX}{self.name}: {self.arch} on {self.dataset}, {self.reported_acc:.2f} % "
-                f"({self.source}, {self.reported_by})")
+        return (f"{PREFIX}{self.name}: {self.arch} on {self.dataset}, reported "
+                f"{self.reported_acc:.2f} % ({self.reported_by})")
 
 
 @functools.cache
