@@ -197,12 +197,13 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path, sweep_group: str | None 
         path = Path(cfg.checkpoint).expanduser()
         if is_zoo(cfg.checkpoint):
             entry = lookup(cfg.checkpoint, "checkpoint")
-            path = obtain(entry, cfg.teacher.cache_dir)
-            results["meta/model_reported_acc"] = entry.reported_acc
+            path = distributed.from_main(lambda: obtain(entry, cfg.teacher.cache_dir))
         model, meta = load_classifier(path, cfg.dataset.num_classes, cfg.dataset.mean,
                                       cfg.dataset.std)
         # a published file is known by its own digest, not by that of kdrun's conversion
         results["meta/model_sha256"] = meta.get("source_sha256") or checkpoint.sha256(path)
+        if "reported_acc" in meta:
+            results["meta/model_reported_acc"] = meta["reported_acc"]
         model = prepare(model, run)
         evaluations.check_model(model)
         loader = make_loader(data.test, cfg.trainer.eval_batch_size, run, train=False)

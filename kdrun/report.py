@@ -130,6 +130,9 @@ def load_published(path: Path = PUBLISHED) -> list[dict[str, Any]]:
                              "published figure needs paper, source, match, metric and value")
         for key, value in PROTOCOL_DEFAULTS.items():
             entry.setdefault(key, value)
+        if entry["std"] is not None and entry["runs"] is not None and entry["runs"] < 2:
+            raise KdrunError(f"{path}: entry {i + 1} gives a std over {entry['runs']} run: a "
+                             "spread needs runs >= 2 (or runs: null when unstated)")
         if entry["selection"] not in SELECTIONS or entry["statistic"] not in STATISTICS:
             raise KdrunError(f"{path}: entry {i + 1} has selection {entry['selection']} and "
                              f"statistic {entry['statistic']}: use one of "
@@ -179,10 +182,14 @@ def compare_with_published(row: Row, metric: str) -> None:
         statistics.fmean(values)
     spread = statistics.stdev(values) if n > 1 else None
     row.as_published = (centre, spread, n)
-    if spread is not None and entry["statistic"] != "median":
+    if spread is not None and entry["statistic"] != "median":  # a t-interval is of means
         row.interval = difference_interval(values, entry)
     if entry["runs"] and n != entry["runs"]:
         row.gaps.append(f"{n} run{'s' * (n != 1)} vs {entry['runs']}")
+    if entry["selection"] == "best":
+        fewest = min(len(epoch_series(r.path, metric)) for r in done)
+        if fewest < 2:
+            row.gaps.append(f"best of {fewest} evaluated epoch{'s' * (fewest != 1)}")
     epochs = sorted({str(config_value(r.config, "epochs")) for r in done})
     if entry["epochs"] and epochs != [str(entry["epochs"])]:
         row.gaps.append(f"{'/'.join(epochs)} epochs vs {entry['epochs']}")
@@ -192,25 +199,37 @@ def compare_with_published(row: Row, metric: str) -> None:
             row.gaps.append(f"teacher {'/'.join(teachers)} vs {entry['teacher']}")
 
 
-def teacher_name(results: dict[str, Any]) -> str:
-    """A run's teacher as published.yaml names one: its zoo name, else kdrun's own file."""
-    source = str(results.get("meta/teacher_source", "none"))
-    return source if source.startswith("zoo:") else "kdrun-trained"
-
-
 def difference_interval(values: list[float], entry: dict) -> tuple[float, float]:
-    """95 % confidence interval of (the row's mean - the published figure): Student's t over
-    the row's runs, or Welch's when the entry gives its own std over its runs."""
-    n, mean, var = len(values), statistics.fmean(values), statistics.variance(values)
-    delta = mean - entry["value"]
-    if entry["std"] is not None and entry["runs"]:
-        m, published_var = entry["runs"], entry["std"] ** 2
-        se2 = var / n + published_var / m
-        df = se2 ** 2 / ((var / n) ** 2 / (n - 1) + (published_var / m) ** 2 / (m - 1))
-    else:
-        se2, df = var / n, n - 1
+    """95 % confidence interval of (the row's mean - the published figure), Student's t with
+    Welch's degrees of freedom: the paper's own std over its runs where it prints both; where
+    it gives only its run count (or a single run), its runs taken to spread as the row's do;
+    where it gives neither, its figure taken as exact."""
+    n, var = len(values), statistics.variance(values)
+    delta = statistics.fmean(values) - entry["value"]
+    m = 1 if entry["statistic"] == "single" else entry["runs"]
+    if m and entry["std"] is not None:  # Welch: two spreads, each from its own runs
+        ours, theirs = var / n, entry["std"] ** 2 / m
+        se2 = ours + theirs
+        df = se2 ** 2 / (ours ** 2 / (n - 1) + theirs ** 2 / (m - 1)) if se2 else n - 1
+    else:  # one spread, the row's, estimated from its n runs
+        se2, df = var * (1 / n + (1 / m if m else 0)), n - 1
+    if se2 == 0:
+        return delta, delta
     half = stats.t.ppf(0.975, df) * se2 ** 0.5
     return delta - half, delta + half
+
+
+def teacher_name(results: dict[str, Any]) -> str:
+    """A run's teacher as published.yaml names one: its zoo name, timm's weights, kdrun's own
+    cached teacher, or the file it was given."""
+    source = results.get("meta/teacher_source")
+    if source is None:
+        return "none"
+    if source.startswith(("zoo:", "timm")):
+        return source
+    path = Path(source)
+    return "kdrun-trained" if path.name == "teacher.pt" and path.parent.parent.name == \
+        "teachers" else f"file {path.name}"
 
 
 def protocol_label(entry: dict) -> str:
@@ -258,7 +277,7 @@ def table_rows(keys: list[str], rows: list[Row], metrics: list[str],
                sources: list[str]) -> list[list[str]]:
     """Header and body as text cells; `sources` collects the cited sources in order. Rows
     with a published figure get its protocol, the row's figure by that protocol, their
-    difference (with its 95 % CI from 2 runs on) and what still differs."""
+    difference (with its 95 % CI from 2 runs on, for means) and what still differs."""
     protocols = any(row.published is not None for row in rows)
     head = ["paper", "protocol", "kdrun, same protocol", "Δ", "differs"] if protocols \
         else ["paper", "Δ"]
@@ -470,10 +489,12 @@ def report(root: Path, fmt: str, metrics: list[str] | None, published: Path,
         raise KdrunError(f"--metric {missing[0]}: no run under {root} has it; its runs have "
                          f"{known}, ...")
     entries = load_published(published)
-    if paper is not None and not any(paper.lower() in e["paper"].lower() for e in entries):
+    if paper is not None:
         papers = sorted({e["paper"] for e in entries})
-        raise KdrunError(f"--paper {paper}: no published figure is from such a paper; "
-                         f"{published} has {'; '.join(papers)}")
+        named = [p for p in papers if paper.lower() in p.lower()]
+        if len(named) != 1:
+            raise KdrunError(f"--paper {paper} names {len(named)} of the papers in {published}: "
+                             f"give a part of one name only ({'; '.join(named or papers)})")
     keys, rows = summarise(runs, metrics, entries, paper)
     return render(fmt, keys, rows, metrics, root), plot_curves(keys, rows, metrics[0], plots_dir)
 

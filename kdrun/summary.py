@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from kdrun.config import choice
 from kdrun.evaluation import summary_lines as evaluation_lines
-from kdrun.weights import ACCURACY_TOLERANCE
+from kdrun.weights import ACCURACY_TOLERANCE, far_from_reported
 
 # The settings a summary's first line names, when the method has them.
 HEADLINE_SETTINGS = ("alpha", "T", "sigma", "label_noise", "rounds")
@@ -78,7 +78,7 @@ def against_reported(measured: float, reported: float | None, cfg: DictConfig) -
     line = f"    its source reports {reported:.2f} % ({gap:+.2f} points)"
     if cfg.dataset.test_subset is not None:
         return [line + " on the whole test split; this run tested a subset"]
-    if abs(gap) > ACCURACY_TOLERANCE:
+    if far_from_reported(measured, reported):
         return [line, f"    warning: more than {ACCURACY_TOLERANCE} points apart: not the "
                 "model its source measured (file, conversion or input normalisation)"]
     return [line]

@@ -1,8 +1,8 @@
 """What `kdrun --help` adds to Hydra's help: every method with what it is (the first line of its
 YAML's header) and every published teacher file (teacher.checkpoint=zoo:NAME), and for
 `kdrun method=NAME --help` that method's YAML as written, comments and all, since they say
-what each key means and which values are the paper's. Read from the config files alone, so
-help stays as quick as Hydra's."""
+what each key means and which values are the paper's. Read from the config files and the
+weight registry alone (no data, no network), so help stays quick."""
 
 from __future__ import annotations
 

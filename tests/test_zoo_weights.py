@@ -95,7 +95,10 @@ class Server:
                 if self.headers.get("Range"):
                     start = int(self.headers["Range"].split("=")[1].rstrip("-"))
                     if start >= len(data):
-                        self.send_error(416)
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(data)}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
                         return
                     self.send_response(206)
                 else:
@@ -218,11 +221,11 @@ def test_a_broken_off_transfer_is_kept_and_resumed_then_verified(tmp_path, serve
     server.cut_at = 300_000
     dest = tmp_path / "big.pt"
     with pytest.raises(DownloadError, match="run again to resume it"):
-        download(f"{server.url}/big.pt", dest, sha256_of(data), progress=False)
+        download(f"{server.url}/big.pt", dest, sha256_of(data), "the test", progress=False)
     part = dest.with_name(dest.name + PART_SUFFIX)
     assert part.stat().st_size == 300_000 and not dest.exists()
-    assert download(f"{server.url}/big.pt", dest, sha256_of(data), progress=False) \
-        == sha256_of(data)
+    assert download(f"{server.url}/big.pt", dest, sha256_of(data), "the test",
+                    progress=False) == sha256_of(data)
     assert server.requests[-1] == "bytes=300000-" and dest.read_bytes() == data
 
 
@@ -237,14 +240,15 @@ def test_without_a_hash_the_first_download_pins_one_and_later_damage_is_found(tm
         == sha256_of(data)
     published.write_bytes(data[:-10])  # damaged after the download
     (tmp_path / "zoo/torchdistill/cifar10-resnet20.pt").unlink()
-    with pytest.raises(DownloadError, match=f"not {sha256_of(data)} as kdrun expects"):
+    with pytest.raises(DownloadError, match=f"not {sha256_of(data)} as .*cifar10-resnet20.pt"
+                                            r".sha256, recorded at its first use"):
         obtain(local, tmp_path, progress=False)
 
 
 def test_no_network_says_the_url_and_where_to_put_the_file(tmp_path, server):
     entry = served(weight_files()["torchdistill/cifar10-resnet20"], server, "/absent.pt", None)
-    with pytest.raises(DownloadError, match=r"absent.pt answered HTTP 404 .* put it at "
-                                            rf"{tmp_path}/zoo/files/torchdistill/"):
+    with pytest.raises(DownloadError, match=r"absent.pt answered HTTP 404 .* if you have it, "
+                                            rf"put it at {tmp_path}/zoo/files/torchdistill/"):
         obtain(entry, tmp_path, progress=False)
     port = server.httpd.server_address[1]
     server.close()
@@ -319,3 +323,49 @@ def test_pickled_code_in_a_published_file_is_still_refused(tmp_path, server):
 
     with pytest.raises(CheckpointError, match="holds Python objects besides weights"):
         obtain(served(entry, server, "/evil.pt", None), tmp_path, progress=False)
+
+
+def test_a_changed_entry_is_converted_again_and_a_bad_unpinned_file_is_fetched_anew(tmp_path,
+                                                                                   server):
+    entry = weight_files()["torchdistill/cifar10-resnet20"]
+    data = bare_file(published_state_dict(entry)[1])
+    server.files["/t.pt"] = b"<html>not found</html>"  # what a proxy's error page looks like
+    local = served(entry, server, "/t.pt", None)
+    with pytest.raises(Exception, match=r"not a PyTorch checkpoint.* \(removed; run again"):
+        obtain(local, tmp_path, progress=False)
+    published = tmp_path / "zoo/files/torchdistill" / entry.file_name
+    assert not published.exists()  # neither kept nor pinned
+    server.files["/t.pt"] = data
+    path = obtain(local, tmp_path, progress=False)
+    first = torch.load(path)["meta"]["conversion"]
+    renormalised = dataclasses.replace(local, std=[0.2, 0.2, 0.2])
+    assert torch.load(obtain(renormalised, tmp_path, progress=False))["meta"]["conversion"] \
+        != first
+
+
+def test_a_whole_part_is_kept_and_one_the_server_will_not_resume_is_dropped(tmp_path, server):
+    data = bytes(range(250)) * 4
+    server.files["/f.pt"] = data
+    whole = tmp_path / "whole.pt"  # killed between the last byte and the rename
+    whole.with_name("whole.pt" + PART_SUFFIX).write_bytes(data)
+    assert download(f"{server.url}/f.pt", whole, sha256_of(data), "the test",
+                    progress=False) == sha256_of(data)
+    dest = tmp_path / "f.pt"
+    dest.with_name("f.pt" + PART_SUFFIX).write_bytes(bytes(2000))  # longer than the file
+    with pytest.raises(DownloadError, match="refused to resume .* removed; run again"):
+        download(f"{server.url}/f.pt", dest, None, "the test", progress=False)
+    assert download(f"{server.url}/f.pt", dest, None, "the test", progress=False) \
+        == sha256_of(data)
+
+
+def test_a_malformed_registry_entry_is_one_line(tmp_path):
+    import yaml
+
+    from kdrun.weights.registry import REGISTRY
+
+    registry = yaml.safe_load(REGISTRY.read_text())
+    registry["weights"]["chenyaofo/cifar10_resnet20"]["layout"] = "densenet"
+    (tmp_path / "registry.yaml").write_text(yaml.safe_dump(registry))
+    with pytest.raises(ConfigError, match="weight file chenyaofo/cifar10_resnet20 has layout "
+                                          "densenet: use one of resnet, wrn"):
+        weight_files(tmp_path / "registry.yaml")

@@ -103,12 +103,16 @@ def from_main(make: Callable[[], T]) -> T:
 
 
 def copy_from_main(module: nn.Module) -> None:
-    """Rank 0's parameters and buffers in every rank's copy of `module`."""
+    """Rank 0's parameters and buffers in every rank's copy of `module`, the buffers a state
+    dict leaves out included (a Classifier's input mean/std, which a published teacher's file
+    sets)."""
     if world_size() == 1:
         return
-    state = from_main(lambda: {k: v.cpu() if torch.is_tensor(v) else v
-                               for k, v in module.state_dict().items()})
-    module.load_state_dict(state)
+    tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    state = from_main(lambda: {k: v.detach().cpu() for k, v in tensors.items()})
+    with torch.no_grad():
+        for key, tensor in tensors.items():
+            tensor.copy_(state[key])
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 from dataclasses import replace
@@ -37,7 +38,15 @@ from kdrun.runtime.device import seed_everything
 from kdrun.runtime.run import Run
 from kdrun.sinks import PrefixedSink
 from kdrun.training.trainer import Recipe, Trainer
-from kdrun.weights import ACCURACY_TOLERANCE, PREFIX, WeightFile, is_zoo, lookup, obtain
+from kdrun.weights import (
+    ACCURACY_TOLERANCE,
+    PREFIX,
+    WeightFile,
+    far_from_reported,
+    is_zoo,
+    lookup,
+    obtain,
+)
 
 log = logging.getLogger(__name__)
 # Data-set settings that change how data is read, not what it is: left out of the cache key.
@@ -104,6 +113,8 @@ def resolve_teacher(run: Run, data: ImageData) -> tuple[Classifier, dict[str, An
     distributed.copy_from_main(teacher)
     log.info("teacher: %s from %s%s", cfg.teacher.arch, path,
              f" (test acc {meta['test/acc']:.2f}% when trained)" if "test/acc" in meta else "")
+    if "zoo" in meta:  # a converted published file given by its path: known by its name
+        return teacher, zoo_provenance(meta)
     trained_in = meta.get("environment", {})
     return teacher, {"meta/teacher_source": str(path), "meta/teacher_sha256": sha256,
                      **{f"meta/teacher_{key}": value for key, value in trained_in.items()}}
@@ -121,9 +132,14 @@ def _published(run: Run, data: ImageData, teacher: Classifier,
              entry.reported_acc, entry.reported_by)
     if distributed.world_size() == 1:  # evaluated by every rank at the end of the run instead
         measure_once(run, data, teacher, entry, path)
-    return {"meta/teacher_source": f"{PREFIX}{entry.name}",
+    return zoo_provenance(meta)
+
+
+def zoo_provenance(meta: dict[str, Any]) -> dict[str, Any]:
+    """A published teacher's results keys, from its converted file's record."""
+    return {"meta/teacher_source": f"{PREFIX}{meta['zoo']}",
             "meta/teacher_sha256": meta["source_sha256"],
-            "meta/teacher_reported_acc": entry.reported_acc}
+            "meta/teacher_reported_acc": meta["reported_acc"]}
 
 
 def measure_once(run: Run, data: ImageData, teacher: Classifier, entry: WeightFile,
@@ -134,17 +150,20 @@ def measure_once(run: Run, data: ImageData, teacher: Classifier, entry: WeightFi
     the student trains on it, not after."""
     cfg = run.cfg
     record = path.with_name(path.stem + ".measured.json")
-    measured = json.loads(record.read_text()) if record.is_file() else {}
     test_set = f"{cfg.dataset.test_set or cfg.dataset.name} test split, {len(data.test)} images"
-    if test_set in measured:
-        return
-    teacher.to(run.device)
-    loader = make_loader(data.test, cfg.trainer.eval_batch_size, run, train=False)
-    accuracy = evaluate(teacher, loader, run.autocast)["test/acc"]
-    teacher.cpu()
-    record.write_text(json.dumps({**measured, test_set: accuracy}, indent=2) + "\n")
+    with FileLock(str(record) + ".lock"):
+        measured = json.loads(record.read_text()) if record.is_file() else {}
+        if test_set in measured:
+            return
+        teacher.to(run.device)
+        loader = make_loader(data.test, cfg.trainer.eval_batch_size, run, train=False)
+        accuracy = evaluate(teacher, loader, run.autocast)["test/acc"]
+        teacher.cpu()
+        tmp = record.with_name(f".{record.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps({**measured, test_set: accuracy}, indent=2) + "\n")
+        os.replace(tmp, record)
     gap = accuracy - entry.reported_acc
-    if cfg.dataset.test_subset is None and abs(gap) > ACCURACY_TOLERANCE:
+    if cfg.dataset.test_subset is None and far_from_reported(accuracy, entry.reported_acc):
         log.warning("teacher: %s%s measures %.2f %% on the %s, %+.2f points from the %.2f %% "
                     "%s reports (more than %.1f): check the file and the data before "
                     "trusting its rows", PREFIX, entry.name, accuracy, test_set, gap,

@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from filelock import FileLock
 from tqdm import tqdm
 
 from kdrun.errors import KdrunError
@@ -29,25 +30,32 @@ class DownloadError(KdrunError):
     """A weight file could not be fetched, or is not the file the registry names."""
 
 
-def check_sha256(path: Path, expected: str | None, url: str) -> str:
+def check_sha256(path: Path, expected: str | None, url: str, where: str) -> str:
     """`path`'s SHA-256, after checking it against `expected` (the whole digest, or the prefix a
-    source publishes in its file names, as torch.hub checks them); a file that differs is
-    removed, so the next attempt downloads it again."""
+    source publishes in its file names, as torch.hub checks them) from `where`; a file that
+    differs is removed, so the next attempt downloads it again."""
     actual = sha256(path)
     if expected and not actual.startswith(expected.lower()):
         path.unlink()
-        raise DownloadError(f"{path} (from {url}) has SHA-256 {actual}, not {expected} as kdrun "
-                            "expects: the file is damaged, truncated or was replaced at its "
-                            "source (removed; run again to download it anew)")
+        raise DownloadError(f"{path} (from {url}) has SHA-256 {actual}, not {expected} as "
+                            f"{where} says: the file is damaged, truncated or was replaced at "
+                            "its source (removed; run again to download it anew)")
     return actual
 
 
-def download(url: str, dest: Path, expected_sha256: str | None = None,
+def download(url: str, dest: Path, expected_sha256: str | None, where: str,
              progress: bool = True) -> str:
-    """`url` saved as `dest` (kept when already there); returns its SHA-256."""
-    if dest.is_file():
-        return check_sha256(dest, expected_sha256, url)
+    """`url` saved as `dest` (kept when already there), one process at a time; returns its
+    SHA-256, checked against `expected_sha256` from `where`."""
     dest.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(dest) + ".lock"):
+        if not dest.is_file():
+            _transfer(url, dest, progress)
+    return check_sha256(dest, expected_sha256, url, where)
+
+
+def _transfer(url: str, dest: Path, progress: bool) -> None:
+    """Into `dest`.part, resuming what an earlier attempt left there; renamed when whole."""
     part = dest.with_name(dest.name + PART_SUFFIX)
     have = part.stat().st_size if part.is_file() else 0
     request = urllib.request.Request(url, headers={"User-Agent": "kdrun"})
@@ -56,14 +64,21 @@ def download(url: str, dest: Path, expected_sha256: str | None = None,
     try:
         response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
     except urllib.error.HTTPError as err:
-        if err.code == 416 and have:  # the part already holds every byte
+        total = (err.headers.get("Content-Range") or "").rpartition("/")[2]
+        if err.code == 416 and have and total == str(have):  # the part holds every byte
             part.replace(dest)
-            return check_sha256(dest, expected_sha256, url)
-        raise DownloadError(f"{url} answered HTTP {err.code} ({err.reason}): "
-                            f"{by_hand(url, dest)}") from None
+            return
+        if err.code == 416:  # a part that is not a beginning of this file
+            part.unlink(missing_ok=True)
+            raise DownloadError(f"{url} refused to resume {part} (HTTP 416): it is removed; "
+                                "run again to download the file from the start") from None
+        raise DownloadError(f"{url} answered HTTP {err.code} ({err.reason}): the file is not "
+                            f"where kdrun's registry says; if you have it, put it at "
+                            f"{dest}") from None
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
-        raise DownloadError(f"cannot download {url} ({reason}): {by_hand(url, dest)}") from None
+        raise DownloadError(f"cannot download {url} ({reason}): on a machine without network, "
+                            f"download it by hand and put it at {dest}") from None
     with response:
         if response.status != 206:  # the server ignored the range: start again
             have = 0
@@ -84,11 +99,6 @@ def download(url: str, dest: Path, expected_sha256: str | None = None,
         raise DownloadError(f"the download of {url} stopped at {received} of {total} bytes: "
                             f"run again to resume it ({part} is kept)")
     part.replace(dest)
-    return check_sha256(dest, expected_sha256, url)
-
-
-def by_hand(url: str, dest: Path) -> str:
-    return f"on a machine without network, download it by hand and put it at {dest}"
 
 
 def extract_member(archive: Path, member: str, dest: Path, url: str) -> None:
@@ -105,7 +115,9 @@ def extract_member(archive: Path, member: str, dest: Path, url: str) -> None:
                                     "its source, or is another file") from None
             source = tar.extractfile(info)
             if source is None:
-                raise DownloadError(f"{member} in {archive} is not a file")
+                raise DownloadError(f"{member} in {archive} (from {url}) is a folder or link, "
+                                    "not a weight file: the archive is not the one kdrun's "
+                                    "registry names")
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.with_name(dest.name + PART_SUFFIX)
             with source, open(tmp, "wb") as f:

@@ -1,15 +1,19 @@
 """The registry of published weight files (registry.yaml): what `zoo:<source>/<name>` names,
-read once and checked, so a bad entry or an unknown name is one line before any work."""
+read once and checked (its keys, source, normalisation, layout, architecture, digest), so a
+bad entry or an unknown name is one line before any work."""
 
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from kdrun.errors import ConfigError
+from kdrun.models import MODELS
+from kdrun.weights.convert import LAYOUTS
 
 REGISTRY = Path(__file__).with_name("registry.yaml")
 PREFIX = "zoo:"
@@ -47,13 +51,22 @@ class WeightFile:
                 f"{self.reported_acc:.2f} % ({self.reported_by})")
 
 
+ENTRY_KEYS = {"file", "arch", "layout", "dataset", "num_classes", "reported_acc",
+              "reported_by", "sha256"}
+SOURCE_KEYS = {"licence", "wrapper", "normalization"}
+
+
 @functools.cache
 def weight_files(path: Path = REGISTRY) -> dict[str, WeightFile]:
+    """Every entry of the registry at `path`, checked: a malformed one is one line naming it."""
     data = yaml.safe_load(path.read_text())
     files = {}
     for name, entry in data["weights"].items():
         source_name = name.split("/", 1)[0]
-        source = data["sources"][source_name]
+        source = data["sources"].get(source_name, {})
+        problem = registry_problem(entry, source, source_name)
+        if problem:
+            raise ConfigError(f"{path}: weight file {name} {problem}")
         norm = source["normalization"][entry["dataset"]]
         archive = source.get("archive")
         files[name] = WeightFile(
@@ -63,9 +76,27 @@ def weight_files(path: Path = REGISTRY) -> dict[str, WeightFile]:
             layout=entry["layout"], dataset=entry["dataset"],
             num_classes=entry["num_classes"], reported_acc=float(entry["reported_acc"]),
             reported_by=entry["reported_by"],
-            sha256=entry.get("sha256"), licence=source["licence"], wrapper=source["wrapper"],
+            sha256=entry["sha256"], licence=source["licence"], wrapper=source["wrapper"],
             mean=list(norm["mean"]), std=list(norm["std"]))
     return files
+
+
+def registry_problem(entry: dict, source: dict, source_name: str) -> str | None:
+    """What is wrong with one registry entry, or None."""
+    if not source:
+        return f"names source {source_name}, which the registry's sources do not have"
+    missing = (ENTRY_KEYS - entry.keys()) | (SOURCE_KEYS - source.keys())
+    if missing or not ({"url", "archive"} & source.keys()):
+        return f"(or its source) lacks {', '.join(sorted(missing)) or 'url/archive'}"
+    if entry["dataset"] not in source["normalization"]:
+        return f"is on {entry['dataset']}, for which its source gives no normalization"
+    if entry["layout"] not in LAYOUTS:
+        return f"has layout {entry['layout']}: use one of {', '.join(LAYOUTS)}"
+    if entry["arch"] not in MODELS.names():
+        return f"has arch {entry['arch']}, which kdrun's zoo does not have"
+    if entry["sha256"] is not None and not re.fullmatch(r"[0-9a-f]{8,64}", entry["sha256"]):
+        return "has a sha256 that is not 8 to 64 lowercase hex digits"
+    return None
 
 
 def is_zoo(value: object) -> bool:
