@@ -274,11 +274,9 @@ def test_a_zoo_name_that_does_not_fit_is_one_line_before_any_work(overrides, mes
         validate(compose_config(*overrides))
 
 
-@pytest.mark.slow
-def test_a_run_distils_from_a_file_put_in_the_cache_by_hand(tmp_path, cli_env):
-    """The offline route: the published file where the error message says; the run converts
-    it, measures it before training, warns that it is far from the reported accuracy, and
-    records the published file's SHA-256; mode=eval reads it by name, on its data set."""
+def cifar10_with_a_teacher_put_by_hand(tmp_path: Path, cli_env: dict):
+    """Tiny CIFAR-10 pickles, and zoo:torchdistill/cifar10-resnet20 (random weights) where the
+    offline error says to put it; the CLI overrides that use them."""
     from test_data import write_cifar
 
     write_cifar(tmp_path / "data", "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)],
@@ -291,6 +289,15 @@ def test_a_run_distils_from_a_file_put_in_the_cache_by_hand(tmp_path, cli_env):
     by_hand.write_bytes(data)
     cifar = ["dataset=cifar10", f"dataset.root={tmp_path}/data",
              *[o for o in TINY if not o.startswith(("dataset=", "teacher="))]]
+    return cifar, by_hand, data
+
+
+@pytest.mark.slow
+def test_a_run_distils_from_a_file_put_in_the_cache_by_hand(tmp_path, cli_env):
+    """The offline route: the published file where the error message says; the run converts
+    it, measures it before training, warns that it is far from the reported accuracy, and
+    records the published file's SHA-256; mode=eval reads it by name, on its data set."""
+    cifar, by_hand, data = cifar10_with_a_teacher_put_by_hand(tmp_path, cli_env)
     proc = kdrun(*cifar, "teacher=resnet20", "method=kd",
                  "teacher.checkpoint=zoo:torchdistill/cifar10-resnet20",
                  f"hydra.run.dir={tmp_path}/run", env=cli_env, cwd=tmp_path)
@@ -369,3 +376,46 @@ def test_a_malformed_registry_entry_is_one_line(tmp_path):
     with pytest.raises(ConfigError, match="weight file chenyaofo/cifar10_resnet20 has layout "
                                           "densenet: use one of resnet, wrn"):
         weight_files(tmp_path / "registry.yaml")
+
+
+@pytest.mark.slow
+def test_under_torchrun_every_rank_measures_its_share_and_uses_the_files_normalisation(
+        tmp_path, cli_env):
+    from test_scale_out import torchrun
+
+    cifar, by_hand, _ = cifar10_with_a_teacher_put_by_hand(tmp_path, cli_env)
+    torchrun(*cifar, "teacher=resnet20", "method=kd",
+             "teacher.checkpoint=zoo:torchdistill/cifar10-resnet20",
+             f"hydra.run.dir={tmp_path}/run", env=cli_env, cwd=tmp_path)
+    results = read_results(tmp_path / "run")
+    measured = json.loads(next(by_hand.parents[2].glob("torchdistill/*.measured.json"))
+                          .read_text())
+    assert measured == {"cifar10 test split, 20 images": pytest.approx(
+        results["teacher/test/acc"], abs=1e-6)}  # the early, sharded figure is the final one
+    assert results["meta/teacher_source"] == "zoo:torchdistill/cifar10-resnet20"
+
+    torch.multiprocessing.spawn(copy_on_two_ranks, args=(str(tmp_path),), nprocs=2)
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    for key in ("mean", "std", "fc"):
+        assert torch.equal(rank0[key], rank1[key]), key
+    assert rank1["std"].flatten().tolist() == pytest.approx([0.2023, 0.1994, 0.2010])
+
+
+def copy_on_two_ranks(rank: int, folder: str) -> None:
+    """Rank 0 loads a file with its own normalisation, as a published teacher's does; after
+    copy_from_main rank 1 holds the same weights and mean/std (non-persistent buffers)."""
+    import torch.distributed as dist
+
+    from kdrun.runtime import distributed
+
+    dist.init_process_group("gloo", init_method=f"file://{folder}/init", rank=rank,
+                            world_size=2)
+    model = build_model("resnet8", 10, [0.5] * 3, [0.25] * 3)
+    if rank == 0:
+        model.std.copy_(torch.tensor([0.2023, 0.1994, 0.2010]).view_as(model.std))
+        model.mean.fill_(0.45)
+        torch.nn.init.normal_(model.net.fc.weight)
+    distributed.copy_from_main(model)
+    torch.save({"mean": model.mean, "std": model.std, "fc": model.net.fc.weight.detach()},
+               Path(folder) / f"rank{rank}.pt")
+    dist.destroy_process_group()

@@ -130,8 +130,7 @@ def _published(run: Run, data: ImageData, teacher: Classifier,
     distributed.copy_from_main(teacher)
     log.info("teacher: %s%s (%s, reported %.2f %% by %s)", PREFIX, entry.name, entry.arch,
              entry.reported_acc, entry.reported_by)
-    if distributed.world_size() == 1:  # evaluated by every rank at the end of the run instead
-        measure_once(run, data, teacher, entry, path)
+    measure_once(run, data, teacher, entry, path)
     return zoo_provenance(meta)
 
 
@@ -151,17 +150,21 @@ def measure_once(run: Run, data: ImageData, teacher: Classifier, entry: WeightFi
     cfg = run.cfg
     record = path.with_name(path.stem + ".measured.json")
     test_set = f"{cfg.dataset.test_set or cfg.dataset.name} test split, {len(data.test)} images"
-    with FileLock(str(record) + ".lock"):
-        measured = json.loads(record.read_text()) if record.is_file() else {}
-        if test_set in measured:
-            return
-        teacher.to(run.device)
-        loader = make_loader(data.test, cfg.trainer.eval_batch_size, run, train=False)
-        accuracy = evaluate(teacher, loader, run.autocast)["test/acc"]
-        teacher.cpu()
-        tmp = record.with_name(f".{record.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps({**measured, test_set: accuracy}, indent=2) + "\n")
-        os.replace(tmp, record)
+    measured = distributed.from_main(
+        lambda: json.loads(record.read_text()) if record.is_file() else {})
+    if test_set in measured:
+        return
+    teacher.to(run.device)  # every rank evaluates its share of the test set
+    loader = make_loader(data.test, cfg.trainer.eval_batch_size, run, train=False, shard=True)
+    accuracy = evaluate(teacher, loader, run.autocast)["test/acc"]
+    teacher.cpu()
+    if not distributed.is_main():
+        return
+    # whole, never half written (a figure another job adds at the same moment may be lost,
+    # and is measured again on its next use)
+    tmp = record.with_name(f".{record.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps({**measured, test_set: accuracy}, indent=2) + "\n")
+    os.replace(tmp, record)
     gap = accuracy - entry.reported_acc
     if cfg.dataset.test_subset is None and far_from_reported(accuracy, entry.reported_acc):
         log.warning("teacher: %s%s measures %.2f %% on the %s, %+.2f points from the %.2f %% "
