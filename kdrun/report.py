@@ -159,11 +159,8 @@ def matching_entry(row: Row, metric: str, entries: list[dict],
 
 
 def selected_value(run: Run, metric: str, selection: str) -> float | None:
-    """One run's `metric` selected as a paper selected its figure: the best of its epochs'
-    values (metrics.jsonl), the one at its best validation epoch, or the last epoch's."""
-    if selection == "best":
-        series = epoch_series(run.path, metric)
-        return max(series) if series else None
+    """One run's `metric` selected as a paper selected its figure (not `best`: see
+    compare_with_published): the one at its best validation epoch, or the last epoch's."""
     key = f"{metric}_at_best_val" if selection == "best_val" else metric
     value = (run.results or {}).get(key)
     return None if value is None else float(value)
@@ -171,10 +168,19 @@ def selected_value(run: Run, metric: str, selection: str) -> float | None:
 
 def compare_with_published(row: Row, metric: str) -> None:
     """The row's figure by its published entry's protocol, the CI of the difference, and the
-    ways the row's runs still differ from the entry's (runs, epochs, teacher)."""
+    ways the row's runs still differ from the entry's (runs, epochs, teacher). `best` takes the
+    best of each run's evaluated epochs (metrics.jsonl)."""
     entry = row.published
     done = [r for r in row.runs if r.results is not None]
-    values = [v for r in done if (v := selected_value(r, metric, entry["selection"])) is not None]
+    if entry["selection"] == "best":
+        curves = [epoch_series(r.path, metric) for r in done]
+        values = [max(curve) for curve in curves if curve]
+        fewest = min(map(len, curves), default=0)
+        if fewest < 2:
+            row.gaps.append(f"best of {fewest} evaluated epoch{'s' * (fewest != 1)}")
+    else:
+        values = [v for r in done
+                  if (v := selected_value(r, metric, entry["selection"])) is not None]
     if not values:
         return
     n = len(values)
@@ -186,10 +192,6 @@ def compare_with_published(row: Row, metric: str) -> None:
         row.interval = difference_interval(values, entry)
     if entry["runs"] and n != entry["runs"]:
         row.gaps.append(f"{n} run{'s' * (n != 1)} vs {entry['runs']}")
-    if entry["selection"] == "best":
-        fewest = min(len(epoch_series(r.path, metric)) for r in done)
-        if fewest < 2:
-            row.gaps.append(f"best of {fewest} evaluated epoch{'s' * (fewest != 1)}")
     epochs = sorted({str(config_value(r.config, "epochs")) for r in done})
     if entry["epochs"] and epochs != [str(entry["epochs"])]:
         row.gaps.append(f"{'/'.join(epochs)} epochs vs {entry['epochs']}")

@@ -24,7 +24,13 @@ from zoo_sources import randomised, source_network
 from kdrun.errors import ConfigError
 from kdrun.models import MODELS, build_model
 from kdrun.validate import validate
-from kdrun.weights import ACCURACY_TOLERANCE, DownloadError, obtain, weight_files
+from kdrun.weights import (
+    ACCURACY_TOLERANCE,
+    DownloadError,
+    converted_path,
+    obtain,
+    weight_files,
+)
 from kdrun.weights.convert import LAYOUTS, ConversionError, convert
 from kdrun.weights.download import PART_SUFFIX, download
 
@@ -239,7 +245,7 @@ def test_without_a_hash_the_first_download_pins_one_and_later_damage_is_found(tm
     assert published.with_name(published.name + ".sha256").read_text().split()[0] \
         == sha256_of(data)
     published.write_bytes(data[:-10])  # damaged after the download
-    (tmp_path / "zoo/torchdistill/cifar10-resnet20.pt").unlink()
+    converted_path(local, tmp_path).unlink()
     with pytest.raises(DownloadError, match=f"not {sha256_of(data)} as .*cifar10-resnet20.pt"
                                             r".sha256, recorded at its first use"):
         obtain(local, tmp_path, progress=False)
@@ -344,10 +350,10 @@ def test_a_changed_entry_is_converted_again_and_a_bad_unpinned_file_is_fetched_a
     assert not published.exists()  # neither kept nor pinned
     server.files["/t.pt"] = data
     path = obtain(local, tmp_path, progress=False)
-    first = torch.load(path)["meta"]["conversion"]
     renormalised = dataclasses.replace(local, std=[0.2, 0.2, 0.2])
-    assert torch.load(obtain(renormalised, tmp_path, progress=False))["meta"]["conversion"] \
-        != first
+    again = obtain(renormalised, tmp_path, progress=False)
+    assert again != path and torch.load(again)["meta"]["normalization"]["std"] == [0.2] * 3
+    assert torch.load(path)["meta"]["normalization"]["std"] == entry.std
 
 
 def test_a_whole_part_is_kept_and_one_the_server_will_not_resume_is_dropped(tmp_path, server):

@@ -54,7 +54,10 @@ def zoo_dir(cache_dir: str | Path) -> Path:
 
 
 def converted_path(entry: WeightFile, cache_dir: str | Path) -> Path:
-    return zoo_dir(cache_dir) / entry.source / f"{entry.name.split('/', 1)[1]}.pt"
+    """Named by what it was made from (conversion_key): a changed entry or conversion makes
+    another file instead of reusing a stale one."""
+    name = entry.name.split("/", 1)[1]
+    return zoo_dir(cache_dir) / entry.source / f"{name}-{conversion_key(entry)}.pt"
 
 
 def archive_path(entry: WeightFile, cache_dir: str | Path) -> Path:
@@ -76,8 +79,7 @@ def obtain(entry: WeightFile, cache_dir: str | Path, progress: bool = True) -> P
     path = converted_path(entry, cache_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
-        if path.is_file() and checkpoint.damage(path) is None and \
-                checkpoint.load(path).get("meta", {}).get("conversion") == conversion_key(entry):
+        if path.is_file() and checkpoint.damage(path) is None:
             return path
         published, sha256, pinned = fetch(entry, cache_dir, progress)
         try:
@@ -104,7 +106,7 @@ def obtain(entry: WeightFile, cache_dir: str | Path, progress: bool = True) -> P
             "zoo": entry.name, "source_sha256": sha256, "url": entry.url,
             "member": entry.member, "reported_acc": entry.reported_acc,
             "reported_by": entry.reported_by, "licence": entry.licence,
-            "dataset": entry.dataset, "conversion": conversion_key(entry),
+            "dataset": entry.dataset,
             "normalization": {"mean": entry.mean, "std": entry.std}})
         checkpoint.record_digest(path)
         log.info("zoo: %s converted onto kdrun's %s (%s)", entry.name, entry.arch, path)

@@ -23,6 +23,14 @@ def _stage(m: re.Match, rest: str) -> str:
     return f"stages.{int(m['stage']) - 1}.{m['block']}.{rest}"
 
 
+# Both WRN layouts' stem conv, final BN (kdrun's head norm) and classifier (rules match whole
+# keys, so these never catch a block's own conv1/bn1).
+WRN_ENDS: list[Rule] = [
+    (r"conv1\.(?P<p>.+)", lambda m: f"stem.{m['p']}"),
+    (r"bn1\.(?P<p>.+)", lambda m: f"head_norm.0.{m['p']}"),
+    (r"fc\.(?P<p>.+)", lambda m: f"fc.{m['p']}"),
+]
+
 LAYOUTS: dict[str, list[Rule]] = {
     # Post-activation ResNets: RepDistiller models/resnet.py and resnetv2.py (ResNet50),
     # chenyaofo pytorch_cifar_models/resnet.py, torchdistill ResNet4Cifar (torchvision's
@@ -40,24 +48,20 @@ LAYOUTS: dict[str, list[Rule]] = {
     # RepDistiller models/wrn.py: conv1, block<k>.layer.<i> pre-activation blocks whose 1x1
     # projection (convShortcut) reads the activated input, a final bn1, fc.
     "wrn": [
-        (r"conv1\.(?P<p>.+)", lambda m: f"stem.{m['p']}"),
+        *WRN_ENDS,
         (r"block(?P<stage>\d+)\.layer\.(?P<block>\d+)\.convShortcut\.(?P<p>.+)",
          lambda m: _stage(m, f"shortcut.{m['p']}")),
         (r"block(?P<stage>\d+)\.layer\.(?P<block>\d+)\.(?P<p>(?:conv|bn)\d\..+)",
          lambda m: _stage(m, m["p"])),
-        (r"bn1\.(?P<p>.+)", lambda m: f"head_norm.0.{m['p']}"),
-        (r"fc\.(?P<p>.+)", lambda m: f"fc.{m['p']}"),
     ],
     # torchdistill wide_resnet.py (WideResNet4Cifar): conv1, layer<k>.<i> pre-activation blocks
     # whose projection (shortcut.0) reads the raw input, a final bn1, fc.
     "wrn_sequential": [
-        (r"conv1\.(?P<p>.+)", lambda m: f"stem.{m['p']}"),
+        *WRN_ENDS,
         (r"layer(?P<stage>\d+)\.(?P<block>\d+)\.shortcut\.0\.(?P<p>.+)",
          lambda m: _stage(m, f"shortcut.{m['p']}")),
         (r"layer(?P<stage>\d+)\.(?P<block>\d+)\.(?P<p>(?:conv|bn)\d\..+)",
          lambda m: _stage(m, m["p"])),
-        (r"bn1\.(?P<p>.+)", lambda m: f"head_norm.0.{m['p']}"),
-        (r"fc\.(?P<p>.+)", lambda m: f"fc.{m['p']}"),
     ],
     # RepDistiller models/vgg.py: block0..block4 Sequentials of conv(bias)-BN-ReLU, parameter-
     # free pools between them, classifier. kdrun's block0 is the stem; a later group that is
