@@ -9,12 +9,15 @@ import os
 import shlex
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.plugins import Plugins
 from hydra.types import RunMode
+from hydra_plugins.kdrun_launchers.packed import PackedLauncher
 from omegaconf import DictConfig
 
 from kdrun.config import choice
@@ -28,6 +31,9 @@ from kdrun.weights.registry import PREFIX, is_zoo, weight_files
 
 log = logging.getLogger("kdrun")
 register_configs()
+# kdrun's own launchers, found by Hydra's plugin scan once installed; registered here too, for
+# an editable install, whose mapped hydra_plugins folder the scan cannot list
+Plugins.instance().register(PackedLauncher)
 
 
 def expand_home(args: list[str]) -> list[str]:
@@ -151,9 +157,20 @@ def hydra_main(cfg: DictConfig) -> float | None:
     from kdrun.jobs import evaluate_checkpoint, train  # the heavy imports: only for a job
 
     run = evaluate_checkpoint if choice(cfg.mode) == "eval" else train
+    return report_job(cfg, hydra_cfg, run_dir, lambda: run(
+        cfg, run_dir, sweep_group=hydra_cfg.sweep.dir if multirun else None,
+        run_name=hydra_cfg.job.override_dirname or None))
+
+
+def report_job(cfg: DictConfig, hydra_cfg, run_dir: Path,
+               work: Callable[[], dict[str, Any]]) -> float | None:
+    """A job's `work` done, and its outcome reported: the summary and its objective, or its
+    error - one line in the log and in error.txt (a traceback for a bug), the sweep going on
+    without it, or the whole command stopping on Ctrl-C. The packed launcher reports each of
+    its members' outcomes through here too."""
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        results = run(cfg, run_dir, sweep_group=hydra_cfg.sweep.dir if multirun else None,
-                      run_name=hydra_cfg.job.override_dirname or None)
+        results = work()
         if not distributed.is_main():  # rank 0 reports for the run
             return None
         log.info("done\n%s", summary(cfg, results, run_dir))

@@ -11,6 +11,7 @@ import functools
 import logging
 import re
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +23,17 @@ from kdrun.evaluation import EvaluationSuite, complete_eval_config
 from kdrun.evaluation.accuracy import evaluate
 from kdrun.methods import METHODS, Method, Networks, build_method, method_settings
 from kdrun.methods.base import Stage
-from kdrun.models import build_model
+from kdrun.models import Classifier, build_model
 from kdrun.models.files import load_classifier, save_model
 from kdrun.models.prepare import prepare
 from kdrun.runtime import checkpoint, distributed
-from kdrun.runtime.device import seed_everything
+from kdrun.runtime.device import RandomStream, seed_everything
 from kdrun.runtime.run import Run
 from kdrun.runtime.run_directory import claimed
 from kdrun.sinks import build_sinks
 from kdrun.training.optimizers import Optimizers
 from kdrun.training.teachers import resolve_teacher
-from kdrun.training.trainer import Recipe, Trainer
+from kdrun.training.trainer import Recipe, Trainer, fit_together
 from kdrun.validate import validate
 from kdrun.weights import is_zoo, lookup, obtain
 
@@ -40,10 +41,12 @@ log = logging.getLogger("kdrun")
 
 
 @contextlib.contextmanager
-def start_run(cfg: DictConfig, run_dir: Path, sweep_group: str | None, run_name: str | None):
+def start_run(cfg: DictConfig, run_dir: Path, sweep_group: str | None, run_name: str | None,
+              data: ImageData | None = None):
     """What every run shares: its run directory claimed (run_directory.py), validation before
-    any work, the run directory's record, the inputs, and the run object with its sinks
-    (always closed). Yields (run, data, the evaluation suite).
+    any work, the run directory's record, the inputs (its data set read unless `data`, a
+    pack's, is given), and the run object with its sinks (always closed). Yields (run, data,
+    the evaluation suite).
     The sinks open once the inputs are read, so a missing data set opens no W&B run."""
     with claimed(run_dir, resume=cfg.trainer.resume):
         validate(cfg)
@@ -53,7 +56,7 @@ def start_run(cfg: DictConfig, run_dir: Path, sweep_group: str | None, run_name:
             complete_eval_config(cfg.eval)  # config.yaml shows each evaluation's settings
         if distributed.is_main():
             OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-        data, evaluations = load_inputs(cfg)
+        data, evaluations = load_inputs(cfg, data)
         sink = build_sinks(cfg, run_dir, sweep_group, run_name)
         try:
             yield Run.start(cfg, run_dir, sink), data, evaluations
@@ -96,21 +99,30 @@ def record_teacher_settings(cfg: DictConfig) -> None:
         cfg.teacher[key] = value
 
 
-def load_inputs(cfg: DictConfig) -> tuple[ImageData, EvaluationSuite]:
-    """The data set and the evaluations with their data sets (read up front: a missing one
-    stops the run in seconds, not after training)."""
+def load_inputs(cfg: DictConfig, data: ImageData | None = None
+                ) -> tuple[ImageData, EvaluationSuite]:
+    """The data set (unless given) and the evaluations with their data sets (read up front: a
+    missing one stops the run in seconds, not after training)."""
     with distributed.main_first():  # one download or decoding cache, then shared
-        data = load_dataset(cfg.dataset, cfg.cache_dir)
+        if data is None:
+            data = load_dataset(cfg.dataset, cfg.cache_dir)
         return data, EvaluationSuite(cfg.eval, data, cfg.dataset, cfg.cache_dir)
 
 
-def build_run_method(run: Run, data: ImageData) -> tuple[Method, dict[str, Any]]:
-    """The method with its networks (the teacher resolved, trained first if need be), and
-    where its teacher came from, for results.json."""
+ResolvedTeacher = tuple[Classifier, dict[str, Any]]  # the teacher, and where it came from
+
+
+def build_run_method(run: Run, data: ImageData,
+                     teacher: ResolvedTeacher | None = None) -> tuple[Method, dict[str, Any]]:
+    """The method with its networks (the teacher resolved, trained first if need be, unless
+    `teacher` - a pack's, shared - is given), and where its teacher came from, for
+    results.json."""
     cfg = run.cfg
-    teacher, provenance = None, {}
+    provenance = {}
     if METHODS.get(cfg.method.name).needs_teacher:
-        teacher, provenance = resolve_teacher(run, data)
+        teacher, provenance = teacher or resolve_teacher(run, data)
+    else:
+        teacher = None
     seed_everything(cfg.seed)
     make_model = functools.partial(build_model, num_classes=cfg.dataset.num_classes,
                                    mean=cfg.dataset.mean, std=cfg.dataset.std,
@@ -129,12 +141,7 @@ def train(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
     Under torch.distributed every rank trains; rank 0 alone evaluates beyond the clean test
     set and writes the results."""
     with start_run(cfg, run_dir, sweep_group, run_name) as (run, data, evaluations):
-        results = run_info(run)
-        METHODS.get(cfg.method.name).check_data(method_settings(cfg.method), data)
-        method, teacher_provenance = build_run_method(run, data)
-        results.update(teacher_provenance)
-        results.update(recorded_settings(method))
-        evaluations.check_model(method.eval_model(), method.teacher)  # before training
+        method, results = begin_training(run, data, evaluations)
         optimizers = None
         for stage in method.stages(data, cfg.epochs, run):
             results.update(stage.metrics)
@@ -143,20 +150,117 @@ def train(cfg: DictConfig, run_dir: Path, sweep_group: str | None = None,
             results.update(stage_results)
         if not distributed.is_main():
             return results
-        student = method.eval_model()
-        results["meta/student_arch"] = student.arch
-        if method.teacher is not None:
-            results["meta/teacher_arch"] = method.teacher.arch
-        # the trained networks are saved before the evaluations, which a failure must not cost
-        save_model(student, run_dir / "checkpoints" / "student.pt",
-                   meta={"test/acc": results["test/acc"], "dataset": cfg.dataset.name})
-        for name, peer in method.peer_models().items():
-            save_model(peer, run_dir / "checkpoints" / f"{name}.pt",
-                       meta={"test/acc": results[f"{name}/test/acc"],
-                             "dataset": cfg.dataset.name})
-        results.update(evaluations.run(student, data, run, results, method.teacher))
-        run.sink.results(results)
+        return finish_training(run, method, data, evaluations, results)
+
+
+def begin_training(run: Run, data: ImageData, evaluations: EvaluationSuite,
+                   teacher: ResolvedTeacher | None = None) -> tuple[Method, dict[str, Any]]:
+    """A training run up to its first step: the method built (with `teacher` when given) and
+    checked against the data and the evaluations, and its results so far (provenance,
+    teacher, method settings)."""
+    cfg = run.cfg
+    results = run_info(run)
+    METHODS.get(cfg.method.name).check_data(method_settings(cfg.method), data)
+    method, teacher_provenance = build_run_method(run, data, teacher)
+    results.update(teacher_provenance)
+    results.update(recorded_settings(method))
+    evaluations.check_model(method.eval_model(), method.teacher)  # before training
+    return method, results
+
+
+def finish_training(run: Run, method: Method, data: ImageData, evaluations: EvaluationSuite,
+                    results: dict[str, Any]) -> dict[str, Any]:
+    """A trained run's networks saved, then evaluated; the results written to its sinks."""
+    cfg, run_dir = run.cfg, run.dir
+    student = method.eval_model()
+    results["meta/student_arch"] = student.arch
+    if method.teacher is not None:
+        results["meta/teacher_arch"] = method.teacher.arch
+    # the trained networks are saved before the evaluations, which a failure must not cost
+    save_model(student, run_dir / "checkpoints" / "student.pt",
+               meta={"test/acc": results["test/acc"], "dataset": cfg.dataset.name})
+    for name, peer in method.peer_models().items():
+        save_model(peer, run_dir / "checkpoints" / f"{name}.pt",
+                   meta={"test/acc": results[f"{name}/test/acc"],
+                         "dataset": cfg.dataset.name})
+    results.update(evaluations.run(student, data, run, results, method.teacher))
+    run.sink.results(results)
     return results
+
+
+@dataclass
+class PackedJob:
+    """A job of a sweep trained in a pack: its config, where its run goes, and how the log
+    tells it from the pack's other members (what it sets apart from them)."""
+    cfg: DictConfig
+    run_dir: Path
+    sweep_group: str | None = None
+    run_name: str | None = None
+    label: str = ""
+
+
+@dataclass
+class _Member:
+    """A pack's job once its run has started and its method is built."""
+    index: int  # in the pack
+    run: Run
+    evaluations: EvaluationSuite
+    method: Method
+    results: dict[str, Any]
+    random: RandomStream  # where its random stream stood once its method was built
+
+
+def train_pack(jobs: list[PackedJob], pack_id: str) -> list[dict[str, Any] | Exception]:
+    """Jobs that share their data set, teacher, student architecture and recipe
+    (launchers/packed.py groups them) trained together: the data read and each batch drawn
+    and augmented once, the teacher resolved once and run once per batch, each student
+    stepped in turn. Each member is still its own run: its run directory, config, sinks,
+    checkpoints, evaluations and results, with `meta/packed` (the pack's size) and
+    `meta/pack_id`, and its own random stream seeded as its lone run's, so in fp32 on a CPU
+    it computes what it would alone. Returns each job's results, or the exception that
+    stopped it while the others went on (Ctrl-C stops them all)."""
+    outcomes: list[dict[str, Any] | Exception | None] = [None] * len(jobs)
+    members: list[_Member] = []
+    with contextlib.ExitStack() as stack:
+        data = teacher = None
+        for i, job in enumerate(jobs):
+            try:
+                run, data, evaluations = stack.enter_context(
+                    start_run(job.cfg, job.run_dir, job.sweep_group, job.run_name, data))
+                if teacher is None and METHODS.get(run.cfg.method.name).needs_teacher:
+                    teacher = resolve_teacher(run, data)
+                method, results = begin_training(run, data, evaluations, teacher)
+            except Exception as error:  # this job stops here; the others go on
+                outcomes[i] = error
+                continue
+            results.update({"meta/packed": len(jobs), "meta/pack_id": pack_id})
+            members.append(_Member(i, run, evaluations, method, results,
+                                   RandomStream(run.device)))
+        if members:
+            _train_members(members, data, [job.label for job in jobs], outcomes)
+    return outcomes
+
+
+def _train_members(members: list[_Member], data: ImageData, labels: list[str],
+                   outcomes: list) -> None:
+    """The pack's one stage, trained together; then each member's saving and evaluation."""
+    lead = members[0].run
+    stage = next(members[0].method.stages(data, lead.cfg.epochs, lead))
+    for member in members[1:]:  # each method's own preparation for its stage (DKD's ramp)
+        next(member.method.stages(data, member.run.cfg.epochs, member.run))
+    recipe = Recipe(stage.epochs, lead.cfg.trainer.batch_size, lead.cfg.optim, lead.cfg.sched,
+                    stage.mix, stage.schedule)
+    trainers = [Trainer(m.run, label=f"[{labels[m.index] or m.index}] ") for m in members]
+    trained = fit_together(trainers, [m.method for m in members], stage.data, recipe,
+                           stage.augment, randoms=[m.random for m in members])
+    for member, outcome in zip(members, trained):
+        if not isinstance(outcome, Exception):
+            try:
+                outcome = finish_training(member.run, member.method, data, member.evaluations,
+                                          {**member.results, **outcome})
+            except Exception as error:
+                outcome = error
+        outcomes[member.index] = outcome
 
 
 def recorded_settings(method: Method) -> dict[str, Any]:

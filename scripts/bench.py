@@ -14,6 +14,9 @@ Overrides are kdrun's own (the same config tree); `bench.*` keys belong to this 
     bench.workers=2     DataLoader workers of the reference loop
     bench.eval_images=0 also time each configured evaluation (eval=PRESET) on this many test
                         images, all attacked and corrupted (0: skip)
+    bench.pack=1        also time a pack of this many jobs (hydra/launcher=packed): N students
+                        sharing the batches and the teacher's forward, in student images per
+                        second, against the lone job's rate (N jobs one after another)
     bench.synthesis=0   time a data-free method's synthesis instead of training: this many
                         Adam iterations on one batch of synthesis.batch_size images, eagerly and
                         (with bench.graph) captured as a CUDA graph, after an untimed batch
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 import json
 import os
 import sys
@@ -51,23 +55,24 @@ from kdrun.errors import KdrunError
 from kdrun.evaluation import EvaluationSuite, complete_eval_config
 from kdrun.evaluation.base import Subject
 from kdrun.methods import METHODS, Networks, build_method
-from kdrun.methods.base import Schedule
+from kdrun.methods.base import Schedule, share_teacher_outputs
 from kdrun.methods.deepinversion import DeepInversion
 from kdrun.methods.inversion import Synthesizer, balanced_labels
 from kdrun.methods.losses import distillation_kl
 from kdrun.models import build_model, build_network
 from kdrun.models.prepare import prepare
-from kdrun.runtime.device import synchronize
+from kdrun.runtime.device import RandomStream, synchronize
 from kdrun.runtime.graphs import WARMUP_STEPS
 from kdrun.runtime.run import Run
 from kdrun.runtime.run_directory import claimed
 from kdrun.sinks.base import Sink
 from kdrun.training.optimizers import Optimizers
-from kdrun.training.step import EpochSums, Stepper
+from kdrun.training.step import EpochSums, Learner, Stepper
 from kdrun.validate import validate
 
 BENCH_DEFAULTS = {"steps": 20, "warmup": 5, "compile": "auto", "graph": "auto",
-                  "reference": True, "workers": 2, "eval_images": 0, "synthesis": 0}
+                  "reference": True, "workers": 2, "eval_images": 0, "synthesis": 0,
+                  "pack": 1}
 
 
 def default_run_dir() -> Path:
@@ -137,24 +142,43 @@ def kdrun_throughput(run: Run, data, bench: dict, compiled: bool,
     """kdrun's own training step in the method's first stage (Noisy Student's noised round 0;
     a data-free method synthesises its pool first): device-resident batches, bf16 autocast,
     channels_last; on CUDA optionally compiled and/or captured as a CUDA graph (the warm-up
-    steps cover the capture)."""
+    steps cover the capture). With bench.pack=N > 1: N students sharing the teacher and the
+    batches, stepped as a pack steps them (each with its own random stream when eager), in
+    student images per second."""
     cfg, run = run.cfg, run.replace(compile=compiled, cuda_graph=graph)
-    method = build_method(cfg.method, networks(cfg))
-    prepare(method, run)
-    stage = next(method.stages(data, cfg.epochs, run))
+    pack = bench["pack"]
+    first = networks(cfg)
+    methods = [build_method(cfg.method, first if i == 0 else dataclasses.replace(
+        first, student=first.make_model(cfg.student.arch))) for i in range(pack)]
+    share_teacher_outputs(methods)
+    stages = [next(prepare(method, run).stages(data, cfg.epochs, run)) for method in methods]
+    stage = stages[0]
     loader = make_loader(stage.data.train, cfg.trainer.batch_size, run, train=True,
-                         augment=stage.augment, mix=stage.mix, with_indices=method.needs_indices)
-    optimizers = Optimizers(method, cfg.optim, cfg.sched,
-                            Schedule(len(loader) * cfg.epochs, len(loader)))
-    method.train()
-    step = Stepper(method, optimizers, run, EpochSums(run.device), capture=graph)
+                         augment=stage.augment, mix=stage.mix,
+                         with_indices=methods[0].needs_indices)
+    learners = []
+    for method in methods:
+        optimizers = Optimizers(method, cfg.optim, cfg.sched,
+                                Schedule(len(loader) * cfg.epochs, len(loader)))
+        random = RandomStream(run.device) if pack > 1 and not graph else None
+        learners.append(Learner(method.train(), optimizers, EpochSums(run.device), random))
+    step = Stepper(learners, run, capture=graph)
+    if run.device.type == "cuda":  # the peak of this variant alone
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(run.device)
     rate = timed(step, batches(loader), max(bench["warmup"], WARMUP_STEPS + 2) if graph
                  else bench["warmup"], bench["steps"], cfg.trainer.batch_size, run.device)
+    if run.device.type == "cuda":
+        PEAK_MEMORY[(pack, compiled, graph)] = torch.cuda.max_memory_allocated(run.device)
     if graph and not step.captured:
         print(f"{cfg.method.name}'s step was not captured as a CUDA graph (the log says why): "
               f"its graph row is left out")
         return None
-    return rate
+    return rate * pack
+
+
+PEAK_MEMORY: dict[tuple[int, bool, bool], int] = {}  # CUDA bytes, by (pack, compiled, graph)
 
 
 def synthesis_throughput(run: Run, iterations: int, compiled: bool,
@@ -286,6 +310,9 @@ def main(args: list[str]) -> dict:
     with initialize_config_module("kdrun.conf", version_base="1.3"):
         cfg = compose("config", overrides=["logger=none", *overrides])
     validate(cfg)
+    if bench["pack"] < 1:
+        raise KdrunError(f"bench.pack={bench['pack']} is not allowed: it is the number of jobs "
+                         f"timed as one pack, >= 1 (1: the lone job only)")
     if bench["synthesis"] and not issubclass(METHODS.get(cfg.method.name), DeepInversion):
         raise KdrunError(f"bench.synthesis times a data-free method's synthesis, and "
                          f"method={cfg.method.name} has none: use method=deepinversion, "
@@ -310,8 +337,12 @@ def measure(cfg, bench: dict, run_dir: Path) -> dict:
                         compile_too, graph_too)
         unit, baseline = "img_iter_s", "ours"  # captured against eager
     else:
-        rows = variants(functools.partial(kdrun_throughput, run, data, bench), compile_too,
-                        graph_too)
+        rows = variants(functools.partial(kdrun_throughput, run, data, {**bench, "pack": 1}),
+                        compile_too, graph_too)
+        if bench["pack"] > 1:
+            packed = variants(functools.partial(kdrun_throughput, run, data, bench),
+                              compile_too, graph_too)
+            rows.update({f"{name}_pack{bench['pack']}": value for name, value in packed.items()})
         if bench["reference"]:
             rows["ref"] = reference_throughput(cfg, device, bench)
         unit, baseline = "img_s", "ref"
@@ -320,6 +351,8 @@ def measure(cfg, bench: dict, run_dir: Path) -> dict:
         result.update({"ratio" if name == "ours" else f"ratio_{name.removeprefix('ours_')}":
                        value / rows[baseline] for name, value in rows.items()
                        if name != baseline})
+    if bench["pack"] > 1 and not bench["synthesis"]:
+        result.update(pack_figures(rows, bench["pack"]))
     if bench["eval_images"]:
         result.update(evaluation_times(run, data, bench))
     result.update({
@@ -333,11 +366,31 @@ def measure(cfg, bench: dict, run_dir: Path) -> dict:
                        "synthesis_iterations": bench["synthesis"]})
     else:
         result.update({"batch_size": cfg.trainer.batch_size, "steps": bench["steps"],
-                       "warmup": bench["warmup"]})
+                       "warmup": bench["warmup"], "pack": bench["pack"]})
     (run_dir / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
     print(table(result, rows, baseline))
     print(f"results: {run_dir.absolute() / 'bench.json'}")
     return result
+
+
+def pack_figures(rows: dict[str, float], pack: int) -> dict[str, float]:
+    """Each packed variant's student images per second against its lone job's (N jobs one
+    after another train at the lone rate), and on CUDA the peak memory of each and what each
+    member beyond the first adds."""
+    figures = {}
+    for name, value in rows.items():
+        if name.endswith(f"_pack{pack}"):
+            lone = name.removesuffix(f"_pack{pack}")
+            figures[f"pack_speedup{lone.removeprefix('ours')}"] = value / rows[lone]
+    for (size, compiled, graph), peak in PEAK_MEMORY.items():
+        variant = "_compiled" * compiled + "_graph" * graph
+        figures[f"memory_mib{variant}_{'pack' if size > 1 else 'lone'}"] = peak / 2**20
+    for (size, compiled, graph), peak in PEAK_MEMORY.items():
+        if size > 1 and (1, compiled, graph) in PEAK_MEMORY:
+            variant = "_compiled" * compiled + "_graph" * graph
+            figures[f"memory_mib{variant}_per_extra_member"] = (
+                peak - PEAK_MEMORY[(1, compiled, graph)]) / (size - 1) / 2**20
+    return figures
 
 
 def table(result: dict, rows: dict[str, float], baseline: str) -> str:
@@ -356,6 +409,11 @@ def table(result: dict, rows: dict[str, float], baseline: str) -> str:
         lines.append(f"| {name} | {value:.0f} | {ratio} |")
     timed = {k.removeprefix("eval_").removesuffix("_s"): v for k, v in result.items()
              if k.startswith("eval_") and k.endswith("_s")}
+    speedups = {k.removeprefix("pack_speedup").lstrip("_") or "eager": v
+                for k, v in result.items() if k.startswith("pack_speedup")}
+    if speedups:
+        lines.append(f"pack of {result['pack']}, student img/s against its jobs one after "
+                     "another: " + ", ".join(f"{k} {v:.2f}x" for k, v in speedups.items()))
     if timed:
         lines.append(f"evaluations on {result['eval_images']} test images: " + ", ".join(
             f"{name} {seconds:.1f} s" for name, seconds in timed.items()))

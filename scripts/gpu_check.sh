@@ -5,7 +5,10 @@
 # Noisy Student, DML and AFD graph vs eager, the feature baselines FitNet, AT, CRD and ReviewKD
 # (eager, compiled, graph; parts bench_<method>), every method's quickstart on CUDA, DeepInversion's
 # synthesis (graph vs eager), captured vs eager test accuracy at 20 epochs (two seeds), and
-# joblib sweeps of 2 and 4 jobs on the one GPU. Not all of it fits one call: the parts named
+# joblib sweeps of 2 and 4 jobs on the one GPU, and packed sweeps (hydra/launcher=packed: a
+# pack of 8 students on one teacher, bench_pack8 against the lone job eager and captured with
+# memory per member, and sweep_packed, a real sweep of 8 jobs in one pack). Not all of it fits
+# one call: the parts named
 # below took, on an H200 on 2026-11-26, tests 35 s, teacher 89 s, kd_200 270 s, accuracy
 # 145 s, bench_cpu 28 s, sweep_n2 41 s, sweep_n4 49 s, synthesis 30 s, bench_afd_disc_every2
 # 19 s. Two calls on one warm machine measure what the default call leaves out; the machine
@@ -47,6 +50,8 @@ FULL_EPOCHS=200   # of the last part's KD run
 QUICK=(experiment=quickstart logger=none eval=clean trainer.compile=false epochs=3
        teacher.epochs=5)
 SWEEP_EPOCHS=5    # of each sweep job (epochs 2..5 are timed together)
+PACK=8            # students in the packed bench and sweep
+PACK_ALPHAS=0.1,0.3,0.5,0.7   # the packed sweep: these x T=2,4
 SYNTH_BATCH=256
 CPU_STEPS=20      # of the CPU bench
 SYNTH_ITERATIONS=200
@@ -65,6 +70,8 @@ if [ "${GPU_CHECK_TINY:-}" ]; then
   QUICK+=(epochs=1 teacher.epochs=1 trainer.device=cpu synthesis.pool_size=16
           synthesis.iterations=2 dataset.test_subset=64 trainer.max_steps=2)
   SWEEP_EPOCHS=2
+  PACK=2
+  PACK_ALPHAS=0.5
   SYNTH_BATCH=8
   CPU_STEPS=2
   SYNTH_ITERATIONS=2
@@ -121,6 +128,15 @@ fi
 
 part bench512 120 $PY scripts/bench.py "${KD[@]}" "${CIFAR[@]}" "${STEPS[@]}" \
   trainer.batch_size=512 bench.compile=false hydra.run.dir="$OUT/bench/bench512"
+
+# a pack of PACK KD students sharing the batches and one teacher forward, against the lone job
+# (eager, compiled and captured as a run has them), with the peak memory of each; then a real
+# packed sweep of PACK jobs (the teacher cached above)
+part bench_pack8 300 $PY scripts/bench.py "${KD[@]}" "${CIFAR[@]}" "${STEPS[@]}" \
+  bench.pack=$PACK bench.reference=false hydra.run.dir="$OUT/bench/bench_pack8"
+part sweep_packed 240 $PY -m kdrun -m hydra/launcher=packed hydra.launcher.pack=$PACK \
+  "${KD[@]}" "${CIFAR[@]}" teacher.epochs=1 epochs=$SWEEP_EPOCHS eval=clean \
+  "alpha=$PACK_ALPHAS" T=2,4 hydra.sweep.dir="$OUT/runs/sweep_packed"
 
 # the same bench on the machine's CPU (bf16 where it has AVX-512 BF16 or AMX): the CPU must keep
 # its lead over the reference (summary.json says which bf16 instructions the CPU has)
@@ -268,6 +284,20 @@ for n in (2, 4):
     jobs = sorted(p.parent for p in (out / "runs" / f"sweep_n{n}").glob("*/results.json"))
     if jobs:
         summary[f"sweep_n{n}"] = together(jobs)
+# a packed sweep: each member's train/img_s is its images over the pack's training time, so a
+# pack's student images per second are their sum
+packed = [json.loads(p.read_text())
+          for p in sorted((out / "runs" / "sweep_packed").glob("*/results.json"))]
+if packed:
+    packs = {}
+    for r in packed:
+        packs.setdefault(r.get("meta/pack_id", "alone"), []).append(r)
+    summary["sweep_packed"] = {
+        "jobs": len(packed), "img_s_each": [r.get("train/img_s") for r in packed],
+        "captured": [r.get("train/captured") for r in packed],
+        "test_acc": [r.get("test/acc") for r in packed],
+        "img_s_per_pack": {pack: sum(r.get("train/img_s", 0) for r in members)
+                           for pack, members in packs.items()}}
 # one job alone: the 200-epoch run, measured the same way
 if (out / "runs" / "kd_200" / "results.json").exists():
     summary["sweep_n1"] = together([out / "runs" / "kd_200"])

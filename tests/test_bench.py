@@ -56,7 +56,7 @@ def test_bench_refuses_an_unknown_setting_in_one_line(tmp_path, cli_env):
     assert proc.stderr.strip().splitlines() == [
         "error: bench.stpes is not a benchmark setting: use one of bench.steps, bench.warmup, "
         "bench.compile, bench.graph, bench.reference, bench.workers, bench.eval_images, "
-        "bench.synthesis"]
+        "bench.synthesis, bench.pack"]
 
 
 def test_bench_times_a_data_free_methods_synthesis_and_refuses_other_methods(tmp_path, cli_env):
@@ -74,3 +74,23 @@ def test_bench_times_a_data_free_methods_synthesis_and_refuses_other_methods(tmp
     assert proc.stderr.strip().splitlines() == [
         "error: bench.synthesis times a data-free method's synthesis, and method=kd has none: "
         "use method=deepinversion, adaptive_deepinversion or deepdream"]
+
+
+def test_bench_times_a_pack_beside_its_lone_job(tmp_path, cli_env):
+    write_image_folder(tmp_path / "data" / "train", CLASSES, 4)
+    write_image_folder(tmp_path / "data" / "test", CLASSES, 1)
+    common = ["method=soft_randomization", "teacher=resnet8", "student=resnet8",
+              "dataset=cifar10", f"dataset.root={tmp_path / 'data'}", "trainer.batch_size=8",
+              "trainer.device=cpu", "bench.steps=2", "bench.warmup=1", "bench.reference=false"]
+    proc = bench(*common, "bench.pack=3", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path,
+                 env=cli_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "run" / "bench.json").read_text())
+    assert result["pack"] == 3 and result["ours_pack3_img_s"] > 0
+    assert result["pack_speedup"] == pytest.approx(result["ours_pack3_img_s"]
+                                                   / result["ours_img_s"])
+    assert "| ours_pack3 |" in proc.stdout and "pack of 3, student img/s" in proc.stdout
+    refused = bench(*common, "bench.pack=0", cwd=tmp_path, env=cli_env)
+    assert refused.returncode == 1 and refused.stderr.strip() == (
+        "error: bench.pack=0 is not allowed: it is the number of jobs timed as one pack, >= 1 "
+        "(1: the lone job only)")

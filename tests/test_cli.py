@@ -179,7 +179,8 @@ def test_an_installed_wheel_finds_its_config_tree(tmp_path, cli_env):
     [wheel] = tmp_path.glob("kdrun-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for path in ("kdrun/conf/__init__.py", "kdrun/conf/config.yaml", "kdrun/conf/method/kd.yaml",
-                 "kdrun/conf/dataset/digits.yaml", "kdrun/conf/experiment/quickstart.yaml"):
+                 "kdrun/conf/dataset/digits.yaml", "kdrun/conf/experiment/quickstart.yaml",
+                 "hydra_plugins/kdrun_launchers/packed.py"):
         assert path in names, path
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
@@ -192,6 +193,13 @@ def test_an_installed_wheel_finds_its_config_tree(tmp_path, cli_env):
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith(str(site)) and "name: soft_randomization" in proc.stdout
+    # Hydra's own plugin scan finds the installed packed launcher, with no help from kdrun
+    found = subprocess.run([sys.executable, "-c", "from hydra.core.plugins import Plugins; "
+                            "from hydra.plugins.launcher import Launcher; import sys; print(["
+                            "sys.modules[c.__module__].__file__ for c in Plugins.instance()"
+                            ".discover(Launcher) if c.__name__ == 'PackedLauncher'])"],
+                           env=cli_env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert found.stdout.strip() == str([str(site / "hydra_plugins/kdrun_launchers/packed.py")])
 
 
 def test_the_summary_names_the_settings_and_every_round(tmp_path):

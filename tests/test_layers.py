@@ -23,6 +23,7 @@ LAYERS = [
     {"sweep"},
     {"jobs"},
     {"cli"},
+    {"launchers"},
     {"__main__"},
 ]
 

@@ -11,11 +11,11 @@ import torch
 from omegaconf import OmegaConf
 
 from kdrun.jobs import train
-from kdrun.methods.base import Schedule
+from kdrun.methods.base import Schedule, share_teacher_outputs
 from kdrun.models.prepare import prepare
 from kdrun.training.optimizers import Optimizers
 from kdrun.training.schedule import lr_factor
-from kdrun.training.step import EpochSums, Stepper, why_not_captured
+from kdrun.training.step import EpochSums, Learner, Stepper, why_not_captured
 
 from conftest import compose_config, cuda_only, make_run
 from test_methods import make_method, make_optimizers
@@ -106,13 +106,14 @@ def test_methods_that_cannot_be_captured_say_why():
 
 def test_each_form_of_a_step_gets_its_own_replay_and_host_counters_move_every_step():
     method = make_method("afd", disc_every=3).train()
-    step = Stepper(method, make_optimizers(method), make_run(), EpochSums(torch.device("cpu")),
-                   capture=False)
-    updated = ["loss/disc" in step(*batch(i)) for i in range(7)]
+    sums = EpochSums(torch.device("cpu"))
+    step = Stepper([Learner(method, make_optimizers(method), sums)], make_run(), capture=False)
+    updated = ["loss/disc" in step(*batch(i))[0] for i in range(7)]
     assert updated == [True, False, False, True, False, False, True]
     assert method.steps == 7  # counted on the host, so also under replays (and checkpointed)
-    assert set(step.replays) == {None, "with the discriminators' update"}
-    assert step.sums.counts["loss/disc"] == 3 * 8 and step.sums.counts["loss"] == 7 * 8
+    assert {variants for _, variants in step.replays} == {
+        (None,), ("with the discriminators' update",)}
+    assert sums.counts["loss/disc"] == 3 * 8 and sums.counts["loss"] == 7 * 8
 
 
 def test_noisy_students_noised_rounds_are_captured_only_with_device_noise():
@@ -181,11 +182,26 @@ def cuda_run(*overrides):
 ADAMW = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3, "weight_decay": 0.05}
 
 
-def stepper(method, run, capture: bool, optim=SGD) -> Stepper:
+class OneRun:
+    """A Stepper of one learner, called as a lone run's step."""
+
+    def __init__(self, method, optimizers: Optimizers, run, capture: bool):
+        self.method, self.optimizers, self.sums = method, optimizers, EpochSums(run.device)
+        self.stepper = Stepper([Learner(method, optimizers, self.sums)], run, capture)
+        self.replays = self.stepper.replays
+
+    @property
+    def captured(self) -> bool:
+        return self.stepper.captured
+
+    def __call__(self, images, labels):
+        return self.stepper(images, labels)[0]
+
+
+def stepper(method, run, capture: bool, optim=SGD) -> OneRun:
     prepare(method, run)
     method.train()
-    opt = cosine_optimizers(method, optim)
-    return Stepper(method, opt, run, EpochSums(run.device), capture)
+    return OneRun(method, cosine_optimizers(method, optim), run, capture)
 
 
 @cuda_only
@@ -255,3 +271,38 @@ def test_a_seeded_graph_run_repeats(tmp_path):
 def test_a_cpu_run_records_that_its_step_ran_eagerly(tmp_path):
     results = train(compose_config("method=kd"), tmp_path)
     assert results["meta/cuda_graph"] is False and results["train/captured"] is False
+
+
+def pack_stepper(run, capture: bool, alphas=(0.5, 0.9)) -> Stepper:
+    """A pack of KD students on one teacher, stepped as a packed sweep steps them."""
+    methods = [make_method("kd", alpha=alpha) for alpha in alphas]
+    for method in methods[1:]:
+        method.teacher = methods[0].teacher
+    share_teacher_outputs(methods)
+    for method in methods:
+        prepare(method, run).train()
+    return Stepper([Learner(m, cosine_optimizers(m), EpochSums(run.device)) for m in methods],
+                   run, capture)
+
+
+def test_a_pack_runs_its_teacher_once_per_batch_for_all_its_members():
+    step = pack_stepper(make_run(), capture=False, alphas=(0.1, 0.5, 0.9))
+    forwards = []
+    step.learners[0].method.teacher.register_forward_hook(lambda *_: forwards.append(1))
+    for i in range(2):
+        outs = step(*batch(i))
+        assert len({out["loss"].item() for out in outs}) == 3  # three students, three losses
+    assert len(forwards) == 2
+
+
+@cuda_only
+def test_a_captured_pack_steps_each_member_as_the_eager_pack_does():
+    """One graph holds the teacher's forward once and every member's step."""
+    run = cuda_run()
+    eager, graph = pack_stepper(run, False), pack_stepper(run, True)
+    for step in range(7):
+        images, labels = batch(step, "cuda")
+        losses = [[out["loss"].item() for out in s(images, labels)] for s in (eager, graph)]
+        assert losses[1] == pytest.approx(losses[0], rel=1e-4, abs=1e-5), step
+    assert graph.captured and not eager.captured
+    assert len(graph.replays) == 1  # the pack's step: one graph for both members

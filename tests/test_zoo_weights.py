@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_cli import kdrun
 from zoo_sources import randomised, source_network
 
 from kdrun.errors import ConfigError
@@ -35,6 +34,7 @@ from kdrun.weights.convert import LAYOUTS, ConversionError, convert
 from kdrun.weights.download import PART_SUFFIX, download
 
 from conftest import TINY, compose_config, read_results
+from test_cli import kdrun
 
 X = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 

@@ -81,6 +81,32 @@ class Stage:
     later_epochs: int = 0
 
 
+class SharedTeacherOutputs:
+    """One teacher forward per batch for the members of a pack, which share their teacher and
+    their batches: the first member to ask for a batch's logits computes them, the others get
+    the same tensor. Known by the batch tensor itself (the trainer hands every member the
+    same one), held until the next batch replaces it; inside a captured CUDA graph the forward
+    is recorded once and every member reads its output."""
+
+    def __init__(self):
+        self.images: torch.Tensor | None = None
+        self.logits: torch.Tensor | None = None
+
+    def __call__(self, teacher: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        if images is not self.images:
+            self.images, self.logits = images, teacher(images)
+        return self.logits
+
+
+def share_teacher_outputs(methods: list[Method]) -> None:
+    """The members of a pack (methods sharing one teacher and one batch stream) run the teacher
+    once per batch between them."""
+    if len(methods) > 1:
+        shared = SharedTeacherOutputs()
+        for method in methods:
+            method.shared_teacher = shared
+
+
 def freeze(model: nn.Module) -> nn.Module:
     """The one place a teacher is frozen: no gradients, so no optimiser ever updates it."""
     for p in model.parameters():
@@ -99,6 +125,10 @@ class Method(nn.Module):
     # True: the method distorts its training batches itself (e.g. two views per image), so the
     # loader hands it un-augmented ones
     augments_batches: ClassVar[bool] = False
+    # True: jobs of this method can train in a pack (hydra/launcher=packed), several students
+    # on one data stream and one teacher forward: one student, one stage, a teacher (if any)
+    # that is deterministic and read through `teacher_logits` alone, no optimiser groups
+    packable: ClassVar[bool] = False
 
     def __init__(self, settings: MethodSettings, networks: Networks):
         super().__init__()
@@ -108,6 +138,7 @@ class Method(nn.Module):
         self.teacher = freeze(given) if given is not None else None
         self.teacher_output_shuffle = networks.teacher_output_shuffle
         self.image_size = networks.image_size
+        self.shared_teacher: SharedTeacherOutputs | None = None  # set by a pack's trainer
 
     @classmethod
     def check_data(cls, settings: MethodSettings, data: ImageData) -> None:
@@ -190,7 +221,9 @@ class Method(nn.Module):
         arithmetic - and autograd may save it for the backward pass. `teacher.output_shuffle`
         shuffles a share of its rows."""
         with torch.no_grad():
-            return shuffle_outputs(self.teacher(images), self.teacher_output_shuffle)
+            logits = (self.teacher(images) if self.shared_teacher is None
+                      else self.shared_teacher(self.teacher, images))
+            return shuffle_outputs(logits, self.teacher_output_shuffle)
 
     def teacher_embedding(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The teacher's logits (as `teacher_logits` gives them) and the pooled features its

@@ -54,6 +54,7 @@ def dist_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
 class DIST(Method):
     Settings = DISTSettings
     needs_teacher = True
+    packable = True
 
     def training_step(self, images, labels):
         s = self.settings

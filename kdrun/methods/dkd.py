@@ -61,6 +61,7 @@ def dkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
 class DKD(RampsUp, Method):
     Settings = DKDSettings
     needs_teacher = True
+    packable = True
 
     def __init__(self, settings: DKDSettings, networks):
         super().__init__(settings, networks)

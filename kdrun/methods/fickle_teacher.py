@@ -63,6 +63,7 @@ class FickleTeacher(KD):
     at the same rate, so the Monte Carlo dropout samples a network trained with it."""
 
     Settings = FickleTeacherSettings
+    packable = False  # its teacher samples dropout: each student needs its own draws
 
     @classmethod
     def teacher_settings(cls, settings: FickleTeacherSettings) -> dict[str, Any]:

@@ -47,6 +47,7 @@ class KD(Method):
 
     Settings = KDSettings
     needs_teacher = True
+    packable = True
 
     def training_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """The labels the cross-entropy term uses (label-noise methods override this)."""

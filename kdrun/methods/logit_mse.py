@@ -28,6 +28,7 @@ class LogitMSE(Method):
 
     Settings = LogitMSESettings
     needs_teacher = True
+    packable = True
 
     def training_step(self, images, labels):
         logits = self.student(self.student_input(images))

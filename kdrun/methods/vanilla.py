@@ -10,6 +10,8 @@ from kdrun.methods.base import Method
 class Vanilla(Method):
     """Cross-entropy on the labels; no teacher."""
 
+    packable = True
+
     def training_step(self, images, labels):
         logits = self.student(self.student_input(images))
         loss = F.cross_entropy(logits.float(), labels)

@@ -54,6 +54,41 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def random_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """torch's default generators as a run draws from them: the CPU's, and the device's."""
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_random_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+class RandomStream:
+    """A run's own stream of torch's default generators, for runs that share a process (the
+    members of a pack): `active()` puts it in place for the run's work and keeps where it got
+    to, so each run draws exactly what it would draw alone. Not inside a CUDA graph, whose
+    replays advance the one default CUDA generator."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.state = random_state(device)  # from where the process's streams are now
+
+    @contextlib.contextmanager
+    def active(self):
+        outside = random_state(self.device)
+        set_random_state(self.state, self.device)
+        try:
+            yield
+        finally:
+            self.state = random_state(self.device)
+            set_random_state(outside, self.device)
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -138,6 +138,7 @@ def open_wandb_sink(settings: Settings, start: Start) -> WandbSink | None:
                 group=settings.group or start.sweep_group, tags=list(settings.tags),
                 config=to_dict(cfg), dir=str(run_dir), name=start.run_name, id=run_id,
                 resume="allow" if resuming else None,
+                reinit="create_new",  # the members of a pack: runs open side by side
                 settings=wandb.Settings(console="off", silent=True, init_timeout=30))
 
         try:

@@ -8,10 +8,15 @@ device-tensor rates between replays (training/optimizers.py)."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from dataclasses import dataclass
+
 import torch
 
 from kdrun.methods import Method
 from kdrun.runtime import distributed
+from kdrun.runtime.device import RandomStream
 from kdrun.runtime.graphs import Replay
 from kdrun.runtime.run import Run
 from kdrun.training.optimizers import Optimizers
@@ -53,7 +58,7 @@ class EpochSums:
             if key not in NOT_LOGGED:
                 if key not in self.totals:
                     self.totals[key] = torch.zeros((), device=self.device)
-                    if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                    if capturing(self.device):
                         self.made_in_capture.add(key)
                 self.totals[key] += value.detach().float() * n
 
@@ -88,44 +93,87 @@ def why_not_captured(method: Method, optimizers: Optimizers, run: Run) -> str | 
     return method.uncapturable() or optimizers.uncapturable()
 
 
-class Stepper:
-    """Takes a fit's training steps and adds them to `sums`: eagerly, or - when `capture` -
-    replayed as one CUDA graph after a few eager steps (runtime/graphs.Replay; a batch of
-    another shape runs eagerly, and a step that fails to capture stays eager). A method whose
-    step takes several forms (`Method.step_variant`) gets a graph for each."""
+@dataclass
+class Learner:
+    """One run's share of a training step: its method, optimisers and epoch sums, and - when
+    several runs train in one process (a pack) and the step is not captured - its own random
+    stream, so it draws its noise as it would alone. `failure`: what its step raised; it
+    takes no further steps."""
+    method: Method
+    optimizers: Optimizers
+    sums: EpochSums
+    random: RandomStream | None = None
+    failure: Exception | None = None
 
-    def __init__(self, method: Method, optimizers: Optimizers, run: Run, sums: EpochSums,
-                 capture: bool):
-        self.method, self.optimizers, self.run, self.sums = method, optimizers, run, sums
-        self.capture = capture
-        self.replays: dict[str | None, Replay] = {}  # one per form of the step
-        if capture:
-            optimizers.make_capturable(run.device)
-        else:
-            optimizers.use_fused(run.device)
+
+class Stepper:
+    """Takes a fit's training steps for its learners (one run's, or a pack's) and adds them to
+    their sums: eagerly, or - when `capture` - replayed as one CUDA graph holding every
+    learner's step after a few eager steps (runtime/graphs.Replay; a batch of another shape
+    runs eagerly, and a step that fails to capture stays eager). Each form of the step
+    (`Method.step_variant`) and each set of learners gets a graph of its own. In a pack, a
+    learner whose eager step raises fails alone; a lone run's error propagates."""
+
+    def __init__(self, learners: list[Learner], run: Run, capture: bool):
+        self.learners, self.run, self.capture = learners, run, capture
+        self.replays: dict[tuple, Replay] = {}  # one per form of the step and set of learners
+        for learner in learners:
+            if capture:
+                learner.optimizers.make_capturable(run.device)
+            else:
+                learner.optimizers.use_fused(run.device)
 
     @property
     def captured(self) -> bool:
         return any(replay.captured for replay in self.replays.values())
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor,
-                 *indices: torch.Tensor) -> dict[str, torch.Tensor]:
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, *indices: torch.Tensor,
+                 active: list[Learner] | None = None) -> list[dict[str, torch.Tensor] | None]:
+        """One step on one batch of the `active` learners (default: those that have not
+        failed): their outputs, in their order (None for one that failed in it)."""
+        if active is None:
+            active = [learner for learner in self.learners if learner.failure is None]
         images = images.contiguous(memory_format=self.run.memory_format)
-        variant = self.method.step_variant()
-        if variant not in self.replays:
-            what = "the training step" + (f" {variant}" if variant else "")
-            self.replays[variant] = Replay(self.run.device, self.capture, what,
-                                           on_failure=self.sums.forget_captured)
-        out = self.replays[variant](self._step, images, labels, *indices)
-        self.sums.keep_captured()
-        self.method.step_taken()
-        self.optimizers.advance()
-        self.sums.count(out, len(labels))
-        return out
+        variants = tuple(learner.method.step_variant() for learner in active)
+        key = (tuple(self.learners.index(learner) for learner in active), variants)
+        if key not in self.replays:
+            named = [v for v in variants if v]
+            what = "the training step" + (f" {', '.join(named)}" if named else "")
 
-    def _step(self, images, labels, *indices) -> dict[str, torch.Tensor]:
+            def forget_captured():
+                for learner in active:
+                    learner.sums.forget_captured()
+            self.replays[key] = Replay(self.run.device, self.capture, what,
+                                       on_failure=forget_captured)
+        outs = self.replays[key](functools.partial(self._step, active), images, labels,
+                                 *indices)
+        for learner, out in zip(active, outs):
+            learner.sums.keep_captured()
+            if out is not None:
+                learner.method.step_taken()
+                learner.optimizers.advance()
+                learner.sums.count(out, len(labels))
+        return outs
+
+    def _step(self, active: list[Learner], images, labels, *indices):
         """The step's outputs, detached: holding them keeps no autograd graph alive (whose
         gradient nodes would pin the warm-up's stream)."""
-        out = train_step(self.method, self.optimizers, images, labels, self.run, *indices)
-        self.sums.add(out, labels)
-        return {key: value.detach() for key, value in out.items()}
+        outs = []
+        for learner in active:
+            try:
+                with learner.random.active() if learner.random else contextlib.nullcontext():
+                    out = train_step(learner.method, learner.optimizers, images, labels,
+                                     self.run, *indices)
+                    learner.sums.add(out, labels)
+            except Exception as error:
+                if len(self.learners) == 1 or capturing(self.run.device):
+                    raise
+                learner.failure = error
+                outs.append(None)
+                continue
+            outs.append({key: value.detach() for key, value in out.items()})
+        return outs
+
+
+def capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()

@@ -2,7 +2,9 @@
 returned 'loss' is minimised, scalar extras are logged. Metrics accumulate on the device and
 are read once per log interval, so the step has no host sync. Under torch.distributed each
 rank trains on its share of the global batch (see runtime/distributed.py); metrics are summed
-over ranks and only rank 0 writes."""
+over ranks and only rank 0 writes. One loop trains one run, or the members of a pack
+(hydra/launcher=packed): several runs on one data stream, each with its own networks,
+optimisers, random stream, metrics, checkpoints and failures."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import dataclasses
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,13 +24,13 @@ from kdrun.data import BatchMix, ImageData, make_loader
 from kdrun.errors import Interrupted, TrainingDiverged
 from kdrun.evaluation.accuracy import evaluate
 from kdrun.methods import Method
-from kdrun.methods.base import Schedule
+from kdrun.methods.base import Schedule, share_teacher_outputs
 from kdrun.models.prepare import prepare
 from kdrun.runtime import checkpoint, distributed
-from kdrun.runtime.device import synchronize
+from kdrun.runtime.device import RandomStream, random_state, set_random_state, synchronize
 from kdrun.runtime.run import Run
 from kdrun.training.optimizers import Optimizers
-from kdrun.training.step import EpochSums, Stepper, why_not_captured
+from kdrun.training.step import EpochSums, Learner, Stepper, why_not_captured
 
 log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "last.pt"
@@ -126,78 +128,66 @@ class Trainer:
         final metrics (test/*, teacher/test/* when the method has a teacher, train/*).
         `augment`: the loader applies the data set's crop and flip; `optimizers`: go on with
         these (and their schedule) instead of starting fresh ones from the recipe."""
-        run = self.run
-        train_loader = make_loader(data.train, recipe.batch_size, run, train=True,
-                                   augment=augment, shard=True, mix=recipe.mix,
-                                   with_indices=method.needs_indices)
-        test_loader = make_loader(data.test, self.cfg.eval_batch_size, run, train=False,
-                                  shard=True)
-        val_loader = None if data.val is None else make_loader(
-            data.val, self.cfg.eval_batch_size, run, train=False, shard=True)
+        [outcome] = fit_together([self], [method], data, recipe, augment, optimizers)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def _start(self, method: Method, recipe: Recipe, steps_per_epoch: int,
+               optimizers: Optimizers | None, random: RandomStream | None) -> _Member:
+        """The member this trainer's run is in a fit: its method on the device, its optimisers,
+        and its progress (from its checkpoint when resuming)."""
         if self.cfg.sync_bn:
             distributed.synchronise_batchnorm(method)
-        prepare(method, run)
+        prepare(method, self.run)
         distributed.copy_from_main(method)  # networks a stage built start equal on every rank
         if optimizers is None:
-            steps_per_epoch = len(train_loader)
             length = recipe.schedule or Schedule(steps_per_epoch * recipe.epochs, steps_per_epoch)
             optimizers = Optimizers(method, recipe.optim, recipe.sched, length)
         self.optimizers = optimizers
         checkpoint.remove_stale_temporaries(self.checkpoint_path.parent)
-        progress = _Progress()
+        learner = Learner(method, optimizers, EpochSums(self.run.device), random)
+        member = _Member(self, learner, _Progress())
         if self.resume:
-            progress = self._resume(method, optimizers, recipe.epochs)
-        stepper = self._stepper(method, optimizers)
+            member.progress = self._resume(member, recipe.epochs)
+        return member
 
-        last: dict[str, float] = {}
-        test_metrics: dict[str, float] = {}
-        max_steps = self.cfg.max_steps or math.inf
-        pace = Pace(time.perf_counter(), progress.epoch)
-        try:
-            while progress.epoch < recipe.epochs and progress.step < max_steps:
-                train_loader.set_epoch(progress.epoch)
-                start = time.perf_counter()
-                last, complete = self._train_epoch(method, train_loader, stepper, progress,
-                                                   recipe.epochs, max_steps)
-                synchronize(run.device)
-                distributed.average_buffers(method)
-                progress.seconds += time.perf_counter() - start
-                progress.images += last.pop("images")
-                progress.epoch += complete
-                finished = progress.epoch == recipe.epochs or progress.step >= max_steps
-                evaluated: dict[str, float] = {}  # only this epoch's evaluation is logged with it
-                if finished or (self.cfg.eval_every and progress.epoch % self.cfg.eval_every == 0):
-                    evaluated = self._evaluate(method, test_loader, val_loader,
-                                               with_teacher=finished)
-                    test_metrics = evaluated
-                    progress.record(evaluated)
-                run.sink.log({"epoch": progress.epoch, **last, **evaluated}, progress.step)
-                shown = f"{progress.epoch}/{recipe.epochs}" if complete else (
-                    f"{progress.epoch + 1}/{recipe.epochs} (stopped at trainer.max_steps)")
-                eta = ""
-                if complete and not finished:
-                    per_epoch = pace.per_epoch(time.perf_counter(), progress.epoch)
-                    left = per_epoch * (recipe.epochs - progress.epoch)
-                    eta = f"  eta {duration(left)}"
-                    if self.later_epochs:
-                        eta += f", run ~{duration(left + per_epoch * self.later_epochs)}"
-                log.info("%sepoch %s  loss %.4f  train acc %.2f  test acc %s%s", self.label, shown,
-                         last["train/loss"], last["train/acc"],
-                         f"{evaluated['test/acc']:.2f}" if evaluated else "-", eta)
-                if complete:  # a checkpoint always marks an epoch boundary, so resume is exact
-                    self._save(method, optimizers, progress)
-        except KeyboardInterrupt:
-            saved = (f"its last checkpoint is epoch {progress.epoch}" if progress.epoch
-                     else "no epoch had finished")
-            raise Interrupted(f"{self.label}training interrupted in epoch {progress.epoch + 1} "
-                              f"of {recipe.epochs} (step {progress.step}); {saved}") from None
-        if not test_metrics:  # resumed a run that had already finished
-            test_metrics = self._evaluate(method, test_loader, val_loader, with_teacher=True)
-            progress.record(test_metrics)
-        return {**test_metrics, **progress.results(), **last,
-                "train/img_s": progress.images / progress.seconds if progress.seconds else 0.0,
-                "train/time_s": progress.seconds, "train/steps": progress.step,
-                "train/captured": stepper.captured}
+    def _close_epoch(self, member: _Member, epoch_metrics: dict[str, float], complete: bool,
+                     seconds: float, recipe: Recipe, max_steps: float, loaders) -> None:
+        """The member's epoch (or its part up to trainer.max_steps) counted, evaluated when
+        due, and logged to its sink."""
+        method, progress = member.learner.method, member.progress
+        distributed.average_buffers(method)
+        progress.seconds += seconds
+        progress.images += epoch_metrics.pop("images")
+        progress.epoch += complete
+        member.last, member.complete = epoch_metrics, complete
+        finished = progress.epoch == recipe.epochs or progress.step >= max_steps
+        evaluated: dict[str, float] = {}  # only this epoch's evaluation is logged with it
+        if finished or (self.cfg.eval_every and progress.epoch % self.cfg.eval_every == 0):
+            evaluated = self._evaluate(method, *loaders, with_teacher=finished)
+            member.test_metrics = evaluated
+            progress.record(evaluated)
+        member.evaluated, member.finished = evaluated, finished
+        self.run.sink.log({"epoch": progress.epoch, **epoch_metrics, **evaluated}, progress.step)
+
+    def _report_epoch(self, member: _Member, epochs: int, per_epoch: float | None) -> None:
+        """The member's progress line (with its time left, at the fit's pace) and, at an epoch's
+        end, its checkpoint."""
+        progress, evaluated = member.progress, member.evaluated
+        shown = f"{progress.epoch}/{epochs}" if member.complete else (
+            f"{progress.epoch + 1}/{epochs} (stopped at trainer.max_steps)")
+        eta = ""
+        if member.complete and not member.finished and per_epoch is not None:
+            left = per_epoch * (epochs - progress.epoch)
+            eta = f"  eta {duration(left)}"
+            if self.later_epochs:
+                eta += f", run ~{duration(left + per_epoch * self.later_epochs)}"
+        log.info("%sepoch %s  loss %.4f  train acc %.2f  test acc %s%s", self.label, shown,
+                 member.last["train/loss"], member.last["train/acc"],
+                 f"{evaluated['test/acc']:.2f}" if evaluated else "-", eta)
+        if member.complete:  # a checkpoint always marks an epoch boundary, so resume is exact
+            self._save(member)
 
     def _evaluate(self, method: Method, loader, val_loader,
                   with_teacher: bool) -> dict[str, float]:
@@ -216,66 +206,40 @@ class Trainer:
             results.update({f"{name}/{key}": value for key, value in peer.items()})
         return results
 
-    def _stepper(self, method: Method, optimizers: Optimizers) -> Stepper:
-        """Captured as a CUDA graph where the run asks for it and the method allows it."""
-        capture = self.run.cuda_graph
-        if capture:
-            reason = why_not_captured(method, optimizers, self.run)
-            if reason:
-                log.info("%straining step not captured as a CUDA graph: %s; training eagerly",
-                         self.label, reason)
-                capture = False
-        return Stepper(method, optimizers, self.run, EpochSums(self.run.device), capture)
+    def _log_interval(self, member: _Member, out: dict[str, torch.Tensor],
+                      tally: _Tally) -> None:
+        """Every `log_every` steps: a divergence check, and a row of the batch's loss, the
+        learning rate and the images per second since the last row."""
+        sums, progress = member.learner.sums, member.progress
+        keys = list(sums.totals)
+        self._stop_if_diverged(dict(zip(keys, distributed.sum_across_ranks(
+            torch.stack([sums.totals[k] for k in keys])).tolist())), progress)
+        elapsed = time.perf_counter() - tally.interval_start
+        # the batch's loss: train/loss is the epoch's mean, in the epoch's row
+        row = {"train/lr": member.learner.optimizers.lr,
+               "train/batch_loss": out["loss"].item(),
+               "train/img_s_interval": tally.interval_images / elapsed}
+        self.run.sink.log(row, progress.step)
+        tally.shown = {"loss": f"{row['train/batch_loss']:.3f}",
+                       "acc": f"{100 * sums.correct.item() / sums.seen:.1f}",
+                       "img_s": f"{row['train/img_s_interval']:.0f}"}
+        tally.interval_start, tally.interval_images = time.perf_counter(), 0
 
-    def _train_epoch(self, method, loader, stepper: Stepper, progress: _Progress,
-                     epochs: int, max_steps: float) -> tuple[dict[str, float], bool]:
-        """One pass over the training batches, or up to `max_steps`; says if it completed."""
-        method.train()
-        epoch = progress.epoch
-        sums = stepper.sums
-        sums.reset()
-        device = self.run.device
-        batches, interval_start, interval_images = 0, time.perf_counter(), 0
-        world = distributed.world_size()
-        bar = tqdm(total=len(loader), desc=f"{self.label}epoch {epoch + 1}/{epochs}",
-                   disable=None if self.cfg.progress and distributed.is_main() else True,
-                   leave=False)
-        with logging_redirect_tqdm():
-            for batch in loader:
-                out = stepper(*batch)
-                progress.step += 1
-                interval_images += len(batch[0]) * world
-                batches += 1
-                bar.update()
-                if progress.step % self.cfg.log_every == 0:
-                    keys = list(sums.totals)
-                    self._stop_if_diverged(dict(zip(keys, distributed.sum_across_ranks(
-                        torch.stack([sums.totals[k] for k in keys])).tolist())), progress)
-                    elapsed = time.perf_counter() - interval_start
-                    # the batch's loss: train/loss is the epoch's mean, in the epoch's row
-                    row = {"train/lr": stepper.optimizers.lr,
-                           "train/batch_loss": out["loss"].item(),
-                           "train/img_s_interval": interval_images / elapsed}
-                    self.run.sink.log(row, progress.step)
-                    bar.set_postfix(loss=f"{row['train/batch_loss']:.3f}",
-                                    acc=f"{100 * sums.correct.item() / sums.seen:.1f}",
-                                    img_s=f"{row['train/img_s_interval']:.0f}")
-                    interval_start, interval_images = time.perf_counter(), 0
-                if progress.step >= max_steps:
-                    break
-        bar.close()
-        complete = batches == len(loader)
+    def _epoch_metrics(self, member: _Member) -> dict[str, float]:
+        """The epoch's mean of each loss term, its train accuracy and its image count, summed
+        over the ranks; a divergence check before the epoch's checkpoint."""
+        sums, device = member.learner.sums, self.run.device
         keys = list(sums.totals)  # the same on every rank: the method's step decides them
         totals = distributed.sum_across_ranks(torch.stack(
             [sums.totals[k] for k in keys]
             + [torch.tensor(float(sums.counts.get(k, 0)), device=device) for k in keys]
             + [sums.correct.float(), torch.tensor(float(sums.seen), device=device)])).tolist()
-        self._stop_if_diverged(dict(zip(keys, totals)), progress)  # before the epoch's checkpoint
+        self._stop_if_diverged(dict(zip(keys, totals)), member.progress)
         metrics = {f"train/{k}": totals[i] / totals[len(keys) + i] for i, k in enumerate(keys)
                    if totals[len(keys) + i]}
         metrics["train/acc"] = 100 * totals[-2] / totals[-1]
         metrics["images"] = int(totals[-1])
-        return metrics, complete
+        return metrics
 
     def _stop_if_diverged(self, sums: dict[str, float], progress: _Progress) -> None:
         """`sums`: each loss term summed over this epoch so far and over the ranks (so every
@@ -290,32 +254,211 @@ class Trainer:
                 f"{progress.step}: {', '.join(bad)}; {saved}. Lower the learning rate "
                 f"(optim.lr) or check the method's settings")
 
-    def _save(self, method, optimizers: Optimizers, progress: _Progress) -> None:
-        """Every rank's random state is kept (each draws its own noise), written by rank 0."""
-        rng = {"torch": torch.get_rng_state()}
-        if self.run.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.run.device)
+    def _save(self, member: _Member) -> None:
+        """Every rank's random state is kept (each draws its own noise), written by rank 0; a
+        pack's member keeps its own stream's."""
+        learner, progress = member.learner, member.progress
+        random = learner.random.state if learner.random else random_state(self.run.device)
         state = {"epoch": progress.epoch, "step": progress.step,
-                 "progress": dataclasses.asdict(progress), "method": method.state_dict(),
-                 "optimizers": optimizers.state_dict(), "rng": distributed.every_rank(rng),
-                 "record": self.run.sink.position()}
+                 "progress": dataclasses.asdict(progress), "method": learner.method.state_dict(),
+                 "optimizers": learner.optimizers.state_dict(),
+                 "rng": distributed.every_rank(random), "record": self.run.sink.position()}
         checkpoint.save_atomic(state, self.checkpoint_path)
 
-    def _resume(self, method, optimizers: Optimizers, epochs: int) -> _Progress:
+    def _resume(self, member: _Member, epochs: int) -> _Progress:
         path = self.checkpoint_path
         state = distributed.from_main(lambda: checkpoint.load(path) if path.is_file() else None)
         if state is None:
-            log.info("trainer.resume: no checkpoint at %s, starting from scratch", path)
+            log.info("%strainer.resume: no checkpoint at %s, starting from scratch",
+                     self.label, path)
             return _Progress()
-        method.load_state_dict(state["method"])
-        optimizers.load_state_dict(state["optimizers"])
-        rng = state["rng"][distributed.rank() % len(state["rng"])]  # N may have changed
-        torch.set_rng_state(rng["torch"].cpu())
-        if "cuda" in rng and self.run.device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"].cpu(), self.run.device)
+        learner = member.learner
+        learner.method.load_state_dict(state["method"])
+        learner.optimizers.load_state_dict(state["optimizers"])
+        random = state["rng"][distributed.rank() % len(state["rng"])]  # N may have changed
+        if learner.random:
+            learner.random.state = random
+        else:
+            set_random_state(random, self.run.device)
         if state["epoch"] < epochs:  # its rows after the checkpoint are logged again (those
             self.run.sink.rewind(state.get("record", {}))  # after a finished stage are not)
-        log.info("resumed from %s at epoch %d (step %d)", path, state["epoch"], state["step"])
+        log.info("%sresumed from %s at epoch %d (step %d)", self.label, path, state["epoch"],
+                 state["step"])
         if "progress" in state:
             return _Progress(**state["progress"])
         return _Progress(state["epoch"], state["step"], state["best_acc"])  # before val splits
+
+
+@dataclass
+class _Member:
+    """One run's part of a fit: its trainer, its share of each step, and how far it got."""
+    trainer: Trainer
+    learner: Learner
+    progress: _Progress
+    last: dict[str, float] = field(default_factory=dict)  # the latest epoch's training metrics
+    test_metrics: dict[str, float] = field(default_factory=dict)  # the latest evaluation's
+    evaluated: dict[str, float] = field(default_factory=dict)  # this epoch's evaluation
+    complete: bool = False  # its latest epoch ran to the end
+    finished: bool = False
+
+
+@dataclass
+class _Tally:
+    """A member's count within one epoch."""
+    batches: int = 0
+    interval_start: float = field(default_factory=time.perf_counter)
+    interval_images: int = 0
+    shown: dict[str, str] = field(default_factory=dict)  # the progress bar's figures
+
+
+def fit_together(trainers: list[Trainer], methods: list[Method], data: ImageData,
+                 recipe: Recipe, augment: bool = True, optimizers: Optimizers | None = None,
+                 randoms: list[RandomStream] | None = None) -> list[dict[str, float] | Exception]:
+    """Trains each method for its trainer's run on one stream of batches: one run (`Trainer.fit`)
+    or the members of a pack, which share the first run's loaders, device and seed and, when
+    they have one, their teacher's forward pass. Each member keeps its own optimisers (or
+    `optimizers`, for a lone run going on with them), checkpoints, evaluations, sink and -
+    given `randoms`, and where the step is not captured as a CUDA graph - its own random
+    stream. Members resumed at different epochs catch up in turn. Returns each member's final
+    metrics, or the exception that stopped it (divergence, its step's error) while the others
+    went on; Ctrl-C stops them all (Interrupted)."""
+    run, cfg = trainers[0].run, trainers[0].cfg
+    train_loader = make_loader(data.train, recipe.batch_size, run, train=True,
+                               augment=augment, shard=True, mix=recipe.mix,
+                               with_indices=any(m.needs_indices for m in methods))
+    test_loader = make_loader(data.test, cfg.eval_batch_size, run, train=False, shard=True)
+    val_loader = None if data.val is None else make_loader(
+        data.val, cfg.eval_batch_size, run, train=False, shard=True)
+    loaders = (test_loader, val_loader)
+    share_teacher_outputs(methods)
+    randoms = randoms or [None] * len(methods)
+    members = [trainer._start(method, recipe, len(train_loader), optimizers, random)
+               for trainer, method, random in zip(trainers, methods, randoms)]
+    capture = _captures(run, members, trainers[0].label)
+    if capture and randoms[0] is not None:  # replays draw from the one default CUDA generator
+        set_random_state(members[0].learner.random.state, run.device)
+        for member in members:
+            member.learner.random = None
+    stepper = Stepper([m.learner for m in members], run, capture)
+    max_steps = cfg.max_steps or math.inf
+
+    def due(member: _Member) -> bool:
+        return (member.learner.failure is None and member.progress.epoch < recipe.epochs
+                and member.progress.step < max_steps)
+
+    pace = Pace(time.perf_counter(), min(m.progress.epoch for m in members))
+    try:
+        while stepping := _next_epoch([m for m in members if due(m)]):
+            epoch = stepping[0].progress.epoch
+            train_loader.set_epoch(epoch)
+            start = time.perf_counter()
+            tallies = _train_epoch(stepping, train_loader, stepper, recipe.epochs, max_steps)
+            synchronize(run.device)
+            seconds = time.perf_counter() - start
+            closed = []
+            for member in stepping:
+                trainer = member.trainer
+                try:
+                    if member.learner.failure is None:
+                        metrics = trainer._epoch_metrics(member)
+                        trainer._close_epoch(member, metrics,
+                                             tallies[id(member)].batches == len(train_loader),
+                                             seconds, recipe, max_steps, loaders)
+                        closed.append(member)
+                except Exception as error:  # diverged, or its evaluation failed: it stops alone
+                    if len(members) == 1:
+                        raise
+                    member.learner.failure = error
+            per_epoch = None
+            if any(m.complete and not m.finished for m in closed):
+                per_epoch = pace.per_epoch(time.perf_counter(), epoch + 1)
+            for member in closed:
+                member.trainer._report_epoch(member, recipe.epochs, per_epoch)
+    except KeyboardInterrupt:
+        member = next((m for m in members if due(m)), members[0])
+        progress, label = member.progress, member.trainer.label
+        saved = (f"its last checkpoint is epoch {progress.epoch}" if progress.epoch
+                 else "no epoch had finished")
+        raise Interrupted(f"{label}training interrupted in epoch {progress.epoch + 1} "
+                          f"of {recipe.epochs} (step {progress.step}); {saved}") from None
+    return [_outcome(member, loaders, stepper.captured) for member in members]
+
+
+def _next_epoch(due: list[_Member]) -> list[_Member]:
+    """The members that train in the next pass: those furthest behind (after a resume the
+    others wait for them at their epoch)."""
+    if not due:
+        return []
+    epoch = min(m.progress.epoch for m in due)
+    return [m for m in due if m.progress.epoch == epoch]
+
+
+def _captures(run: Run, members: list[_Member], label: str) -> bool:
+    """Whether the fit's step is captured as a CUDA graph: where the run asks for it and every
+    member's method and optimisers allow it."""
+    if not run.cuda_graph:
+        return False
+    for member in members:
+        reason = why_not_captured(member.learner.method, member.learner.optimizers, run)
+        if reason:
+            log.info("%straining step not captured as a CUDA graph: %s; training eagerly",
+                     member.trainer.label or label, reason)
+            return False
+    return True
+
+
+def _train_epoch(stepping: list[_Member], loader, stepper: Stepper, epochs: int,
+                 max_steps: float) -> dict[int, _Tally]:
+    """One pass over the training batches for the `stepping` members, each up to `max_steps`;
+    their tallies by id. A member that diverges or fails drops out; the others go on."""
+    lead = stepping[0]
+    cfg = lead.trainer.cfg
+    tallies = {id(m): _Tally() for m in stepping}
+    for member in stepping:
+        member.learner.method.train()
+        member.learner.sums.reset()
+    world = distributed.world_size()
+    bar = tqdm(total=len(loader),
+               desc=f"{lead.trainer.label}epoch {lead.progress.epoch + 1}/{epochs}",
+               disable=None if cfg.progress and distributed.is_main() else True, leave=False)
+    with logging_redirect_tqdm():
+        for batch in loader:
+            active = [m for m in stepping
+                      if m.learner.failure is None and m.progress.step < max_steps]
+            if not active:
+                break
+            outs = stepper(*batch, active=[m.learner for m in active])
+            for member, out in zip(active, outs):
+                if out is None:
+                    continue
+                tally = tallies[id(member)]
+                member.progress.step += 1
+                tally.batches += 1
+                tally.interval_images += len(batch[0]) * world
+                if member.progress.step % cfg.log_every == 0:
+                    try:
+                        member.trainer._log_interval(member, out, tally)
+                    except TrainingDiverged as diverged:
+                        if len(stepper.learners) == 1:
+                            raise
+                        member.learner.failure = diverged
+            bar.update()
+            if tallies[id(lead)].shown:
+                bar.set_postfix(**tallies[id(lead)].shown)
+    bar.close()
+    return tallies
+
+
+def _outcome(member: _Member, loaders, captured: bool) -> dict[str, float] | Exception:
+    """A member's final metrics, or what stopped it."""
+    learner, progress = member.learner, member.progress
+    if learner.failure is not None:
+        return learner.failure
+    if not member.test_metrics:  # resumed a run that had already finished
+        member.test_metrics = member.trainer._evaluate(learner.method, *loaders,
+                                                       with_teacher=True)
+        progress.record(member.test_metrics)
+    return {**member.test_metrics, **progress.results(), **member.last,
+            "train/img_s": progress.images / progress.seconds if progress.seconds else 0.0,
+            "train/time_s": progress.seconds, "train/steps": progress.step,
+            "train/captured": captured}
