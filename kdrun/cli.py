@@ -8,24 +8,21 @@ import logging
 import os
 import shlex
 import sys
-import traceback
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.plugins import Plugins
 from hydra.types import RunMode
-from hydra_plugins.kdrun_launchers.packed import PackedLauncher
+from hydra_plugins.kdrun_launchers.packed import PackedLauncher, dry_run_plan
 from omegaconf import DictConfig
 
 from kdrun.config import choice
-from kdrun.errors import Interrupted, KdrunError, RunDirectoryTaken
+from kdrun.errors import KdrunError
 from kdrun.options import register_configs
+from kdrun.outcome import report_job
 from kdrun.runtime import checkpoint, distributed
-from kdrun.summary import summary
-from kdrun.sweep import SweepSummary, objective_key, sweep_jobs
+from kdrun.sweep import SweepSummary, sweep_jobs
 from kdrun.usage import extra_help
 from kdrun.weights.registry import PREFIX, is_zoo, weight_files
 
@@ -101,6 +98,7 @@ def dry_run(args: list[str]) -> tuple[str, int]:
     overrides = [a for a in args if a not in ("--dry-run", *MULTIRUN_FLAGS)]
     try:
         jobs = sweep_jobs(overrides)
+        packs = [] if isinstance(jobs, str) else dry_run_plan(jobs, overrides)
     except Exception as err:  # Hydra's override and config errors: their first line says it
         return f"kdrun: {str(err).strip().splitlines()[0]}", 1
     if isinstance(jobs, str):
@@ -108,7 +106,8 @@ def dry_run(args: list[str]) -> tuple[str, int]:
     listed = "\n".join(f"  {i}: {shlex.join(job)}" for i, job in enumerate(jobs))
     if len(jobs) > 1 and not any(a in MULTIRUN_FLAGS for a in args):
         return f"kdrun --dry-run: {len(jobs)} jobs, which only a sweep runs: add -m\n{listed}", 1
-    return f"kdrun --dry-run: {len(jobs)} job{'s' * (len(jobs) != 1)}\n{listed}", 0
+    shown = "".join(f"\n{line}" for line in packs)
+    return f"kdrun --dry-run: {len(jobs)} job{'s' * (len(jobs) != 1)}\n{listed}{shown}", 0
 
 
 def main() -> None:
@@ -160,62 +159,6 @@ def hydra_main(cfg: DictConfig) -> float | None:
     return report_job(cfg, hydra_cfg, run_dir, lambda: run(
         cfg, run_dir, sweep_group=hydra_cfg.sweep.dir if multirun else None,
         run_name=hydra_cfg.job.override_dirname or None))
-
-
-def report_job(cfg: DictConfig, hydra_cfg, run_dir: Path,
-               work: Callable[[], dict[str, Any]]) -> float | None:
-    """A job's `work` done, and its outcome reported: the summary and its objective, or its
-    error - one line in the log and in error.txt (a traceback for a bug), the sweep going on
-    without it, or the whole command stopping on Ctrl-C. The packed launcher reports each of
-    its members' outcomes through here too."""
-    multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    try:
-        results = work()
-        if not distributed.is_main():  # rank 0 reports for the run
-            return None
-        log.info("done\n%s", summary(cfg, results, run_dir))
-        return objective(cfg, results)
-    except (Interrupted, KeyboardInterrupt) as err:  # the whole sweep stops too
-        where = str(err) if isinstance(err, Interrupted) else "interrupted"
-        log.error("%s; resume with: %s", where, resume_command(hydra_cfg, run_dir))
-        record_error(run_dir, f"{where}\n")
-        sys.exit(130)
-    except KdrunError as err:
-        log.error("%s", err)
-        if not isinstance(err, RunDirectoryTaken):  # that directory is another run's
-            record_error(run_dir, f"{err}\n")
-        if multirun:  # the other jobs of the sweep go on
-            return None
-        sys.exit(1)
-    except Exception:
-        record_error(run_dir, traceback.format_exc())
-        if not multirun:
-            raise
-        log.exception("this job failed (the sweep goes on); see %s", run_dir / "error.txt")
-        return None
-
-
-def objective(cfg: DictConfig, results: dict[str, Any]) -> float:
-    key = objective_key(cfg)
-    if key not in results:
-        known = ", ".join(sorted(k for k in results if not k.startswith("meta/"))[:8])
-        raise KdrunError(f"objective={key} is not a key of this run's results: "
-                         f"choose one of {known}, ...")
-    return float(results[key])
-
-
-def resume_command(hydra_cfg, run_dir: Path) -> str:
-    """The command that continues an interrupted run in its own directory."""
-    kept = [o for o in hydra_cfg.overrides.task
-            if not o.startswith(("trainer.resume=", "hydra.run.dir="))]
-    return shlex.join(["kdrun", *kept, "trainer.resume=true", f"hydra.run.dir={run_dir}"])
-
-
-def record_error(run_dir: Path, text: str) -> None:
-    """error.txt in the run directory (error-rank<N>.txt for the other ranks of a torchrun)."""
-    rank = distributed.rank()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / ("error.txt" if rank == 0 else f"error-rank{rank}.txt")).write_text(text)
 
 
 if __name__ == "__main__":

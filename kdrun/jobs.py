@@ -200,7 +200,7 @@ class PackedJob:
 
 
 @dataclass
-class _Member:
+class _Started:
     """A pack's job once its run has started and its method is built."""
     index: int  # in the pack
     run: Run
@@ -210,7 +210,7 @@ class _Member:
     random: RandomStream  # where its random stream stood once its method was built
 
 
-def train_pack(jobs: list[PackedJob], pack_id: str) -> list[dict[str, Any] | Exception]:
+def train_pack(jobs: list[PackedJob], pack_id: str) -> list[dict[str, Any] | BaseException]:
     """Jobs that share their data set, teacher, student architecture and recipe
     (launchers/packed.py groups them) trained together: the data read and each batch drawn
     and augmented once, the teacher resolved once and run once per batch, each student
@@ -218,30 +218,41 @@ def train_pack(jobs: list[PackedJob], pack_id: str) -> list[dict[str, Any] | Exc
     checkpoints, evaluations and results, with `meta/packed` (the pack's size) and
     `meta/pack_id`, and its own random stream seeded as its lone run's, so in fp32 on a CPU
     it computes what it would alone. Returns each job's results, or the exception that
-    stopped it while the others went on (Ctrl-C stops them all)."""
-    outcomes: list[dict[str, Any] | Exception | None] = [None] * len(jobs)
-    members: list[_Member] = []
-    with contextlib.ExitStack() as stack:
-        data = teacher = None
-        for i, job in enumerate(jobs):
-            try:
-                run, data, evaluations = stack.enter_context(
-                    start_run(job.cfg, job.run_dir, job.sweep_group, job.run_name, data))
-                if teacher is None and METHODS.get(run.cfg.method.name).needs_teacher:
-                    teacher = resolve_teacher(run, data)
-                method, results = begin_training(run, data, evaluations, teacher)
-            except Exception as error:  # this job stops here; the others go on
-                outcomes[i] = error
-                continue
-            results.update({"meta/packed": len(jobs), "meta/pack_id": pack_id})
-            members.append(_Member(i, run, evaluations, method, results,
-                                   RandomStream(run.device)))
-        if members:
-            _train_members(members, data, [job.label for job in jobs], outcomes)
+    stopped it while the others went on; Ctrl-C (or a failure no member owns) stops the
+    members that had not finished, each with that exception."""
+    outcomes: list[dict[str, Any] | BaseException | None] = [None] * len(jobs)
+    try:
+        with contextlib.ExitStack() as stack:
+            started, data = _start_members(jobs, pack_id, stack, outcomes)
+            if started:
+                _train_members(started, data, [job.label for job in jobs], outcomes)
+    except (KeyboardInterrupt, Exception) as stopped:
+        outcomes = [stopped if outcome is None else outcome for outcome in outcomes]
     return outcomes
 
 
-def _train_members(members: list[_Member], data: ImageData, labels: list[str],
+def _start_members(jobs: list[PackedJob], pack_id: str, stack: contextlib.ExitStack,
+                   outcomes: list) -> tuple[list[_Started], ImageData | None]:
+    """Each job's run started (the data read and the teacher resolved by the first that needs
+    them) and its method built; a job that fails here gets its error as its outcome."""
+    started, data, teacher = [], None, None
+    for i, job in enumerate(jobs):
+        try:
+            run, data, evaluations = stack.enter_context(
+                start_run(job.cfg, job.run_dir, job.sweep_group, job.run_name, data))
+            if teacher is None and METHODS.get(run.cfg.method.name).needs_teacher:
+                teacher = resolve_teacher(run, data)
+            method, results = begin_training(run, data, evaluations, teacher)
+        except Exception as error:  # this job stops here; the others go on
+            outcomes[i] = error
+            continue
+        results.update({"meta/packed": len(jobs), "meta/pack_id": pack_id})
+        started.append(_Started(i, run, evaluations, method, results,
+                                RandomStream(run.device)))
+    return started, data
+
+
+def _train_members(members: list[_Started], data: ImageData, labels: list[str],
                    outcomes: list) -> None:
     """The pack's one stage, trained together; then each member's saving and evaluation."""
     lead = members[0].run
@@ -252,7 +263,7 @@ def _train_members(members: list[_Member], data: ImageData, labels: list[str],
                     stage.mix, stage.schedule)
     trainers = [Trainer(m.run, label=f"[{labels[m.index] or m.index}] ") for m in members]
     trained = fit_together(trainers, [m.method for m in members], stage.data, recipe,
-                           stage.augment, randoms=[m.random for m in members])
+                           stage.augment, randoms=[m.random for m in members], isolate=True)
     for member, outcome in zip(members, trained):
         if not isinstance(outcome, Exception):
             try:

@@ -313,6 +313,10 @@ def main(args: list[str]) -> dict:
     if bench["pack"] < 1:
         raise KdrunError(f"bench.pack={bench['pack']} is not allowed: it is the number of jobs "
                          f"timed as one pack, >= 1 (1: the lone job only)")
+    if bench["pack"] > 1 and not METHODS.get(cfg.method.name).packable:
+        packable = ", ".join(n for n in METHODS.names() if METHODS.get(n).packable)
+        raise KdrunError(f"bench.pack times a pack, and method={cfg.method.name} cannot be "
+                         f"packed: use one of {packable}")
     if bench["synthesis"] and not issubclass(METHODS.get(cfg.method.name), DeepInversion):
         raise KdrunError(f"bench.synthesis times a data-free method's synthesis, and "
                          f"method={cfg.method.name} has none: use method=deepinversion, "

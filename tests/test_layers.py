@@ -21,9 +21,9 @@ LAYERS = [
     {"training"},
     {"validate", "options", "report", "summary", "usage"},
     {"sweep"},
-    {"jobs"},
-    {"cli"},
+    {"jobs", "outcome"},
     {"launchers"},
+    {"cli"},
     {"__main__"},
 ]
 
@@ -56,7 +56,18 @@ def imports_of(path: Path, known: set[str]) -> set[str]:
             package = ".".join(modules_key(path))
             names.update(m for m in known if m.rsplit(".", 1)[0] == package
                          and not m.rsplit(".", 1)[1].startswith("_"))
-    return {n for n in names if n in known}
+    return {n for n in map(unaliased, names) if n in known}
+
+
+# kdrun's folders that ship under another name too (pyproject.toml's package-dir)
+ALIASES = {"hydra_plugins.kdrun_launchers": "kdrun.launchers"}
+
+
+def unaliased(name: str) -> str:
+    for alias, real in ALIASES.items():
+        if name == alias or name.startswith(f"{alias}."):
+            return real + name[len(alias):]
+    return name
 
 
 def modules_key(path: Path) -> list[str]:

@@ -64,6 +64,23 @@ def test_every_packable_method_packs_with_the_others_and_computes_what_it_does_a
             assert packed[i][key] == alone[key], (job, key)
 
 
+def test_each_member_keeps_its_own_failure_when_one_is_left_to_train(tmp_path):
+    """A job refused at the start leaves one member to train; that member's divergence is
+    still its own outcome, and nobody's error lands in another's directory."""
+    from kdrun.errors import ConfigError, TrainingDiverged
+
+    jobs = [("method=kd", "alpha=1.5"), ("method=soft_randomization", "sigma=1e38"),
+            ("method=kd", "alpha=0.5")]
+    outcomes = train_pack([PackedJob(compose_config(*FP32, *job), tmp_path / str(i))
+                           for i, job in enumerate(jobs)], pack_id="0,1,2")
+    assert isinstance(outcomes[0], ConfigError) and "alpha=1.5" in str(outcomes[0])
+    assert isinstance(outcomes[1], TrainingDiverged)
+    assert outcomes[2]["meta/packed"] == 3 and 0 <= outcomes[2]["test/acc"] <= 100
+    one_left = train_pack([PackedJob(compose_config(*FP32, *job), tmp_path / f"b{i}")
+                           for i, job in enumerate(jobs[:2])], pack_id="0,1")
+    assert isinstance(one_left[0], ConfigError) and isinstance(one_left[1], TrainingDiverged)
+
+
 def test_jobs_pack_by_what_they_share_and_the_rest_train_alone_saying_why():
     def configs(*axes):
         return [compose_config(*job) for job in axes]
@@ -73,7 +90,7 @@ def test_jobs_pack_by_what_they_share_and_the_rest_train_alone_saying_why():
                    ("method=soft_randomization", "sigma=0.3"), ("method=kd", "epochs=2"),
                    ("method=dkd",))
     plan, notes = plan_packs(jobs, size=3)
-    assert plan == [[0, 1, 2], [3], [4, 6], [5]]
+    assert plan == [[0, 1], [2, 4, 6], [3], [5]]  # five jobs in two packs of 2 and 3
     assert notes[0].startswith("job 3 trains alone: method fickle_teacher cannot share")
     assert "differ in epochs, " in notes[1] and "2 groups" in notes[1]
     assert plan_packs(jobs[:3], size=1)[0] == [[0], [1], [2]]
@@ -90,7 +107,9 @@ def test_a_packed_quickstart_sweep_leaves_the_runs_and_table_an_unpacked_one_lea
     sweep = ["-m", *QUICK, "alpha=0.5,0.9", "sigma=0,0.1"]
     proc = kdrun(*sweep, "hydra/launcher=packed", f"hydra.sweep.dir={tmp_path}/packed",
                  env=cli_env, cwd=tmp_path)
-    assert "Launching 4 jobs in 1 packs of at most 8" in proc.stderr + proc.stdout
+    log = proc.stderr + proc.stdout
+    assert "Launching 4 jobs in 1 pack of at most 8" in log
+    assert "#0,1,2,3: alpha=0.5 sigma=0; alpha=0.5 sigma=0.1; alpha=0.9 sigma=0; " in log
     kdrun(*sweep, f"hydra.sweep.dir={tmp_path}/alone", env=cli_env, cwd=tmp_path)
     for job in range(4):
         packed, alone = tmp_path / "packed" / str(job), tmp_path / "alone" / str(job)
@@ -134,12 +153,33 @@ def test_a_diverging_member_stops_alone_and_an_unpackable_job_trains_alone(tmp_p
     assert "meta/packed" not in read_results(tmp_path / "mixed" / "1")
 
 
+# SIGKILL - nothing cleans up - once the third checkpoint is written: the first member's
+# epoch 2, while the second has saved epoch 1 only
+KILL_AT_THIRD_CHECKPOINT = """
+import os, signal, sys
+from kdrun.cli import main
+from kdrun.training.trainer import Trainer
+
+save, saved = Trainer._save, []
+
+def save_then_kill(self, *args):
+    save(self, *args)
+    saved.append(1)
+    if len(saved) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+Trainer._save = save_then_kill
+sys.argv = ["kdrun", *sys.argv[1:]]
+main()
+"""
+
+
 @pytest.mark.slow
-def test_a_pack_stopped_with_ctrl_c_resumes_every_member_from_its_own_checkpoint(tmp_path,
-                                                                                 cli_env):
-    """Ctrl-C once the first member's epoch-1 checkpoint is written: the others have none yet,
-    so the resumed pack trains them through epoch 1 while the first waits, and every member
-    ends where an uninterrupted pack ends."""
+def test_a_pack_stopped_by_ctrl_c_or_killed_resumes_every_member_from_its_checkpoint(tmp_path,
+                                                                                     cli_env):
+    """Ctrl-C once the first member's epoch-1 checkpoint is written: the other has none yet,
+    so the resumed pack trains it through epoch 1 while the first waits; a kill leaves the
+    members an epoch apart too. Every member ends where an uninterrupted pack ends."""
     sweep = ["-m", *TINY, *FP32, "hydra/launcher=packed", "method=soft_randomization",
              "epochs=3", "alpha=0.5,0.9"]
     # uninterrupted pack first: the teacher it trains is cached, so the first checkpoint
@@ -155,18 +195,40 @@ def test_a_pack_stopped_with_ctrl_c_resumes_every_member_from_its_own_checkpoint
         assert "interrupted" in (tmp_path / "split" / str(job) / "error.txt").read_text()
     assert (tmp_path / "split" / "0" / "checkpoints" / "last.pt").is_file()
     assert not (tmp_path / "split" / "1" / "checkpoints" / "last.pt").exists()
-    command = next(line for line in error_lines(stopped) if "resume the sweep with: " in line
-                   ).split("resume the sweep with: ", 1)[1]
+    said = [line for line in error_lines(stopped) if "resume with: " in line]
+    assert len(said) == 2 and "training of a pack of 2 interrupted" in said[0]
+    command = said[0].split("resume with: ", 1)[1]  # the sweep's, for every member
+    assert said[1].endswith(command) and command.startswith("kdrun -m ")
+    assert f"hydra.sweep.dir={tmp_path}/split" in command
     resumed = subprocess.run(shlex.split(command), env=cli_env, cwd=tmp_path,
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     log = resumed.stdout + resumed.stderr
     assert "resumed from" in log and "at epoch 1" in log  # the first member
     assert "trainer.resume: no checkpoint at" in log  # the second, from its start
+    killed = subprocess.run([sys.executable, "-c", KILL_AT_THIRD_CHECKPOINT, *sweep,
+                             f"hydra.sweep.dir={tmp_path}/killed"], env=cli_env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    kdrun(*sweep, "trainer.resume=true", f"hydra.sweep.dir={tmp_path}/killed", env=cli_env,
+          cwd=tmp_path)
     for job in (0, 1):
-        results = [read_results(tmp_path / where / str(job)) for where in ("split", "whole")]
+        results = [read_results(tmp_path / where / str(job))
+                   for where in ("split", "killed", "whole")]
         for key in ("test/acc", "test/loss", "train/loss", "train/steps"):
-            assert results[0][key] == results[1][key], (job, key)
+            assert results[0][key] == results[2][key] == results[1][key], (job, key)
+
+
+def test_a_dry_run_shows_the_packs_a_sweep_would_train_in(tmp_path, cli_env):
+    proc = kdrun("-m", "experiment=arani_sigma", "hydra/launcher=packed", "--dry-run",
+                 env=cli_env, cwd=tmp_path)
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "kdrun --dry-run: 36 jobs"
+    assert lines[-2] == ("trained in 6 packs of at most 8 (hydra/launcher=packed): "
+                         "0,3,6,9,12,15 | 1,4,7,10,13,16 | 2,5,8,11,14,17 | 18,21,24,27,30,33 | "
+                         "19,22,25,28,31,34 | 20,23,26,29,32,35")
+    assert lines[-1].startswith("the sweep's jobs differ in seed, which the members of a pack "
+                                "share: they train in 3 groups")
 
 
 def test_a_pack_size_below_one_is_one_line(tmp_path, cli_env):

@@ -10,10 +10,10 @@ import subprocess
 import pytest
 import torch
 
-from kdrun.cli import objective
 from kdrun.data import load_dataset
 from kdrun.errors import ConfigError
 from kdrun.jobs import train
+from kdrun.outcome import objective
 from kdrun.report import report
 
 from conftest import TINY, compose_config, read_results

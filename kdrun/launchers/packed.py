@@ -86,10 +86,44 @@ def why_alone(cfg: DictConfig) -> str | None:
     return None
 
 
+def pack_size_problem(pack: Any) -> str | None:
+    """What is wrong with a hydra.launcher.pack value, or None."""
+    if isinstance(pack, int) and not isinstance(pack, bool) and pack >= 1:
+        return None
+    return (f"hydra.launcher.pack={pack} is not allowed: it is the most jobs trained together, "
+            f"an integer >= 1 (1 trains each job alone)")
+
+
+def dry_run_plan(jobs: list[list[str]], overrides: list[str]) -> list[str]:
+    """How the packed launcher would pack a sweep's jobs (each given by its overrides), for
+    `kdrun -m ... hydra/launcher=packed --dry-run`; nothing for another launcher."""
+    if "hydra/launcher=packed" not in overrides:
+        return []
+    given = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.launcher.pack=")]
+    size: Any = given[-1] if given else PackedLauncherConf.pack
+    try:
+        size = int(size)
+    except ValueError:
+        pass  # said below
+    problem = pack_size_problem(size)
+    if problem:
+        return [problem]
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("kdrun.conf", version_base="1.3"):
+        configs = [compose("config", overrides=[o for o in job if not o.startswith("hydra")])
+                   for job in jobs]
+    plan, notes = plan_packs(configs, size)
+    return [f"trained in {len(plan)} pack{'s' * (len(plan) != 1)} of at most {size} "
+            f"(hydra/launcher=packed): " + " | ".join(",".join(map(str, p)) for p in plan),
+            *notes]
+
+
 def plan_packs(configs: list[DictConfig], size: int) -> tuple[list[list[int]], list[str]]:
     """The sweep's jobs (by index) in packs of at most `size` - jobs with the same shared part,
-    in sweep order - and singletons for the jobs that train alone; and the log's lines saying
-    why jobs train apart."""
+    in sweep order, split into as few packs as `size` allows, of even sizes (a pack takes as
+    long as its slowest member) - and singletons for the jobs that train alone; and the log's
+    lines saying why jobs train apart."""
     groups: dict[str, list[int]] = {}
     parts: dict[str, dict[str, Any]] = {}
     plan, notes = [], []
@@ -110,8 +144,10 @@ def plan_packs(configs: list[DictConfig], size: int) -> tuple[list[list[int]], l
         shown = ", ".join(differing[:6]) + (", ..." if len(differing) > 6 else "")
         notes.append(f"the sweep's jobs differ in {shown}, which the members of a pack share: "
                      f"they train in {len(groups)} groups, packed apart")
-    for members in groups.values():
-        plan += [members[i:i + size] for i in range(0, len(members), size)]
+    for members in groups.values():  # as few packs as the size allows, as even as can be
+        count = -(-len(members) // size)
+        bounds = [len(members) * i // count for i in range(count + 1)]
+        plan += [members[a:b] for a, b in zip(bounds, bounds[1:])]
     return sorted(plan), notes
 
 
@@ -128,9 +164,9 @@ class PackedLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]],
                initial_job_idx: int) -> Sequence[JobReturn]:
-        if not isinstance(self.pack, int) or isinstance(self.pack, bool) or self.pack < 1:
-            sys.exit(f"kdrun: hydra.launcher.pack={self.pack} is not allowed: it is the most "
-                     f"jobs trained together, an integer >= 1 (1 trains each job alone)")
+        problem = pack_size_problem(self.pack)
+        if problem:
+            sys.exit(f"kdrun: {problem}")
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
@@ -142,15 +178,18 @@ class PackedLauncher(Launcher):
                 config.hydra.job.id = config.hydra.job.num = idx
             configs.append(config)
         plan, notes = plan_packs(configs, self.pack)
-        log.info("Launching %d jobs in %d packs of at most %d", len(configs), len(plan),
-                 self.pack)
+        log.info("Launching %d jobs in %d pack%s of at most %d", len(configs), len(plan),
+                 "s" * (len(plan) != 1), self.pack)
         for note in notes:
             log.info("  %s", note)
         returns: list[JobReturn | None] = [None] * len(configs)
         for pack in plan:
-            log.info("  pack of %d: %s", len(pack), "; ".join(
-                f"#{configs[i].hydra.job.num} {' '.join(filter_overrides(job_overrides[i]))}"
-                for i in pack))
+            if len(pack) == 1:
+                shown = " ".join(filter_overrides(job_overrides[pack[0]]))
+            else:  # what each member sets apart
+                shown = "; ".join(" ".join(own) for own in own_overrides(
+                    [configs[i] for i in pack]))
+            log.info("  #%s: %s", ",".join(str(configs[i].hydra.job.num) for i in pack), shown)
             if len(pack) == 1:
                 returns[pack[0]] = run_job(hydra_context=self.hydra_context,
                                            task_function=self.task_function,
@@ -165,66 +204,67 @@ class PackedLauncher(Launcher):
     def _train_pack(self, configs: list[DictConfig]) -> list[JobReturn]:
         """One pack: each member's run directory and .hydra record made as run_job makes them,
         the members trained together (jobs.train_pack), then each one's outcome reported as
-        a lone job's is (cli.report_job) and returned to the sweeper."""
-        from kdrun.cli import report_job
-        from kdrun.errors import Interrupted
-        from kdrun.jobs import PackedJob, train_pack
+        a lone job's is (outcome.report_job; Ctrl-C names the sweep's resume command) and
+        returned to the sweeper."""
+        from kdrun.jobs import train_pack
+        from kdrun.outcome import report_job
 
         outer = HydraConfig.instance().cfg
         callbacks = self.hydra_context.callbacks
-        common = set.intersection(*(set(c.hydra.overrides.task) for c in configs))
-        jobs, handlers = [], []
-        for n, config in enumerate(configs):
-            run_dir = Path(str(config.hydra.sweep.dir), str(config.hydra.sweep.subdir))
-            with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
-                config.hydra.runtime.output_dir = str(run_dir.absolute())
-            HydraConfig.instance().set_config(config)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            task_cfg = task_config(config)
-            if config.hydra.output_subdir is not None:
-                record = run_dir / str(config.hydra.output_subdir)
-                record.mkdir(parents=True, exist_ok=True)
-                OmegaConf.save(task_cfg, record / "config.yaml")
-                OmegaConf.save(HydraConfig.instance().cfg, record / "hydra.yaml")
-                OmegaConf.save(config.hydra.overrides.task, record / "overrides.yaml")
-            if n == 0:  # the job's log file, as run_job sets it up; the others' beside it
-                configure_log(config.hydra.job_logging, config.hydra.verbose)
-            else:
-                handlers.append(log_beside(run_dir / f"{config.hydra.job.name}.log"))
-            callbacks.on_job_start(config=config, task_function=self.task_function)
-            own = [o for o in config.hydra.overrides.task if o not in common]
-            jobs.append(PackedJob(task_cfg, run_dir, str(config.hydra.sweep.dir),
-                                  config.hydra.job.override_dirname or None,
-                                  label=" ".join(own) or f"job {config.hydra.job.num}"))
-        pack_id = ",".join(str(c.hydra.job.num) for c in configs)
+        jobs, handlers, returns, stop = [], [], [], None
         try:
-            outcomes = train_pack(jobs, pack_id)
-        except (KeyboardInterrupt, Exception) as stopped:  # Ctrl-C: every member stops
-            outcomes = [stopped] * len(jobs)
-            if isinstance(stopped, (KeyboardInterrupt, Interrupted)):
-                log.error("the pack of jobs %s was stopped; resume the sweep with: %s",
-                          pack_id, self.resume_command())
-        returns, stop = [], None
-        for config, job, outcome in zip(configs, jobs, outcomes):
-            HydraConfig.instance().set_config(config)
-            ret = JobReturn(overrides=list(config.hydra.overrides.task), cfg=job.cfg,
-                            hydra_cfg=HydraConfig.instance().cfg, working_dir=os.getcwd(),
-                            task_name=JobRuntime.instance().get("name"),
-                            status=JobStatus.COMPLETED)
-            try:
-                ret.return_value = report_job(job.cfg, config.hydra, job.run_dir,
-                                              reported(outcome))
-            except SystemExit as exit_:  # Ctrl-C: recorded in every member's directory first
-                stop = exit_
-            callbacks.on_job_end(config=config, job_return=ret)
-            returns.append(ret)
-        for handler in handlers:
-            logging.getLogger().removeHandler(handler)
-            handler.close()
-        HydraConfig.instance().cfg = outer
+            for n, (config, own) in enumerate(zip(configs, own_overrides(configs))):
+                jobs.append(self._start_member(config, own, handlers, first=n == 0))
+                callbacks.on_job_start(config=config, task_function=self.task_function)
+            outcomes = train_pack(jobs, ",".join(str(c.hydra.job.num) for c in configs))
+            for config, job, outcome in zip(configs, jobs, outcomes):
+                HydraConfig.instance().set_config(config)
+                ret = JobReturn(overrides=list(config.hydra.overrides.task), cfg=job.cfg,
+                                hydra_cfg=HydraConfig.instance().cfg, working_dir=os.getcwd(),
+                                task_name=JobRuntime.instance().get("name"),
+                                status=JobStatus.COMPLETED)
+                try:
+                    ret.return_value = report_job(job.cfg, config.hydra, job.run_dir,
+                                                  reported(outcome), self.resume_command())
+                except SystemExit as exit_:  # Ctrl-C: every member's directory says so first
+                    stop = exit_
+                callbacks.on_job_end(config=config, job_return=ret)
+                returns.append(ret)
+        finally:
+            for handler in handlers:
+                logging.getLogger().removeHandler(handler)
+                handler.close()
+            HydraConfig.instance().cfg = outer
         if stop is not None:
             raise stop
         return returns
+
+    @staticmethod
+    def _start_member(config: DictConfig, own: list[str], handlers: list[logging.Handler],
+                      first: bool):
+        """A member's run directory, its .hydra record and its log file, as run_job makes
+        them (the first member's log set up as run_job sets it up, the others' beside it)."""
+        from kdrun.jobs import PackedJob
+
+        run_dir = Path(str(config.hydra.sweep.dir), str(config.hydra.sweep.subdir))
+        with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
+            config.hydra.runtime.output_dir = str(run_dir.absolute())
+        HydraConfig.instance().set_config(config)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        task_cfg = task_config(config)
+        if config.hydra.output_subdir is not None:
+            record = run_dir / str(config.hydra.output_subdir)
+            record.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(task_cfg, record / "config.yaml")
+            OmegaConf.save(HydraConfig.instance().cfg, record / "hydra.yaml")
+            OmegaConf.save(config.hydra.overrides.task, record / "overrides.yaml")
+        if first:
+            configure_log(config.hydra.job_logging, config.hydra.verbose)
+        else:
+            handlers.append(log_beside(run_dir / f"{config.hydra.job.name}.log"))
+        return PackedJob(task_cfg, run_dir, str(config.hydra.sweep.dir),
+                         config.hydra.job.override_dirname or None,
+                         label=" ".join(own) or f"job {config.hydra.job.num}")
 
     def resume_command(self) -> str:
         """The sweep's command again, resuming every run from its own checkpoint."""
@@ -236,6 +276,13 @@ class PackedLauncher(Launcher):
                            f"hydra.sweep.dir={hydra.sweep.dir}"])
 
 
+def own_overrides(configs: list[DictConfig]) -> list[list[str]]:
+    """Each job's command-line overrides that the others in `configs` do not share: the
+    member's name in a pack's log lines."""
+    common = set.intersection(*(set(c.hydra.overrides.task) for c in configs))
+    return [[o for o in c.hydra.overrides.task if o not in common] for c in configs]
+
+
 def task_config(config: DictConfig) -> DictConfig:
     """The job's own config, without the hydra node (what a task function is given)."""
     task = config.copy()
@@ -245,7 +292,8 @@ def task_config(config: DictConfig) -> DictConfig:
 
 
 def reported(outcome: Any):
-    """A member's outcome as the work report_job does: its results, or its error raised."""
+    """A member's outcome as the work report_job does: its results, or its error raised (a
+    KeyboardInterrupt included)."""
     def work():
         if isinstance(outcome, BaseException):
             raise outcome

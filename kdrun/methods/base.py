@@ -85,8 +85,8 @@ class SharedTeacherOutputs:
     """One teacher forward per batch for the members of a pack, which share their teacher and
     their batches: the first member to ask for a batch's logits computes them, the others get
     the same tensor. Known by the batch tensor itself (the trainer hands every member the
-    same one), held until the next batch replaces it; inside a captured CUDA graph the forward
-    is recorded once and every member reads its output."""
+    same one) within one step, which forgets them first; inside a captured CUDA graph the
+    forward is recorded once and every member reads its output."""
 
     def __init__(self):
         self.images: torch.Tensor | None = None
@@ -96,6 +96,10 @@ class SharedTeacherOutputs:
         if images is not self.images:
             self.images, self.logits = images, teacher(images)
         return self.logits
+
+    def forget(self) -> None:
+        """Before each step: whatever the next batch is, its logits are computed afresh."""
+        self.images = self.logits = None
 
 
 def share_teacher_outputs(methods: list[Method]) -> None:
@@ -129,6 +133,11 @@ class Method(nn.Module):
     # on one data stream and one teacher forward: one student, one stage, a teacher (if any)
     # that is deterministic and read through `teacher_logits` alone, no optimiser groups
     packable: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "stages" in cls.__dict__ and "packable" not in cls.__dict__:
+            cls.packable = False  # stages of its own: a pack trains one stage only
 
     def __init__(self, settings: MethodSettings, networks: Networks):
         super().__init__()

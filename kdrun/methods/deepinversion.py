@@ -45,7 +45,6 @@ class DeepInversion(KD):
     only evaluates. The pool is kept in <run dir>/synthetic/ for reuse (dataset=synthetic_pool)."""
 
     Settings = DeepInversionSettings
-    packable = False  # it synthesises its own data first: no data stream to share
 
     def __init__(self, settings: DeepInversionSettings, networks: Networks):
         super().__init__(settings, networks)

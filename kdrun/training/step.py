@@ -112,10 +112,11 @@ class Stepper:
     learner's step after a few eager steps (runtime/graphs.Replay; a batch of another shape
     runs eagerly, and a step that fails to capture stays eager). Each form of the step
     (`Method.step_variant`) and each set of learners gets a graph of its own. In a pack, a
-    learner whose eager step raises fails alone; a lone run's error propagates."""
+    learner whose eager step raises fails alone when `isolate`; otherwise its error
+    propagates."""
 
-    def __init__(self, learners: list[Learner], run: Run, capture: bool):
-        self.learners, self.run, self.capture = learners, run, capture
+    def __init__(self, learners: list[Learner], run: Run, capture: bool, isolate: bool = False):
+        self.learners, self.run, self.capture, self.isolate = learners, run, capture, isolate
         self.replays: dict[tuple, Replay] = {}  # one per form of the step and set of learners
         for learner in learners:
             if capture:
@@ -137,6 +138,9 @@ class Stepper:
         variants = tuple(learner.method.step_variant() for learner in active)
         key = (tuple(self.learners.index(learner) for learner in active), variants)
         if key not in self.replays:
+            # another set of learners steps from here on (one failed, or a catch-up ended):
+            # the graphs of the earlier sets, and their memory, go
+            self.replays = {k: r for k, r in self.replays.items() if k[0] == key[0]}
             named = [v for v in variants if v]
             what = "the training step" + (f" {', '.join(named)}" if named else "")
 
@@ -160,13 +164,16 @@ class Stepper:
         gradient nodes would pin the warm-up's stream)."""
         outs = []
         for learner in active:
+            if learner.method.shared_teacher is not None:  # a new batch: no logits from the last
+                learner.method.shared_teacher.forget()
+        for learner in active:
             try:
                 with learner.random.active() if learner.random else contextlib.nullcontext():
                     out = train_step(learner.method, learner.optimizers, images, labels,
                                      self.run, *indices)
                     learner.sums.add(out, labels)
             except Exception as error:
-                if len(self.learners) == 1 or capturing(self.run.device):
+                if not self.isolate or capturing(self.run.device):
                     raise
                 learner.failure = error
                 outs.append(None)

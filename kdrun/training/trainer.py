@@ -8,6 +8,7 @@ optimisers, random stream, metrics, checkpoints and failures."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -128,13 +129,12 @@ class Trainer:
         final metrics (test/*, teacher/test/* when the method has a teacher, train/*).
         `augment`: the loader applies the data set's crop and flip; `optimizers`: go on with
         these (and their schedule) instead of starting fresh ones from the recipe."""
-        [outcome] = fit_together([self], [method], data, recipe, augment, optimizers)
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
+        [results] = fit_together([self], [method], data, recipe, augment, optimizers)
+        return results
 
     def _start(self, method: Method, recipe: Recipe, steps_per_epoch: int,
-               optimizers: Optimizers | None, random: RandomStream | None) -> _Member:
+               optimizers: Optimizers | None, random: RandomStream | None,
+               index: int = 0) -> _Member:
         """The member this trainer's run is in a fit: its method on the device, its optimisers,
         and its progress (from its checkpoint when resuming)."""
         if self.cfg.sync_bn:
@@ -147,7 +147,7 @@ class Trainer:
         self.optimizers = optimizers
         checkpoint.remove_stale_temporaries(self.checkpoint_path.parent)
         learner = Learner(method, optimizers, EpochSums(self.run.device), random)
-        member = _Member(self, learner, _Progress())
+        member = _Member(index, self, learner, _Progress())
         if self.resume:
             member.progress = self._resume(member, recipe.epochs)
         return member
@@ -292,6 +292,7 @@ class Trainer:
 @dataclass
 class _Member:
     """One run's part of a fit: its trainer, its share of each step, and how far it got."""
+    index: int  # in the fit
     trainer: Trainer
     learner: Learner
     progress: _Progress
@@ -313,15 +314,19 @@ class _Tally:
 
 def fit_together(trainers: list[Trainer], methods: list[Method], data: ImageData,
                  recipe: Recipe, augment: bool = True, optimizers: Optimizers | None = None,
-                 randoms: list[RandomStream] | None = None) -> list[dict[str, float] | Exception]:
+                 randoms: list[RandomStream] | None = None,
+                 isolate: bool = False) -> list[dict[str, float] | Exception]:
     """Trains each method for its trainer's run on one stream of batches: one run (`Trainer.fit`)
     or the members of a pack, which share the first run's loaders, device and seed and, when
-    they have one, their teacher's forward pass. Each member keeps its own optimisers (or
-    `optimizers`, for a lone run going on with them), checkpoints, evaluations, sink and -
-    given `randoms`, and where the step is not captured as a CUDA graph - its own random
-    stream. Members resumed at different epochs catch up in turn. Returns each member's final
-    metrics, or the exception that stopped it (divergence, its step's error) while the others
-    went on; Ctrl-C stops them all (Interrupted)."""
+    they have one, their teacher's forward pass. Each member keeps its own optimisers (a lone
+    run may go on with `optimizers`), checkpoints, evaluations, sink and - given `randoms`,
+    where the step is not captured as a CUDA graph - its own random stream. Members resumed
+    at different epochs catch up in turn. Returns each member's final metrics; with
+    `isolate` (a pack) a member that fails - diverges, or its start, step, evaluation or
+    checkpoint raises - gets its exception there instead while the others go on. Ctrl-C stops
+    them all (Interrupted)."""
+    if optimizers is not None and len(trainers) > 1:
+        raise ValueError("optimizers to go on with belong to one run, not to a pack")
     run, cfg = trainers[0].run, trainers[0].cfg
     train_loader = make_loader(data.train, recipe.batch_size, run, train=True,
                                augment=augment, shard=True, mix=recipe.mix,
@@ -331,57 +336,99 @@ def fit_together(trainers: list[Trainer], methods: list[Method], data: ImageData
         data.val, cfg.eval_batch_size, run, train=False, shard=True)
     loaders = (test_loader, val_loader)
     share_teacher_outputs(methods)
-    randoms = randoms or [None] * len(methods)
-    members = [trainer._start(method, recipe, len(train_loader), optimizers, random)
-               for trainer, method, random in zip(trainers, methods, randoms)]
-    capture = _captures(run, members, trainers[0].label)
-    if capture and randoms[0] is not None:  # replays draw from the one default CUDA generator
+    guard = _Guard(isolate)
+    outcomes: list[dict[str, float] | Exception | None] = [None] * len(trainers)
+    members = []
+    for i, (trainer, method) in enumerate(zip(trainers, methods)):
+        with guard(outcomes, i):
+            members.append(trainer._start(method, recipe, len(train_loader), optimizers,
+                                          randoms[i] if randoms else None, index=i))
+    capture = bool(members) and _captures(run, members)
+    if capture and randoms:  # replays draw from the one default CUDA generator
         set_random_state(members[0].learner.random.state, run.device)
         for member in members:
             member.learner.random = None
-    stepper = Stepper([m.learner for m in members], run, capture)
+    stepper = Stepper([m.learner for m in members], run, capture, isolate)
     max_steps = cfg.max_steps or math.inf
 
     def due(member: _Member) -> bool:
         return (member.learner.failure is None and member.progress.epoch < recipe.epochs
                 and member.progress.step < max_steps)
 
-    pace = Pace(time.perf_counter(), min(m.progress.epoch for m in members))
+    pace = Pace(time.perf_counter(), min((m.progress.epoch for m in members), default=0))
     try:
         while stepping := _next_epoch([m for m in members if due(m)]):
             epoch = stepping[0].progress.epoch
             train_loader.set_epoch(epoch)
             start = time.perf_counter()
-            tallies = _train_epoch(stepping, train_loader, stepper, recipe.epochs, max_steps)
+            tallies = _train_epoch(stepping, train_loader, stepper, recipe.epochs, max_steps,
+                                   guard)
             synchronize(run.device)
             seconds = time.perf_counter() - start
             closed = []
             for member in stepping:
-                trainer = member.trainer
-                try:
+                with guard.member(member):
                     if member.learner.failure is None:
-                        metrics = trainer._epoch_metrics(member)
-                        trainer._close_epoch(member, metrics,
-                                             tallies[id(member)].batches == len(train_loader),
-                                             seconds, recipe, max_steps, loaders)
+                        metrics = member.trainer._epoch_metrics(member)
+                        member.trainer._close_epoch(
+                            member, metrics, tallies[id(member)].batches == len(train_loader),
+                            seconds, recipe, max_steps, loaders)
                         closed.append(member)
-                except Exception as error:  # diverged, or its evaluation failed: it stops alone
-                    if len(members) == 1:
-                        raise
-                    member.learner.failure = error
             per_epoch = None
             if any(m.complete and not m.finished for m in closed):
                 per_epoch = pace.per_epoch(time.perf_counter(), epoch + 1)
             for member in closed:
-                member.trainer._report_epoch(member, recipe.epochs, per_epoch)
+                with guard.member(member):
+                    member.trainer._report_epoch(member, recipe.epochs, per_epoch)
+        for member in members:
+            with guard.member(member):
+                outcomes[member.index] = _outcome(member, loaders, stepper.captured)
     except KeyboardInterrupt:
-        member = next((m for m in members if due(m)), members[0])
-        progress, label = member.progress, member.trainer.label
-        saved = (f"its last checkpoint is epoch {progress.epoch}" if progress.epoch
-                 else "no epoch had finished")
-        raise Interrupted(f"{label}training interrupted in epoch {progress.epoch + 1} "
-                          f"of {recipe.epochs} (step {progress.step}); {saved}") from None
-    return [_outcome(member, loaders, stepper.captured) for member in members]
+        raise Interrupted(_where_interrupted(members, recipe.epochs)) from None
+    finally:
+        for method in methods:  # the last batch and its logits are not kept past the fit
+            method.shared_teacher = None
+    return outcomes
+
+
+class _Guard:
+    """Where a pack isolates its members' failures: the exception becomes the member's
+    outcome (or its learner's failure, while it trains) and the others go on. For a lone run
+    (`isolate` false) every exception propagates as it is."""
+
+    def __init__(self, isolate: bool):
+        self.isolate = isolate
+
+    @contextlib.contextmanager
+    def __call__(self, outcomes: list, index: int):
+        try:
+            yield
+        except Exception as error:
+            if not self.isolate:
+                raise
+            outcomes[index] = error
+
+    @contextlib.contextmanager
+    def member(self, member: _Member):
+        try:
+            yield
+        except Exception as error:
+            if not self.isolate:
+                raise
+            member.learner.failure = error
+
+
+def _where_interrupted(members: list[_Member], epochs: int) -> str:
+    """Ctrl-C's message: where the run stopped, or (a pack) that each member resumes from its
+    own last checkpoint."""
+    if len(members) != 1:
+        return (f"training of a pack of {len(members)} interrupted; each member resumes from "
+                f"its own last checkpoint")
+    progress, label = members[0].progress, members[0].trainer.label
+    saved = (f"its last checkpoint is epoch {progress.epoch}" if progress.epoch
+             else "no epoch had finished")
+    return (f"{label}training interrupted in epoch {progress.epoch + 1} of {epochs} (step "
+            f"{progress.step}); {saved}")
 
 
 def _next_epoch(due: list[_Member]) -> list[_Member]:
@@ -393,7 +440,7 @@ def _next_epoch(due: list[_Member]) -> list[_Member]:
     return [m for m in due if m.progress.epoch == epoch]
 
 
-def _captures(run: Run, members: list[_Member], label: str) -> bool:
+def _captures(run: Run, members: list[_Member]) -> bool:
     """Whether the fit's step is captured as a CUDA graph: where the run asks for it and every
     member's method and optimisers allow it."""
     if not run.cuda_graph:
@@ -402,15 +449,16 @@ def _captures(run: Run, members: list[_Member], label: str) -> bool:
         reason = why_not_captured(member.learner.method, member.learner.optimizers, run)
         if reason:
             log.info("%straining step not captured as a CUDA graph: %s; training eagerly",
-                     member.trainer.label or label, reason)
+                     member.trainer.label, reason)
             return False
     return True
 
 
 def _train_epoch(stepping: list[_Member], loader, stepper: Stepper, epochs: int,
-                 max_steps: float) -> dict[int, _Tally]:
+                 max_steps: float, guard: _Guard) -> dict[int, _Tally]:
     """One pass over the training batches for the `stepping` members, each up to `max_steps`;
-    their tallies by id. A member that diverges or fails drops out; the others go on."""
+    their tallies by id. In a pack, a member that diverges or fails drops out and the others
+    go on."""
     lead = stepping[0]
     cfg = lead.trainer.cfg
     tallies = {id(m): _Tally() for m in stepping}
@@ -421,30 +469,29 @@ def _train_epoch(stepping: list[_Member], loader, stepper: Stepper, epochs: int,
     bar = tqdm(total=len(loader),
                desc=f"{lead.trainer.label}epoch {lead.progress.epoch + 1}/{epochs}",
                disable=None if cfg.progress and distributed.is_main() else True, leave=False)
+
+    def active() -> list[_Member]:
+        return [m for m in stepping if m.learner.failure is None and m.progress.step < max_steps]
+
     with logging_redirect_tqdm():
         for batch in loader:
-            active = [m for m in stepping
-                      if m.learner.failure is None and m.progress.step < max_steps]
-            if not active:
-                break
-            outs = stepper(*batch, active=[m.learner for m in active])
-            for member, out in zip(active, outs):
-                if out is None:
+            stepped = active()
+            outs = stepper(*batch, active=[m.learner for m in stepped])
+            for member, out in zip(stepped, outs):
+                if out is None:  # its step failed
                     continue
                 tally = tallies[id(member)]
                 member.progress.step += 1
                 tally.batches += 1
                 tally.interval_images += len(batch[0]) * world
                 if member.progress.step % cfg.log_every == 0:
-                    try:
+                    with guard.member(member):
                         member.trainer._log_interval(member, out, tally)
-                    except TrainingDiverged as diverged:
-                        if len(stepper.learners) == 1:
-                            raise
-                        member.learner.failure = diverged
+                    if member is lead:
+                        bar.set_postfix(**tally.shown, refresh=False)
             bar.update()
-            if tallies[id(lead)].shown:
-                bar.set_postfix(**tallies[id(lead)].shown)
+            if not active():
+                break
     bar.close()
     return tallies
 
