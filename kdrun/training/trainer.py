@@ -381,7 +381,7 @@ def fit_together(trainers: list[Trainer], methods: list[Method], data: ImageData
                 with guard.member(member):
                     member.trainer._report_epoch(member, recipe.epochs, per_epoch)
         for member in members:
-            with guard.member(member):
+            with guard(outcomes, member.index):
                 outcomes[member.index] = _outcome(member, loaders, stepper.captured)
     except KeyboardInterrupt:
         raise Interrupted(_where_interrupted(members, recipe.epochs)) from None
